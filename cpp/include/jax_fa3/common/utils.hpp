@@ -1,0 +1,100 @@
+// Small CuTe helpers shared by the Hopper kernels: swizzle-atom choice for
+// GMMA operands in shared memory, views of wgmma accumulator fragments, fp32 ->
+// 16-bit fragment conversion, and one warpgroup-wide wgmma issue routine.
+#pragma once
+
+#include "jax_fa3/common/arch.h"
+
+#include <cute/tensor.hpp>
+#include <cute/atom/mma_atom.hpp>
+#include <cute/atom/mma_traits_sm90_gmma.hpp>
+#include <cutlass/array.h>
+#include <cutlass/numeric_conversion.h>
+
+namespace jax_fa3 {
+
+// The widest GMMA swizzle whose row fits `kContiguous` elements (the extent of
+// the contiguous dimension of the tile). Wider swizzles spread a wgmma's 8-row
+// core matrices over more banks; 96 (head dim bucket 96) cannot use 128-byte
+// rows, so it falls back to 64-byte rows instead of failing.
+template <class Element, cute::GMMA::Major kMajor, int kContiguous>
+CUTE_HOST_DEVICE constexpr auto gmma_smem_atom() {
+  using namespace cute;
+  constexpr int kElemsPer128B = 128 / int(sizeof(Element));
+  if constexpr (kContiguous % kElemsPer128B == 0) {
+    return GMMA::Layout_SW128_Atom<Element, kMajor>{};
+  } else if constexpr (kContiguous % (kElemsPer128B / 2) == 0) {
+    return GMMA::Layout_SW64_Atom<Element, kMajor>{};
+  } else {
+    static_assert(kContiguous % (kElemsPer128B / 4) == 0, "tile extent must be a multiple of 32 bytes");
+    return GMMA::Layout_SW32_Atom<Element, kMajor>{};
+  }
+}
+
+// A wgmma accumulator fragment has layout ((2, 2, V), MMA_M, MMA_N): per 8x8
+// core block a thread owns 2 adjacent columns (mode 0) of 2 rows 8 apart
+// (mode 1), repeated V times along N. Softmax needs it as (rows, cols):
+// ((2, MMA_M), (2, V, MMA_N)).
+template <class Layout>
+CUTE_HOST_DEVICE constexpr auto acc_layout_rowcol(Layout const& l) {
+  using namespace cute;
+  static_assert(decltype(rank<0>(l))::value == 3, "expects an SM90 wgmma accumulator layout");
+  return make_layout(make_layout(get<0, 1>(l), get<1>(l)),
+                     make_layout(get<0, 0>(l), get<0, 2>(l), get<2>(l)));
+}
+
+template <class Tensor>
+CUTE_HOST_DEVICE constexpr auto rowcol_view(Tensor&& t) {
+  return cute::make_tensor(t.data(), acc_layout_rowcol(t.layout()));
+}
+
+// The register A operand of an RS wgmma (k16 slice) holds, per thread, the same
+// (row, column) pairs as two consecutive N=8 blocks of an accumulator. So the
+// accumulator of S = Q K^T, once converted to 16 bits, *is* the A operand of
+// O = P V: only the view changes, ((2, 2, V), M, N) -> ((2, 2, 2), M, (V/2, N)).
+template <class Layout>
+CUTE_HOST_DEVICE constexpr auto acc_layout_as_rs_a(Layout const& l) {
+  using namespace cute;
+  static_assert(decltype(rank<0>(l))::value == 3, "expects an SM90 wgmma accumulator layout");
+  static_assert(decltype(size<0, 2>(l))::value % 2 == 0, "need an even number of N=8 blocks");
+  auto v_split = logical_divide(get<0, 2>(l), Int<2>{});  // (2, V/2)
+  return make_layout(make_layout(get<0, 0>(l), get<0, 1>(l), get<0>(v_split)), get<1>(l),
+                     make_layout(get<1>(v_split), get<2>(l)));
+}
+
+// Whole-fragment conversion, so the compiler emits packed cvt (2 values per
+// instruction) instead of one cvt per element.
+template <class To, class Tensor>
+CUTE_DEVICE auto convert_fragment(Tensor const& src) {
+  using From = typename Tensor::value_type;
+  constexpr int kNumel = decltype(cute::size(src))::value;
+  auto dst = cute::make_tensor_like<To>(src);
+  cutlass::NumericArrayConverter<To, From, kNumel> convert;
+  *reinterpret_cast<cutlass::Array<To, kNumel>*>(dst.data()) =
+      convert(*reinterpret_cast<cutlass::Array<From, kNumel> const*>(src.data()));
+  return dst;
+}
+
+// Issue one warpgroup GEMM C (+)= A B as a batch of wgmma over the K slices and
+// commit it; the caller decides when to wait (warpgroup_wait<N>), which is what
+// lets later versions overlap the softmax with the next GEMM. kARegs: A is a
+// register fragment (RS wgmma), which needs its own operand fence so the
+// compiler does not move writes of A past the asynchronous read.
+template <bool kZeroInit, bool kARegs, class TiledMma, class TensorA, class TensorB, class TensorC>
+CUTE_DEVICE void warpgroup_gemm(TiledMma& tiled_mma, TensorA& tCrA, TensorB const& tCrB, TensorC& tCrC) {
+  using namespace cute;
+  if constexpr (kARegs) { warpgroup_fence_operand(tCrA); }
+  warpgroup_fence_operand(tCrC);
+  warpgroup_arrive();
+  if constexpr (kZeroInit) { tiled_mma.accumulate_ = GMMA::ScaleOut::Zero; }
+  CUTLASS_PRAGMA_UNROLL
+  for (int k = 0; k < size<2>(tCrA); ++k) {
+    gemm(tiled_mma, tCrA(_, _, k), tCrB(_, _, k), tCrC);
+    tiled_mma.accumulate_ = GMMA::ScaleOut::One;
+  }
+  warpgroup_commit_batch();
+  warpgroup_fence_operand(tCrC);
+  if constexpr (kARegs) { warpgroup_fence_operand(tCrA); }
+}
+
+}  // namespace jax_fa3

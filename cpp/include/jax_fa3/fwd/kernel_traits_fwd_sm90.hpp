@@ -1,0 +1,106 @@
+// Compile-time shape of the Hopper forward kernel: tile sizes (from
+// tile_config.h only), thread roles, the two wgmma tiled MMAs and the shared
+// memory layouts they and the TMA copies agree on.
+#pragma once
+
+#include "jax_fa3/common/arch.h"
+
+#include <cute/tensor.hpp>
+#include <cute/atom/mma_atom.hpp>
+#include <cute/arch/mma_sm90.hpp>
+#include <cutlass/numeric_types.h>
+
+#include "jax_fa3/common/utils.hpp"
+#include "jax_fa3/tile_config.h"
+
+namespace jax_fa3 {
+
+template <class Element_, int kHeadDim_, bool kMasked_>
+struct FwdKernelTraitsSm90 {
+  using Element = Element_;
+  using ElementAccum = float;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr bool kMasked = kMasked_;
+
+  using Tile = FwdTile<kHeadDim>;
+  static constexpr int kBlockM = Tile::kBlockM;
+  static constexpr int kBlockN = Tile::kBlockN;
+  static constexpr int kStages = Tile::kStages;
+  static constexpr int kConsumerWarpgroups = Tile::kConsumerWarpgroups;
+
+  // Warp specialisation: warpgroup 0 only feeds shared memory through TMA (one
+  // thread issues every copy), the consumer warpgroups only do math. A wgmma is
+  // issued per warpgroup over 64 rows, so each consumer warpgroup owns 64 query
+  // rows of the block.
+  static_assert(kBlockM == 64 * kConsumerWarpgroups, "each consumer warpgroup owns 64 query rows");
+  static_assert(kBlockN % 16 == 0 && kHeadDim % 16 == 0, "wgmma K slices are 16 wide");
+  static constexpr int kNumProducerThreads = cutlass::NumThreadsPerWarpGroup;
+  static constexpr int kNumConsumerThreads = kConsumerWarpgroups * cutlass::NumThreadsPerWarpGroup;
+  static constexpr int kNumThreads = kNumProducerThreads + kNumConsumerThreads;
+  // setmaxnreg moves registers from the producer (which needs almost none) to
+  // the consumers, which hold the S and O accumulators (up to 128 + 64 fp32
+  // registers per thread at head dim 256). Both must fit in the 64K-register
+  // file with one CTA per SM.
+  static constexpr int kProducerRegs = kConsumerWarpgroups == 1 ? 56 : 24;
+  static constexpr int kConsumerRegs = kConsumerWarpgroups == 1 ? 256 : 240;
+  static_assert(kProducerRegs * kNumProducerThreads + kConsumerRegs * kNumConsumerThreads <= 65536);
+
+  // S = Q K^T : (M = kBlockM, N = kBlockN, K = kHeadDim); O = P V : (M = kBlockM, N = kHeadDim, K = kBlockN).
+  using TileShapeQK = cute::Shape<cute::Int<kBlockM>, cute::Int<kBlockN>, cute::Int<kHeadDim>>;
+  using TileShapePV = cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>, cute::Int<kBlockN>>;
+  using AtomLayoutMNK = cute::Layout<cute::Shape<cute::Int<kConsumerWarpgroups>, cute::_1, cute::_1>>;
+
+  // Both operands of S = Q K^T come from shared memory (SS wgmma), K-major
+  // (head_dim contiguous) exactly as TMA lands them.
+  using TiledMmaQK = decltype(cute::make_tiled_mma(
+      cute::GMMA::ss_op_selector<Element, Element, ElementAccum,
+                                 cute::Shape<cute::_64, cute::Int<kBlockN>, cute::Int<kHeadDim>>>(),
+      AtomLayoutMNK{}));
+  // O += P V takes P from registers (RS wgmma: the softmax output never goes
+  // through shared memory) and V from shared memory. This GEMM reduces over
+  // keys while V's contiguous dimension is head_dim (its N), so V is an
+  // MN-major B operand (wgmma transposes 16-bit B operands for free).
+  using TiledMmaPV = decltype(cute::make_tiled_mma(
+      cute::GMMA::rs_op_selector<Element, Element, ElementAccum,
+                                 cute::Shape<cute::_64, cute::Int<kHeadDim>, cute::Int<kBlockN>>,
+                                 cute::GMMA::Major::K, cute::GMMA::Major::MN>(),
+      AtomLayoutMNK{}));
+
+  // Q and K: (rows, head_dim), head_dim contiguous. V is described directly in
+  // the (head_dim, keys) coordinates of the second GEMM's B operand; in memory
+  // it is the same head_dim-contiguous tile, so TMA loads it with a transposed
+  // view of the global tensor and no data is moved to transpose it.
+  using SmemAtomQK = decltype(gmma_smem_atom<Element, cute::GMMA::Major::K, kHeadDim>());
+  using SmemAtomVt = decltype(gmma_smem_atom<Element, cute::GMMA::Major::MN, kHeadDim>());
+  using SmemLayoutQ = decltype(cute::tile_to_shape(SmemAtomQK{}, cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>{}));
+  using SmemLayoutK = decltype(cute::tile_to_shape(
+      SmemAtomQK{}, cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>, cute::Int<kStages>>{}));
+  using SmemLayoutVt = decltype(cute::tile_to_shape(
+      SmemAtomVt{}, cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>, cute::Int<kStages>>{}));
+
+  static constexpr int kBytesQ = kBlockM * kHeadDim * int(sizeof(Element));
+  static constexpr int kBytesKStage = kBlockN * kHeadDim * int(sizeof(Element));
+  static constexpr int kBytesVStage = kBlockN * kHeadDim * int(sizeof(Element));
+
+  // 128-byte swizzled tiles must start on 1024-byte boundaries (the swizzle
+  // pattern repeats every 8 rows of 128 bytes); every stage size here is a
+  // multiple of that.
+  struct SharedStorage {
+    alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>, 1024> smem_q;
+    alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutK>, 1024> smem_k;
+    alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutVt>, 1024> smem_v;
+    // TMA completion (full: transaction-counted) and consumer release (empty)
+    // mbarriers of the K/V ring; Q is loaded once per tile.
+    alignas(8) uint64_t barrier_q;
+    uint64_t full_k[kStages];
+    uint64_t full_v[kStages];
+    uint64_t empty_k[kStages];
+    uint64_t empty_v[kStages];
+  };
+  // + 1024: the dynamic shared memory window is only guaranteed 16-byte
+  // alignment; the kernel rounds its base up to 1024.
+  static constexpr int kSmemBytes = int(sizeof(SharedStorage)) + 1024;
+  static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in H100 shared memory");
+};
+
+}  // namespace jax_fa3

@@ -1,0 +1,77 @@
+// The only place where runtime choices (dtype x head-dim bucket x mask) become
+// template parameters. The instantiations live in generated files, one per
+// (family, dtype, head dim, mask), built only for the configured kernel set.
+#include <cutlass/numeric_types.h>
+
+#include <mutex>
+#include <vector>
+
+#include "jax_fa3/bwd/launch_bwd_sm90.h"
+#include "jax_fa3/fwd/launch_fwd_sm90.h"
+#include "jax_fa3/kernel_set.h"  // generated: JAX_FA3_KERNEL_SET
+#include "jax_fa3/run.h"
+
+// JAX_FA3_KERNEL_SET (from CMake) expands X(dtype_tag, Element, head_dim) once
+// per compiled (dtype, head dim) pair.
+#ifndef JAX_FA3_KERNEL_SET
+#error "JAX_FA3_KERNEL_SET must be defined by the build"
+#endif
+
+namespace jax_fa3 {
+bool kernels_compiled(Dtype dtype, int head_dim) {
+  const int bucket = head_dim_bucket(head_dim);
+#define JAX_FA3_COMPILED(tag, Element, hd) \
+  if (dtype == Dtype::tag && bucket == hd) return true;
+  JAX_FA3_KERNEL_SET(JAX_FA3_COMPILED)
+#undef JAX_FA3_COMPILED
+  return false;
+}
+
+cudaError_t current_device_info(DeviceInfo* info) {
+  static std::mutex mutex;
+  static std::vector<DeviceInfo> cache;  // by device ordinal; major < 0: not queried
+  int device = 0;
+  if (cudaError_t err = cudaGetDevice(&device); err != cudaSuccess) return err;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (static_cast<int>(cache.size()) <= device) cache.resize(device + 1, DeviceInfo{-1, 0, 0, 0});
+  DeviceInfo& entry = cache[device];
+  if (entry.major < 0) {
+    DeviceInfo queried{};
+    cudaError_t err = cudaDeviceGetAttribute(&queried.major, cudaDevAttrComputeCapabilityMajor, device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&queried.minor, cudaDevAttrComputeCapabilityMinor, device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&queried.multiprocessor_count, cudaDevAttrMultiProcessorCount, device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&queried.max_smem_per_block_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (err != cudaSuccess) return err;
+    entry = queried;
+  }
+  *info = entry;
+  return cudaSuccess;
+}
+
+cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream) {
+  const AttnProblem& p = params.problem;
+  const bool masked = mask_cuts(p.shape, p.mask);
+  const int bucket = head_dim_bucket(p.shape.head_dim);
+#define JAX_FA3_FWD(tag, Element, hd)                                          \
+  if (p.dtype == Dtype::tag && bucket == hd)                                   \
+    return masked ? run_fwd_sm90<Element, hd, true>(params, stream)            \
+                  : run_fwd_sm90<Element, hd, false>(params, stream);
+  JAX_FA3_KERNEL_SET(JAX_FA3_FWD)
+#undef JAX_FA3_FWD
+  return cudaErrorNotSupported;
+}
+
+cudaError_t run_bwd(const BwdParams& params, cudaStream_t stream) {
+  const AttnProblem& p = params.problem;
+  const bool masked = mask_cuts(p.shape, p.mask);
+  const int bucket = head_dim_bucket(p.shape.head_dim);
+#define JAX_FA3_BWD(tag, Element, hd)                                          \
+  if (p.dtype == Dtype::tag && bucket == hd)                                   \
+    return masked ? run_bwd_sm90<Element, hd, true>(params, stream)            \
+                  : run_bwd_sm90<Element, hd, false>(params, stream);
+  JAX_FA3_KERNEL_SET(JAX_FA3_BWD)
+#undef JAX_FA3_BWD
+  return cudaErrorNotSupported;
+}
+
+}  // namespace jax_fa3

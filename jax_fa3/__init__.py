@@ -1,0 +1,24 @@
+"""jax_fa3: FlashAttention-3 for JAX.
+
+Hopper (sm_90a) attention kernels registered as XLA FFI custom calls, with a
+C++ backend for arrays on the CPU. Public API:
+
+- :func:`flash_attention`: FlashAttention-3's interface (causal, sliding
+  window, softcap, MQA/GQA, differentiable LSE).
+- :func:`dot_product_attention`: a drop-in for ``jax.nn.dot_product_attention``.
+- :mod:`jax_fa3.reference`: a pure-JAX float32 reference with the same semantics.
+"""
+
+from jax_fa3 import reference
+from jax_fa3._ffi import COMPILED_KERNELS, WITH_CUDA
+from jax_fa3.attention import dot_product_attention, flash_attention
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "COMPILED_KERNELS",
+    "WITH_CUDA",
+    "dot_product_attention",
+    "flash_attention",
+    "reference",
+]

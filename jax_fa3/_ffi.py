@@ -1,0 +1,112 @@
+"""The only importer of the native extension ``jax_fa3._C``.
+
+Checks the extension against the running jaxlib, registers the XLA FFI
+handlers (platforms ``cpu`` and ``CUDA``, same target names) and wraps the two
+custom calls. Everything here works on arrays whose arguments were validated by
+:mod:`jax_fa3.attention`.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+
+try:
+    from jax_fa3 import _C
+except ImportError as err:  # pragma: no cover - depends on the installation
+    raise ImportError(
+        "jax_fa3's native extension (jax_fa3._C) could not be loaded: "
+        f"{err}. Reinstall jax_fa3 from source against the jax you run: "
+        "`pip install --no-build-isolation --force-reinstall --no-deps <path to jax_fa3>`."
+    ) from err
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def _check_abi() -> None:
+    """Refuse to load handlers built with newer XLA FFI headers than jaxlib's.
+
+    XLA rejects such handlers only when a backend starts, which shows up as a
+    broken JAX rather than an import error, so the check happens here.
+    """
+    running = jaxlib.__version__
+    built = _C.built_jaxlib_version
+    if _version(running) < _version(built):
+        major, minor = _C.ffi_api_version
+        raise ImportError(
+            f"jax_fa3 was built against jaxlib {built} (XLA FFI API {major}.{minor}) but "
+            f"jaxlib {running} is running; XLA would reject its handlers. Either upgrade "
+            f"jax/jaxlib to >= {built}, or rebuild jax_fa3 against the running jaxlib: "
+            "`pip install --no-build-isolation --force-reinstall --no-deps <path to jax_fa3>`."
+        )
+
+
+_check_abi()
+
+for _platform, _targets in _C.registrations().items():
+    for _name, _capsule in _targets.items():
+        jax.ffi.register_ffi_target(_name, _capsule, platform=_platform)
+
+#: Whether the CUDA kernels were compiled into this build.
+WITH_CUDA: bool = bool(_C.with_cuda)
+#: (dtype name, head-dim bucket) pairs with compiled CUDA kernels.
+COMPILED_KERNELS: tuple[tuple[str, int], ...] = tuple(_C.compiled_kernels())
+
+# vmap: every operand gets the batch dimension (broadcast where unbatched) and
+# the handlers fold all leading dimensions into the batch. Results keep the
+# leading dimensions, so the rule composes under nested vmap.
+_VMAP_METHOD = "broadcast_all"
+
+
+def _attrs(softmax_scale: float, softcap: float, window_left: int, window_right: int) -> dict:
+    return dict(
+        softmax_scale=np.float32(softmax_scale),
+        softcap=np.float32(softcap),
+        window_left=np.int32(window_left),
+        window_right=np.int32(window_right),
+    )
+
+
+def fwd(q, k, v, *, softmax_scale, softcap, window_left, window_right):
+    """Forward custom call: returns ``out`` (like q) and ``lse`` float32 ``[..., heads_q, seqlen_q]``."""
+    *lead, seqlen_q, heads_q, _ = q.shape
+    out_types = (
+        jax.ShapeDtypeStruct(q.shape, q.dtype),
+        jax.ShapeDtypeStruct((*lead, heads_q, seqlen_q), jnp.float32),
+    )
+    call = jax.ffi.ffi_call("jax_fa3_fwd", out_types, vmap_method=_VMAP_METHOD)
+    return call(q, k, v, **_attrs(softmax_scale, softcap, window_left, window_right))
+
+
+def _workspace_bytes_per_batch(q, k, deterministic: bool) -> int:
+    *_, seqlen_q, heads_q, head_dim = q.shape
+    seqlen_k, heads_kv = k.shape[-3], k.shape[-2]
+    nbytes = _C.bwd_workspace_bytes(1, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, deterministic)
+    return -(-nbytes // 256) * 256
+
+
+def bwd(q, k, v, out, dout, lse, dlse, *, softmax_scale, softcap, window_left, window_right, deterministic):
+    """Backward custom call: returns ``dq, dk, dv`` (like q, k, v)."""
+    lead = q.shape[:-3]
+    # The workspace is sized per batch element so it scales under vmap, which
+    # prepends dimensions to every result.
+    workspace = jax.ShapeDtypeStruct((*lead, _workspace_bytes_per_batch(q, k, deterministic)), jnp.uint8)
+    out_types = (
+        jax.ShapeDtypeStruct(q.shape, q.dtype),
+        jax.ShapeDtypeStruct(k.shape, k.dtype),
+        jax.ShapeDtypeStruct(v.shape, v.dtype),
+        workspace,
+    )
+    call = jax.ffi.ffi_call("jax_fa3_bwd", out_types, vmap_method=_VMAP_METHOD)
+    dq, dk, dv, _ = call(
+        q, k, v, out, dout, lse, dlse,
+        **_attrs(softmax_scale, softcap, window_left, window_right),
+        deterministic=bool(deterministic),
+    )
+    return dq, dk, dv
