@@ -63,10 +63,13 @@ def attention_in_dtype(q, k, v, compute_dtype, *, softmax_scale=None, causal=Fal
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=precision).astype(jnp.float32) * scale
     if softcap > 0:
         scores = softcap * jnp.tanh(scores / softcap)
-    mask = visible(seqlen_q, seqlen_k, left, right)[None, None]
-    scores = jnp.where(mask, scores, -jnp.inf)
-    lse = jax.nn.logsumexp(scores, axis=-1)
-    seen = jnp.isfinite(lse)
-    probs = jnp.where(mask & seen[..., None], jnp.exp(scores - jnp.where(seen, lse, 0.0)[..., None]), 0.0)
+    mask = visible(seqlen_q, seqlen_k, left, right)
+    # Rows that see no key: out 0, lse -inf, zero gradients. Their scores are
+    # replaced by finite zeros first so no NaN reaches the gradients.
+    row_seen = jnp.any(mask, axis=-1)
+    safe_scores = jnp.where(mask & row_seen[:, None], scores, jnp.where(row_seen[:, None], -jnp.inf, 0.0))
+    safe_lse = jax.nn.logsumexp(safe_scores, axis=-1)
+    lse = jnp.where(row_seen, safe_lse, -jnp.inf)
+    probs = jnp.where(mask, jnp.exp(safe_scores - safe_lse[..., None]), 0.0)
     out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(compute_dtype), v, precision=precision)
     return out, lse

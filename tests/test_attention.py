@@ -1,0 +1,85 @@
+"""Forward and backward against the float32 reference, on every backend."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import pytest
+
+from conftest import poison, random_array
+from numerics import check_against_reference
+
+# (batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim): odd lengths,
+# seqlen_q != seqlen_k both ways, GQA ratios 1/2/8, every head-dim bucket and
+# a head_dim that runs on a larger bucket (72 -> 96, 136 -> 192).
+SHAPES = [
+    (2, 1, 1, 2, 1, 64),
+    (2, 17, 113, 4, 2, 64),
+    (1, 113, 17, 8, 1, 96),
+    (2, 65, 127, 4, 2, 72),
+    (2, 113, 113, 8, 8, 128),
+    (1, 1000, 1000, 2, 1, 128),
+    (1, 17, 1000, 2, 2, 192),
+    (1, 77, 130, 2, 1, 136),
+    (1, 1000, 17, 2, 2, 256),
+    (2, 128, 257, 2, 2, 256),
+]
+
+# name -> flash_attention mask options
+MASKS = {
+    "none": dict(),
+    "causal": dict(causal=True),
+    "window": dict(window_size=(37, 5)),
+    "left": dict(window_size=(64, -1)),
+    "causal_left": dict(causal=True, window_size=(48, -1)),
+}
+
+
+def _inputs(rng, device, shape, dtype):
+    batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim = shape
+    q = random_array(rng, (batch, seqlen_q, heads_q, head_dim), dtype, device)
+    k = random_array(rng, (batch, seqlen_k, heads_kv, head_dim), dtype, device)
+    v = random_array(rng, (batch, seqlen_k, heads_kv, head_dim), dtype, device)
+    dout = random_array(rng, q.shape, dtype, device)
+    dlse = random_array(rng, (batch, heads_q, seqlen_q), jnp.float32, device)
+    poison(device, 4 * q.size * 4)
+    return q, k, v, dout, dlse
+
+
+@pytest.mark.parametrize("mask", list(MASKS))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "b{}_sq{}_sk{}_h{}x{}_d{}".format(*s))
+def test_bf16(device, rng, shape, mask):
+    q, k, v, dout, dlse = _inputs(rng, device, shape, jnp.bfloat16)
+    check_against_reference(q, k, v, dout, dlse, **MASKS[mask])
+
+
+@pytest.mark.parametrize("mask", ["none", "causal"])
+@pytest.mark.parametrize("shape", SHAPES[1::2], ids=lambda s: "b{}_sq{}_sk{}_h{}x{}_d{}".format(*s))
+def test_fp16(device, rng, shape, mask):
+    q, k, v, dout, dlse = _inputs(rng, device, shape, jnp.float16)
+    check_against_reference(q, k, v, dout, dlse, **MASKS[mask])
+
+
+@pytest.mark.parametrize("mask", ["none", "causal", "window"])
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[4], SHAPES[8]], ids=lambda s: "sq{1}_sk{2}_d{5}".format(*s))
+def test_softcap(device, rng, shape, mask):
+    q, k, v, dout, dlse = _inputs(rng, device, shape, jnp.bfloat16)
+    # Large scores so the cap actually bends them.
+    check_against_reference(q * 4, k, v, dout, dlse, softcap=30.0, **MASKS[mask])
+
+
+@pytest.mark.parametrize("softmax_scale", [0.05, 0.5])
+def test_softmax_scale(device, rng, softmax_scale):
+    q, k, v, dout, dlse = _inputs(rng, device, (2, 33, 47, 4, 2, 64), jnp.bfloat16)
+    check_against_reference(q, k, v, dout, dlse, softmax_scale=softmax_scale, causal=True)
+
+
+def test_rows_without_keys(device, rng):
+    """Bottom-right causal with seqlen_q > seqlen_k: the first rows see nothing."""
+    q, k, v, dout, dlse = _inputs(rng, device, (2, 70, 20, 4, 2, 64), jnp.bfloat16)
+    import jax_fa3
+
+    out, lse = jax_fa3.flash_attention(q, k, v, causal=True, return_lse=True)
+    assert bool(jnp.all(out[:, :50] == 0))
+    assert bool(jnp.all(jnp.isneginf(lse[:, :, :50])))
+    assert bool(jnp.all(jnp.isfinite(lse[:, :, 50:])))
+    check_against_reference(q, k, v, dout, dlse, causal=True)

@@ -1,0 +1,107 @@
+"""jit, vmap, grad, value_and_grad, checkpoint and determinism."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_fa3
+from conftest import random_array
+
+SHAPE_Q = (2, 19, 4, 64)
+SHAPE_KV = (2, 23, 2, 64)
+
+
+def _qkv(rng, device, dtype=jnp.bfloat16):
+    return (random_array(rng, SHAPE_Q, dtype, device), random_array(rng, SHAPE_KV, dtype, device),
+            random_array(rng, SHAPE_KV, dtype, device))
+
+
+def _assert_same(a, b, what):
+    a, b = np.asarray(jnp.asarray(a, jnp.float32)), np.asarray(jnp.asarray(b, jnp.float32))
+    assert a.shape == b.shape, f"{what}: {a.shape} != {b.shape}"
+    # Same kernel on the same data: equal up to at most one rounding of the dtype.
+    np.testing.assert_allclose(a, b, rtol=2**-7, atol=1e-6, err_msg=what)
+
+
+def _loss(q, k, v, **options):
+    out, lse = jax_fa3.flash_attention(q, k, v, return_lse=True, **options)
+    out = out.astype(jnp.float32)
+    return jnp.sum(out * jnp.sin(out)) + jnp.sum(jnp.where(jnp.isfinite(lse), 0.1 * lse, 0.0))
+
+
+def test_jit_matches_eager(device, rng):
+    q, k, v = _qkv(rng, device)
+    f = lambda q, k, v: jax_fa3.flash_attention(q, k, v, causal=True, return_lse=True)
+    for a, b in zip(f(q, k, v), jax.jit(f)(q, k, v)):
+        _assert_same(a, b, "jit")
+
+
+def test_value_and_grad_and_checkpoint(device, rng):
+    q, k, v = _qkv(rng, device)
+    loss = lambda q, k, v: _loss(q, k, v, causal=True, deterministic=True)
+    value, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
+    value_remat, grads_remat = jax.jit(jax.value_and_grad(jax.checkpoint(loss), argnums=(0, 1, 2)))(q, k, v)
+    _assert_same(value, value_remat, "value under checkpoint")
+    for g, gr, name in zip(grads, grads_remat, "qkv"):
+        assert g.dtype == jnp.bfloat16 and g.shape == {"q": SHAPE_Q}.get(name, SHAPE_KV)
+        _assert_same(g, gr, f"d{name} under checkpoint")
+        assert float(jnp.max(jnp.abs(g.astype(jnp.float32)))) > 0
+
+
+def test_deterministic_backward_is_bitwise_reproducible(device, rng):
+    q, k, v = _qkv(rng, device)
+    grad = jax.jit(jax.grad(lambda q, k, v: _loss(q, k, v, deterministic=True), argnums=(0, 1, 2)))
+    first = [np.asarray(g) for g in grad(q, k, v)]
+    for _ in range(3):
+        for a, b in zip(first, grad(q, k, v)):
+            np.testing.assert_array_equal(a, np.asarray(b))
+
+
+# Every subset of (q, k, v) batched, on every axis position.
+VMAP_CASES = [
+    (batched, axis)
+    for batched in [c for r in (1, 2, 3) for c in itertools.combinations("qkv", r)]
+    for axis in (0, 1, 2, 3, 4)
+]
+
+
+@pytest.mark.parametrize("batched,axis", VMAP_CASES, ids=lambda x: "".join(x) if isinstance(x, tuple) else f"axis{x}")
+def test_vmap_any_axis_any_operands(device, rng, batched, axis):
+    size = 3
+    q, k, v = _qkv(rng, device)
+    args = {"q": q, "k": k, "v": v}
+    stacked = {}
+    for name in batched:
+        x = jnp.stack([args[name] * (1.0 + 0.5 * i) for i in range(size)], axis=axis)
+        stacked[name] = x
+    in_axes = tuple(axis if n in batched else None for n in "qkv")
+    call_args = [stacked.get(n, args[n]) for n in "qkv"]
+    f = lambda q, k, v: jax_fa3.flash_attention(q, k, v, causal=True, return_lse=True)
+    out, lse = jax.vmap(f, in_axes=in_axes)(*call_args)
+    for i in range(size):
+        one = [jnp.take(stacked[n], i, axis=axis) if n in batched else args[n] for n in "qkv"]
+        out_i, lse_i = f(*one)
+        _assert_same(out[i], out_i, f"vmap out[{i}]")
+        _assert_same(lse[i], lse_i, f"vmap lse[{i}]")
+
+
+def test_vmap_of_grad_and_nested_vmap(device, rng):
+    q, k, v = _qkv(rng, device)
+    qs = jnp.stack([q, q * 0.5])
+    grad = jax.grad(lambda q, k, v: _loss(q, k, v, window_size=(7, 3), deterministic=True), argnums=(0, 1, 2))
+    batched = jax.jit(jax.vmap(grad, in_axes=(0, None, None)))(qs, k, v)
+    for i in range(2):
+        for a, b, name in zip(batched, grad(qs[i], k, v), "qkv"):
+            _assert_same(a[i], b, f"vmap(grad) d{name}[{i}]")
+    # Two levels of vmap over q, k, v.
+    qss = jnp.stack([qs, qs * 2])
+    f = lambda q, k, v: jax_fa3.flash_attention(q, k, v)
+    nested = jax.vmap(jax.vmap(f, in_axes=(0, None, None)), in_axes=(0, None, None))(qss, k, v)
+    for i in range(2):
+        for j in range(2):
+            _assert_same(nested[i, j], f(qss[i, j], k, v), f"nested vmap [{i},{j}]")
