@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Everything a GPU session needs, in one call on the device machine (the
+# machine is bare and goes cold quickly, so build + check + measure together):
+#
+#   bash tools/gpu_check.sh "build tests sanitize bench"
+#
+# Env: JAX_FA3_HEAD_DIMS / JAX_FA3_DTYPES restrict the kernel set,
+#      PYTEST_ARGS extra pytest arguments, BENCH_ARGS benchmark arguments.
+# Logs land in $OUT (fetched back by the device tool).
+set -uo pipefail
+steps=${1:-"build tests"}
+OUT=${OUT:-/tmp/jax_fa3_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+cd "$(dirname "$0")/.."
+
+# The device machine has no network: the nvidia-cutlass wheel travels in .whl/.
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+
+{
+  date -u
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
+  python3 -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, jax.devices())"
+  git rev-parse --short HEAD 2>/dev/null || echo "revision unknown"
+  nvcc --version | tail -1
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+run_step() {  # name, command...: logs to $OUT/<name>.log, prints its tail
+  local name=$1; shift
+  local start=$SECONDS
+  "$@" > "$OUT/$name.log" 2>&1
+  local status=$?
+  echo "== $name: exit $status, $((SECONDS - start)) s"
+  tail -n "${TAIL_LINES:-25}" "$OUT/$name.log"
+  return $status
+}
+
+for step in $steps; do
+  case $step in
+    build)
+      export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16} JAX_FA3_CUDA=ON
+      run_step build python3 -m pip install --no-build-isolation --no-deps -v . || exit 1
+      grep -E "spill|stack frame|C7508" "$OUT/build.log" | sort | uniq -c | head -20
+      ;;
+    tests)
+      run_step tests bash -c "cd tests && python3 -m pytest -q -m gpu -rfs ${PYTEST_ARGS:-}"
+      ;;
+    sanitize)
+      for tool in memcheck racecheck; do
+        run_step "sanitize_$tool" compute-sanitizer --tool "$tool" --kernel-name regex:jax_fa3 \
+          --error-exitcode 1 python3 tools/sanitize_case.py
+      done
+      ;;
+    bench)
+      run_step bench python3 -m jax_fa3.benchmark --markdown "$OUT/bench.md" --json "$OUT/bench.json" \
+        --csv "$OUT/bench.csv" ${BENCH_ARGS:-}
+      ;;
+    *) echo "unknown step $step"; exit 2 ;;
+  esac
+done

@@ -1,0 +1,23 @@
+"""Small forward+backward cases for compute-sanitizer (tools/gpu_check.sh)."""
+
+import jax
+import jax.numpy as jnp
+
+import jax_fa3
+
+CASES = [  # (batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim), options
+    ((1, 17, 113, 4, 2, 64), dict(causal=True)),
+    ((2, 130, 70, 2, 1, 128), dict(window_size=(37, 5))),
+    ((1, 65, 65, 2, 2, 256), dict(softcap=30.0)),
+]
+
+for (b, sq, sk, hq, hk, d), options in CASES:
+    keys = jax.random.split(jax.random.PRNGKey(sq * sk), 4)
+    q = jax.random.normal(keys[0], (b, sq, hq, d), jnp.bfloat16)
+    k = jax.random.normal(keys[1], (b, sk, hk, d), jnp.bfloat16)
+    v = jax.random.normal(keys[2], (b, sk, hk, d), jnp.bfloat16)
+    dout = jax.random.normal(keys[3], q.shape, jnp.bfloat16)
+    loss = lambda q, k, v: jnp.sum(jax_fa3.flash_attention(q, k, v, deterministic=True, **options) * dout)
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
+    jax.block_until_ready(grads)
+    print((b, sq, sk, hq, hk, d), options, "ok")
