@@ -1,0 +1,118 @@
+// Definition of run_bwd_sm90: the backward as a short device-level pipeline,
+// all enqueued on `stream` (no host synchronisation, no allocation):
+//   1. clear the fp32 dq accumulator (and the deterministic-order counters);
+//   2. preprocess: per-row D = rowsum(dO * O) - dlse and lse * log2(e);
+//   3. main kernel: dK, dV (written directly) and dq partial sums;
+//   4. convert: dq accumulator -> dq (Element, times softmax_scale).
+// Included only by the generated instantiation files.
+#pragma once
+
+#include "jax_fa3/common/arch.h"
+
+#include <cuda_runtime_api.h>
+#include <cutlass/numeric_types.h>
+
+#include "jax_fa3/bwd/kernel_bwd_sm90.hpp"
+#include "jax_fa3/bwd/launch_bwd_sm90.h"
+#include "jax_fa3/bwd/postprocess_bwd_sm90.hpp"
+#include "jax_fa3/bwd/preprocess_bwd_sm90.hpp"
+#include "jax_fa3/bwd/workspace_bwd.h"
+#include "jax_fa3/common/mask.h"
+
+namespace jax_fa3 {
+
+template <class Element, int kHeadDim, bool kMasked>
+cudaError_t run_bwd_sm90(const BwdParams& params, cudaStream_t stream) {
+  using Traits = bwd::BwdTraits<Element, kHeadDim>;
+  const AttnProblem& prob = params.problem;
+  const AttnShape& s = prob.shape;
+  if (s.head_dim <= 0 || s.head_dim > kHeadDim || s.head_dim % 8 != 0 || s.heads_kv <= 0 ||
+      s.heads_q % s.heads_kv != 0) {
+    return cudaErrorInvalidValue;
+  }
+  const size_t q_bytes = size_t(s.batch) * s.seqlen_q * s.heads_q * s.head_dim * sizeof(Element);
+  const size_t k_bytes = size_t(s.batch) * s.seqlen_k * s.heads_kv * s.head_dim * sizeof(Element);
+  if (s.batch == 0 || s.seqlen_q == 0 || s.seqlen_k == 0 || s.heads_q == 0) {
+    // Nothing attends: every gradient is zero.
+    if (q_bytes) { if (cudaError_t e = cudaMemsetAsync(params.dq, 0, q_bytes, stream)) return e; }
+    if (k_bytes) {
+      if (cudaError_t e = cudaMemsetAsync(params.dk, 0, k_bytes, stream)) return e;
+      if (cudaError_t e = cudaMemsetAsync(params.dv, 0, k_bytes, stream)) return e;
+    }
+    return cudaSuccess;
+  }
+
+  const BwdWorkspace ws = BwdWorkspace::make(s, params.deterministic, Traits::kBlockM, kHeadDim);
+  char* base = static_cast<char*>(params.workspace);
+  float* lse2 = reinterpret_cast<float*>(base + ws.lse2_offset);
+  float* dpsum = reinterpret_cast<float*>(base + ws.dpsum_offset);
+  float* dq_accum = reinterpret_cast<float*>(base + ws.dq_accum_offset);
+  int* dq_sem = params.deterministic ? reinterpret_cast<int*>(base + ws.dq_sem_offset) : nullptr;
+
+  // 1. The workspace arrives with undefined contents.
+  if (cudaError_t e = cudaMemsetAsync(dq_accum, 0, ws.dq_accum_bytes, stream)) return e;
+  if (params.deterministic) {
+    if (cudaError_t e = cudaMemsetAsync(dq_sem, 0, ws.dq_sem_bytes, stream)) return e;
+  }
+
+  // 2. Row terms.
+  {
+    const dim3 grid(unsigned((ws.rows + bwd::kPreprocessWarps - 1) / bwd::kPreprocessWarps), s.heads_q, s.batch);
+    bwd::bwd_preprocess_kernel<Element><<<grid, bwd::kPreprocessWarps * 32, 0, stream>>>(
+        static_cast<const Element*>(params.out), static_cast<const Element*>(params.dout), params.lse, params.dlse,
+        lse2, dpsum, s.seqlen_q, s.heads_q, s.head_dim, ws.rows);
+    if (cudaError_t e = cudaGetLastError()) return e;
+  }
+
+  // 3. Main kernel.
+  {
+    constexpr float kLog2e = 1.4426950408889634f;
+    const bwd::BwdMainParams<Traits> mp{
+        bwd::make_tma_q<Traits>(static_cast<const Element*>(params.q), s.seqlen_q, s.head_dim, s.heads_q, s.batch),
+        bwd::make_tma_q<Traits>(static_cast<const Element*>(params.dout), s.seqlen_q, s.head_dim, s.heads_q,
+                                s.batch),
+        bwd::make_tma_k<Traits>(static_cast<const Element*>(params.k), s.seqlen_k, s.head_dim, s.heads_kv, s.batch),
+        bwd::make_tma_v<Traits>(static_cast<const Element*>(params.v), s.seqlen_k, s.head_dim, s.heads_kv, s.batch),
+        WindowMask::make(s, prob.mask),
+        s.batch,
+        s.seqlen_q,
+        s.seqlen_k,
+        s.heads_q,
+        s.heads_kv,
+        s.head_dim,
+        prob.softmax_scale,
+        prob.softmax_scale * kLog2e,
+        prob.softcap,
+        prob.softcap > 0.f ? prob.softmax_scale / prob.softcap : 0.f,
+        prob.softcap * kLog2e,
+        ws.rows,
+        ws.m_blocks,
+        lse2,
+        dpsum,
+        dq_accum,
+        dq_sem,
+        params.dk,
+        params.dv,
+        params.deterministic};
+
+    auto kernel = bwd::bwd_main_kernel<Traits, kMasked>;
+    constexpr int kSmem = bwd::bwd_main_smem_bytes<Traits>();
+    if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem)) return e;
+    const dim3 grid((s.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, s.heads_kv, s.batch);
+    kernel<<<grid, Traits::kThreads, kSmem, stream>>>(mp);
+    if (cudaError_t e = cudaGetLastError()) return e;
+  }
+
+  // 4. dq.
+  {
+    const int64_t chunks = int64_t(s.batch) * s.seqlen_q * s.heads_q * (s.head_dim / 8);
+    const unsigned blocks = unsigned((chunks + bwd::kConvertThreads - 1) / bwd::kConvertThreads);
+    bwd::bwd_convert_dq_kernel<Element, kHeadDim><<<blocks, bwd::kConvertThreads, 0, stream>>>(
+        dq_accum, static_cast<Element*>(params.dq), s.seqlen_q, s.heads_q, s.head_dim, ws.rows,
+        prob.softmax_scale, chunks);
+    if (cudaError_t e = cudaGetLastError()) return e;
+  }
+  return cudaSuccess;
+}
+
+}  // namespace jax_fa3

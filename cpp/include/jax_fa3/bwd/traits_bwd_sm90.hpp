@@ -1,0 +1,164 @@
+// Compile-time description of the backward main kernel: warpgroup roles,
+// shared-memory layouts, wgmma tiled MMAs and the TMA descriptors' types.
+// Every size comes from BwdTile (tile_config.h).
+#pragma once
+
+#include "jax_fa3/common/arch.h"
+
+#include <cute/tensor.hpp>
+#include <cute/arch/mma_sm90.hpp>
+#include <cute/atom/mma_atom.hpp>
+#include <cute/atom/copy_traits_sm90_tma.hpp>
+#include <cutlass/numeric_types.h>
+
+#include "jax_fa3/bwd/workspace_bwd.h"
+#include "jax_fa3/tile_config.h"
+
+namespace jax_fa3::bwd {
+
+using namespace cute;
+
+// Shared-memory atoms for a tile whose contiguous extent must split into
+// pieces of kWidth elements: the widest GMMA swizzle that divides kWidth.
+// The same bytes are read K-major by one wgmma and MN-major by another (Q is
+// the K-major B of S = K Q^T and the MN-major B of dK = dS^T Q), so each
+// buffer has a K-major atom view and an MN-major atom view of one layout.
+template <class T, int kWidth>
+constexpr auto kmajor_atom() {
+  if constexpr (kWidth % 64 == 0) return GMMA::Layout_K_SW128_Atom<T>{};
+  else if constexpr (kWidth % 32 == 0) return GMMA::Layout_K_SW64_Atom<T>{};
+  else if constexpr (kWidth % 16 == 0) return GMMA::Layout_K_SW32_Atom<T>{};
+  else return GMMA::Layout_K_INTER_Atom<T>{};
+}
+template <class T, int kWidth>
+constexpr auto mnmajor_atom() {
+  if constexpr (kWidth % 64 == 0) return GMMA::Layout_MN_SW128_Atom<T>{};
+  else if constexpr (kWidth % 32 == 0) return GMMA::Layout_MN_SW64_Atom<T>{};
+  else if constexpr (kWidth % 16 == 0) return GMMA::Layout_MN_SW32_Atom<T>{};
+  else return GMMA::Layout_MN_INTER_Atom<T>{};
+}
+
+template <class Element_, int kHeadDim_>
+struct BwdTraits {
+  using Element = Element_;
+  using Tile = BwdTile<kHeadDim_>;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = Tile::kBlockM;
+  static constexpr int kBlockN = Tile::kBlockN;
+  static constexpr int kStages = Tile::kStages;
+  static constexpr int kWarpgroups = Tile::kConsumerWarpgroups;
+  static constexpr int kThreads = kWarpgroups * 128;
+
+  // Warpgroup w owns keys [64 * (w % kKeySplit), +64) and dK/dV columns
+  // [kDSlice * (w / kKeySplit), +kDSlice); warpgroups sharing a key slice
+  // recompute the same S/dP (cheaper than exchanging them through smem).
+  // dQ = dS K is split by columns over all warpgroups: kDQSlice each.
+  static constexpr int kKeySplit = kBlockN / 64;
+  static constexpr int kDSplit = kWarpgroups / kKeySplit;
+  static constexpr int kDSlice = kHeadDim / kDSplit;
+  static constexpr int kDQSlice = kHeadDim / kWarpgroups;
+  static_assert(kBlockM == 64, "the dQ wgmma has M = kBlockM = 64");
+  static_assert(kBlockN % 64 == 0 && kWarpgroups % kKeySplit == 0, "bad BwdTile row");
+  static_assert(kHeadDim % kDSplit == 0 && kDSlice % 16 == 0, "bad BwdTile row");
+  static_assert(kHeadDim % kWarpgroups == 0 && kDQSlice % 8 == 0, "bad BwdTile row");
+  static constexpr int kDqPitch = BwdWorkspace::dq_pitch(kHeadDim);
+
+  using BlockM = Int<kBlockM>;
+  using BlockN = Int<kBlockN>;
+  using HeadDim = Int<kHeadDim>;
+
+  // Q and dO: [kBlockM, kHeadDim] per stage, K-major; transposed view
+  // [kHeadDim, kBlockM] for the MN-major B of dK/dV (sliced by kDSlice).
+  // Atom tiling order is chosen so both views address the same bytes.
+  using SmemLayoutQ = decltype(tile_to_shape(kmajor_atom<Element, kDSlice>(),
+                                             Shape<BlockM, HeadDim, Int<kStages>>{}));
+  using SmemLayoutQt = decltype(tile_to_shape(mnmajor_atom<Element, kDSlice>(),
+                                              Shape<HeadDim, BlockM, Int<kStages>>{}, Step<_2, _1, _3>{}));
+  // K: [kBlockN, kHeadDim] K-major for S = K Q^T; transposed view for the
+  // MN-major B of dQ = dS K (sliced by kDQSlice).
+  using SmemLayoutK = decltype(tile_to_shape(kmajor_atom<Element, kDQSlice>(), Shape<BlockN, HeadDim>{}));
+  using SmemLayoutKt = decltype(tile_to_shape(mnmajor_atom<Element, kDQSlice>(), Shape<HeadDim, BlockN>{},
+                                              Step<_2, _1>{}));
+  using SmemLayoutV = decltype(tile_to_shape(kmajor_atom<Element, kHeadDim>(), Shape<BlockN, HeadDim>{}));
+  // dS: written as dS^T [kBlockN, kBlockM] straight from the accumulators
+  // (queries contiguous), read as the MN-major A [kBlockM, kBlockN] of dQ.
+  using SmemLayoutdS = decltype(tile_to_shape(mnmajor_atom<Element, kBlockM>(), Shape<BlockM, BlockN>{}));
+  using SmemLayoutdSt = decltype(tile_to_shape(kmajor_atom<Element, kBlockM>(), Shape<BlockN, BlockM>{},
+                                               Step<_2, _1>{}));
+  // One stage of Q/dO, as the TMA box sees it.
+  using SmemLayoutQStage = decltype(take<0, 2>(SmemLayoutQ{}));
+
+  // Per-warpgroup tiled MMAs (one warpgroup each, M = 64).
+  using MmaSdP = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, float, Shape<_64, BlockM, HeadDim>, GMMA::Major::K, GMMA::Major::K>(),
+      Layout<Shape<_1, _1, _1>>{}));
+  // dV += P^T dO and dK += dS^T Q: A (P^T, dS^T) straight from the S/dP
+  // accumulator registers, B MN-major from smem.
+  using MmadKV = decltype(make_tiled_mma(
+      GMMA::rs_op_selector<Element, Element, float, Shape<_64, Int<kDSlice>, BlockM>, GMMA::Major::K,
+                           GMMA::Major::MN>(),
+      Layout<Shape<_1, _1, _1>>{}));
+  using MmadQ = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, float, Shape<BlockM, Int<kDQSlice>, BlockN>, GMMA::Major::MN,
+                           GMMA::Major::MN>(),
+      Layout<Shape<_1, _1, _1>>{}));
+
+  struct SharedStorage {
+    cute::array_aligned<Element, cosize_v<SmemLayoutQ>, 1024> q;
+    cute::array_aligned<Element, cosize_v<SmemLayoutQ>, 1024> dout;
+    cute::array_aligned<Element, cosize_v<SmemLayoutK>, 1024> k;
+    cute::array_aligned<Element, cosize_v<SmemLayoutV>, 1024> v;
+    cute::array_aligned<Element, cosize_v<SmemLayoutdS>, 1024> ds;
+    // fp32 dQ tile of this step, [kBlockM rows, kDqPitch]: the bytes a single
+    // bulk reduce-add sends to the workspace accumulator.
+    cute::array_aligned<float, kBlockM * kDqPitch, 1024> dq;
+    cute::array_aligned<float, kStages * kBlockM, 16> lse2;
+    cute::array_aligned<float, kStages * kBlockM, 16> dpsum;
+    alignas(8) uint64_t full_bar[kStages];
+    alignas(8) uint64_t kv_bar;
+  };
+  static constexpr int kSmemBytes = int(sizeof(SharedStorage));
+  static_assert(kSmemBytes <= 227 * 1024, "backward tile does not fit in shared memory");
+
+  static constexpr uint32_t kTmaBytesQ = kBlockM * kHeadDim * sizeof(Element);
+  static constexpr uint32_t kTmaBytesKV = 2 * kBlockN * kHeadDim * sizeof(Element);
+  static constexpr uint32_t kRowTermBytes = kBlockM * sizeof(float);
+};
+
+// Global views with the real head_dim as the inner extent, so TMA fills the
+// columns between head_dim and the bucket with zeros.
+// (seqlen, head_dim, heads, batch) of a dense BSHD tensor.
+template <class Element>
+JAX_FA3_HOST_DEVICE auto make_bshd_tensor(const Element* ptr, int seqlen, int head_dim, int heads, int batch) {
+  return make_tensor(make_gmem_ptr(ptr), make_shape(seqlen, head_dim, heads, batch),
+                     make_stride(int64_t(heads) * head_dim, _1{}, int64_t(head_dim),
+                                 int64_t(seqlen) * heads * head_dim));
+}
+
+template <class Traits>
+auto make_tma_q(const typename Traits::Element* ptr, int seqlen, int head_dim, int heads, int batch) {
+  return make_tma_copy(SM90_TMA_LOAD{}, make_bshd_tensor(ptr, seqlen, head_dim, heads, batch),
+                       typename Traits::SmemLayoutQStage{},
+                       Shape<typename Traits::BlockM, typename Traits::HeadDim>{}, _1{});
+}
+template <class Traits>
+auto make_tma_k(const typename Traits::Element* ptr, int seqlen, int head_dim, int heads, int batch) {
+  return make_tma_copy(SM90_TMA_LOAD{}, make_bshd_tensor(ptr, seqlen, head_dim, heads, batch),
+                       typename Traits::SmemLayoutK{},
+                       Shape<typename Traits::BlockN, typename Traits::HeadDim>{}, _1{});
+}
+template <class Traits>
+auto make_tma_v(const typename Traits::Element* ptr, int seqlen, int head_dim, int heads, int batch) {
+  return make_tma_copy(SM90_TMA_LOAD{}, make_bshd_tensor(ptr, seqlen, head_dim, heads, batch),
+                       typename Traits::SmemLayoutV{},
+                       Shape<typename Traits::BlockN, typename Traits::HeadDim>{}, _1{});
+}
+
+template <class Traits>
+struct BwdTmaTypes {
+  using TmaQ = decltype(make_tma_q<Traits>(nullptr, 1, 8, 1, 1));
+  using TmaK = decltype(make_tma_k<Traits>(nullptr, 1, 8, 1, 1));
+  using TmaV = decltype(make_tma_v<Traits>(nullptr, 1, 8, 1, 1));
+};
+
+}  // namespace jax_fa3::bwd

@@ -1,0 +1,59 @@
+// Carving of BwdParams::workspace, in one place: bwd_workspace_bytes() sizes
+// it with this struct and the launcher finds its pieces with the same struct.
+// Plain C++ (no CUDA types) so host-only code can include it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "jax_fa3/common/arch.h"
+#include "jax_fa3/params.h"
+
+namespace jax_fa3 {
+
+struct BwdWorkspace {
+  // Query rows rounded up to whole kBlockM tiles: the main kernel reads the
+  // per-row terms and reduces dq one full tile at a time, never bounds-checked.
+  int64_t m_blocks;
+  int64_t rows;
+  size_t lse2_offset;      // float [batch, heads_q, rows]: lse * log2(e); +inf where P must be 0
+  size_t dpsum_offset;     // float [batch, heads_q, rows]: D = rowsum(dO * O) - dlse
+  size_t dq_accum_offset;  // float [batch, heads_q, rows, dq_pitch(bucket)]: fp32 dq sums
+  size_t dq_sem_offset;    // int [batch, heads_q, m_blocks]: deterministic dq order (0 bytes otherwise)
+  size_t dq_accum_bytes;
+  size_t dq_sem_bytes;
+  size_t total_bytes;
+
+  static constexpr size_t kAlign = 256;
+
+  // Row pitch (floats) of the fp32 dq accumulator and of the main kernel's
+  // smem dQ tile, which is reduced into the accumulator byte for byte.
+  // (Padding it to bucket + 8 would put consecutive smem rows 8 banks apart
+  // and make the dQ accumulator stores conflict-free; that variant compiles
+  // spill-free but has not been verified on the GPU yet.)
+  JAX_FA3_HOST_DEVICE static constexpr int dq_pitch(int head_dim_bucket) { return head_dim_bucket; }
+  JAX_FA3_HOST_DEVICE static size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
+
+  JAX_FA3_HOST_DEVICE static BwdWorkspace make(const AttnShape& s, bool deterministic, int block_m,
+                                               int head_dim_bucket) {
+    BwdWorkspace w{};
+    w.m_blocks = (static_cast<int64_t>(s.seqlen_q) + block_m - 1) / block_m;
+    w.rows = w.m_blocks * block_m;
+    const size_t row_terms = static_cast<size_t>(s.batch) * s.heads_q * w.rows;
+    size_t off = 0;
+    w.lse2_offset = off;
+    off = align_up(off + row_terms * sizeof(float));
+    w.dpsum_offset = off;
+    off = align_up(off + row_terms * sizeof(float));
+    w.dq_accum_offset = off;
+    w.dq_accum_bytes = row_terms * dq_pitch(head_dim_bucket) * sizeof(float);
+    off = align_up(off + w.dq_accum_bytes);
+    w.dq_sem_offset = off;
+    w.dq_sem_bytes = deterministic ? static_cast<size_t>(s.batch) * s.heads_q * w.m_blocks * sizeof(int) : 0;
+    off = align_up(off + w.dq_sem_bytes);
+    w.total_bytes = off;
+    return w;
+  }
+};
+
+}  // namespace jax_fa3

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Builds the backward dev harness (tools/dev/bwd_check.cu) into build-dev/.
+# Usage: tools/dev/build_bwd_check.sh [extra nvcc flags, e.g. -DBWD_CHECK_ONLY_HDIM=128]
+# Runs nvcc under the shared lock: only one CuTe compile at a time here.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+CUTLASS_INCLUDE=${CUTLASS_INCLUDE:-/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/cutlass_library/source/include}
+mkdir -p build-dev/bwd
+flock /tmp/jax_fa3_nvcc.lock nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -DNDEBUG \
+  -Xptxas -v -lineinfo -cudart static \
+  -Icpp/include -I"$CUTLASS_INCLUDE" "$@" \
+  tools/dev/bwd_check.cu cpp/src/workspace_bwd.cu -o build-dev/bwd/bwd_check 2>&1 | tee build-dev/bwd/bwd_check.ptxas.log
