@@ -1,0 +1,127 @@
+"""The attention core shared by the NNX and Linen modules.
+
+``attend`` runs the full (prefill / training) attention on the jax_fa3 kernels
+(or on ``jax.nn.dot_product_attention`` for comparisons); ``attend_cached``
+computes the attention of a few new tokens against a KV cache in plain JAX,
+with the mask built from the dynamic cache index.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jax_fa3 import attention as _attention
+
+KERNEL_DTYPES = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
+IMPLEMENTATIONS = ("jax_fa3", "xla", "cudnn")
+
+
+def check_options(*, num_heads, num_kv_heads, dropout_rate, causal, window_size, softcap, attention_dtype,
+                  implementation):
+    """Trace-free validation of the module options; returns ``(num_kv_heads, window_size)``."""
+    if dropout_rate != 0.0:
+        raise ValueError(
+            f"dropout_rate={dropout_rate}: attention dropout is not supported by the jax_fa3 kernels. "
+            "Use dropout_rate=0.0 (and dropout on the residual stream instead), or flax's own attention "
+            "module with attention_fn=jax_fa3.flax.attention_fn, which falls back to Flax's attention "
+            "when dropout is active."
+        )
+    num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+    if num_kv_heads <= 0 or num_heads % num_kv_heads:
+        raise ValueError(f"num_heads ({num_heads}) must be a positive multiple of num_kv_heads ({num_kv_heads})")
+    if (not isinstance(window_size, (tuple, list)) or len(window_size) != 2
+            or any(not isinstance(w, int) or isinstance(w, bool) or w < -1 for w in window_size)):
+        raise ValueError(f"window_size must be a pair of ints >= -1 (-1: unbounded), got {window_size!r}")
+    if causal and window_size[1] > 0:
+        raise ValueError(f"causal=True fixes the right window to 0, but window_size={tuple(window_size)}")
+    if softcap < 0:
+        raise ValueError(f"softcap must be >= 0 (0 disables it), got {softcap}")
+    if attention_dtype is not None and jnp.dtype(attention_dtype) not in KERNEL_DTYPES:
+        raise ValueError(f"attention_dtype must be float16, bfloat16 or None, got {attention_dtype}")
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if implementation != "jax_fa3" and softcap > 0:
+        raise ValueError(f"softcap is only supported by implementation='jax_fa3', not {implementation!r}")
+    return num_kv_heads, tuple(window_size)
+
+
+def kernel_dtype(dtype, attention_dtype):
+    """The dtype the attention core runs in for q/k/v of ``dtype``."""
+    if jnp.dtype(dtype) in KERNEL_DTYPES:
+        return jnp.dtype(dtype)
+    if attention_dtype is None:
+        raise TypeError(
+            f"q/k/v are {jnp.dtype(dtype).name} but the jax_fa3 kernels compute in float16/bfloat16 only, "
+            "and attention_dtype=None forbids casting: set dtype=jnp.bfloat16 (or float16) on the module, "
+            "or attention_dtype=jnp.bfloat16 to cast q/k/v for the attention core only."
+        )
+    return jnp.dtype(attention_dtype)
+
+
+def _flatten_batch(x):
+    return x.reshape((math.prod(x.shape[:-3]),) + x.shape[-3:])
+
+
+def attend(q, k, v, *, causal, window_size, softcap, attention_dtype, implementation):
+    """Attention of q ``[batch..., Lq, H, D]`` over k, v ``[batch..., Lk, Hkv, D]``.
+
+    Masks are bottom-right aligned (``flash_attention``'s convention; the same as
+    top-left when ``Lq == Lk``). The result has q's shape and dtype.
+    """
+    out_dtype = q.dtype
+    dtype = kernel_dtype(q.dtype, attention_dtype)
+    batch_shape = q.shape[:-3]
+    q, k, v = (_flatten_batch(x).astype(dtype) for x in (q, k, v))
+    if implementation == "jax_fa3":
+        out = _attention.flash_attention(q, k, v, causal=causal, window_size=window_size, softcap=softcap)
+    else:
+        left, right = window_size
+        if q.shape[1] != k.shape[1] and (causal or window_size != (-1, -1)):
+            raise ValueError(
+                f"implementation={implementation!r} serves causal/windowed attention only when the query "
+                f"and key lengths agree (got {q.shape[1]} and {k.shape[1]})")
+        bound = q.shape[1] + k.shape[1]
+        local = None if window_size == (-1, -1) else (bound if left < 0 else left, bound if right < 0 else right)
+        out = jax.nn.dot_product_attention(q, k, v, is_causal=causal, local_window_size=local,
+                                           implementation=implementation)
+    return out.reshape(batch_shape + out.shape[1:]).astype(out_dtype)
+
+
+def attend_cached(q, cached_k, cached_v, start, *, causal, window_size, softcap, attention_dtype):
+    """Attention of new tokens against a KV cache, in plain JAX.
+
+    q: ``[batch..., L, H, D]``, the queries of the tokens at cache positions
+    ``start .. start + L - 1``; cached_k/cached_v: ``[batch..., max_length,
+    Hkv, D]``, already holding those tokens' keys/values. Query ``start + i``
+    sees the filled slots ``j < start + L``, restricted by ``causal`` (``j <=
+    start + i``) and ``window_size`` around its own position. Matmul inputs are
+    in the kernel dtype, scores and softmax in float32. Returns q's shape/dtype.
+    """
+    out_dtype = q.dtype
+    dtype = kernel_dtype(q.dtype, attention_dtype)
+    *batch, length, heads, head_dim = q.shape
+    max_length, heads_kv = cached_k.shape[-3], cached_k.shape[-2]
+    group = heads // heads_kv
+    q = q.astype(dtype).reshape(*batch, length, heads_kv, group, head_dim)
+    k, v = cached_k.astype(dtype), cached_v.astype(dtype)
+    scores = jnp.einsum("...qhgd,...khd->...hgqk", q, k, preferred_element_type=jnp.float32)
+    scores = scores / math.sqrt(head_dim)
+    if softcap > 0:
+        scores = softcap * jnp.tanh(scores / softcap)
+    pos = start + jnp.arange(length)[:, None]
+    j = jnp.arange(max_length)[None, :]
+    visible = j < start + length
+    left, right = window_size
+    if causal:
+        right = 0 if right < 0 else min(right, 0)
+    if left >= 0:
+        visible &= j >= pos - left
+    if right >= 0:
+        visible &= j <= pos + right
+    # Every row sees at least its own token, so the softmax is never empty.
+    probs = jax.nn.softmax(jnp.where(visible, scores, -jnp.inf), axis=-1)
+    out = jnp.einsum("...hgqk,...khd->...qhgd", probs.astype(dtype), v, preferred_element_type=jnp.float32)
+    return out.reshape(*batch, length, heads, head_dim).astype(out_dtype)
