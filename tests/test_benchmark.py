@@ -1,0 +1,147 @@
+"""Smoke test of `python -m jax_fa3.benchmark` on a tiny grid (seconds on the CPU)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import pathlib
+import sys
+
+import jax
+import pytest
+
+try:
+    from jax_fa3 import benchmark
+except ImportError:  # an installed jax_fa3 older than benchmark.py: load the source tree's copy
+    _path = pathlib.Path(__file__).resolve().parents[1] / "jax_fa3" / "benchmark.py"
+    _spec = importlib.util.spec_from_file_location("jax_fa3.benchmark", _path)
+    benchmark = importlib.util.module_from_spec(_spec)
+    sys.modules["jax_fa3.benchmark"] = benchmark
+    _spec.loader.exec_module(benchmark)
+
+ON_CPU = jax.default_backend() == "cpu"
+TINY = ["--total-tokens", "256", "--hidden", "128", "--seqlens", "64,128", "--head-dims", "64",
+        "--dtypes", "bf16", "--iters", "2", "--warmup", "1", "--min-sample-ms", "0"]
+IMPLS = ("jax_fa3", "cudnn", "xla")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """One tiny run: 2 seqlens x causal yes/no, the three implementations, both modes, every output."""
+    out = tmp_path_factory.mktemp("bench")
+    files = {ext: out / f"bench.{ext}" for ext in ("csv", "json", "md", "png")}
+    argv = [*TINY, "--impls", ",".join(IMPLS), "--xla-max-seqlen", "64", "--revision", "testrev",
+            "--csv", str(files["csv"]), "--json", str(files["json"]), "--markdown", str(files["md"]),
+            "--plot", str(files["png"]), "--quiet"]
+    result = benchmark.run(argv)
+    return result, files, argv
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_csv_rows(report):
+    _, files, _ = report
+    rows = _rows(files["csv"])
+    points = {(int(r["seqlen"]), r["causal"]) for r in rows}
+    assert points == {(64, "False"), (128, "False"), (64, "True"), (128, "True")}
+    assert len(rows) == len(points) * len(IMPLS)
+    for row in rows:
+        assert int(row["batch"]) == 256 // int(row["seqlen"]) and int(row["heads"]) == 2
+        assert int(row["head_dim"]) == 64 and row["dtype"] == "bf16"
+        if row["impl"] == "jax_fa3" or (row["impl"] == "xla" and row["seqlen"] == "64"):
+            for mode in ("fwd", "fwdbwd"):
+                assert row[f"{mode}_status"] == "ok", row
+                assert float(row[f"{mode}_ms"]) > 0 and 0 < float(row[f"{mode}_ms_min"]) <= float(row[f"{mode}_ms"])
+                assert float(row[f"{mode}_tflops"]) > 0
+        if row["impl"] == "xla" and row["seqlen"] == "128":  # above --xla-max-seqlen
+            assert row["fwd_status"] == row["fwdbwd_status"] == "n/a"
+            assert row["fwd_ms"] == "n/a" and "xla-max-seqlen" in row["fwd_note"]
+        if row["impl"] == "cudnn" and ON_CPU:  # no cuDNN on the CPU: n/a with a reason, not a crash
+            assert row["fwd_status"] == row["fwdbwd_status"] == "n/a" and row["fwd_note"]
+        if row["impl"] == "xla" and row["seqlen"] == "64":  # compared with jax_fa3 on the same inputs
+            assert row["check"] == "ok", row
+            assert 0 <= float(row["check_out_max_abs_diff"]) < 0.1
+            assert 0 <= float(row["check_grad_max_abs_diff"]) < 0.1
+
+
+def test_json(report):
+    result, files, argv = report
+    data = json.loads(files["json"].read_text())
+    assert len(data["results"]) == 4 * len(IMPLS) == len(result["results"])
+    meta = data["meta"]
+    assert meta["device"] == jax.devices()[0].device_kind
+    assert meta["jax"] == jax.__version__ and meta["revision"] == "testrev" and meta["complete"]
+    assert meta["command"].startswith("python -m jax_fa3.benchmark --total-tokens 256")
+    fa3 = [r for r in data["results"] if r["impl"] == "jax_fa3"]
+    assert all(r["fwd_ms"] > 0 and r["fwdbwd_ms"] > 0 for r in fa3)
+    assert all(r["fwd_flops"] == benchmark.fwd_flops(benchmark.Point(
+        r["seqlen"], r["head_dim"], r["causal"], r["dtype"], r["batch"], r["heads"])) for r in fa3)
+
+
+def test_markdown(report):
+    _, files, _ = report
+    text = files["md"].read_text()
+    assert f"Device: {jax.devices()[0].device_kind}" in text
+    assert "UTC" in text and f"jax {jax.__version__}, jaxlib " in text and "git revision testrev" in text
+    assert "Command: `python -m jax_fa3.benchmark --total-tokens 256" in text
+    table = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(table) == 2 * 4  # throughput table and times table, one row per grid point each
+    assert "cudnn" in text and "n/a" in text
+
+
+def test_plot(report):
+    pytest.importorskip("matplotlib")
+    _, files, _ = report
+    assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_forward_only_no_check(capsys):
+    result = benchmark.run([*TINY, "--seqlens", "64", "--causal", "no", "--impls", "jax_fa3",
+                            "--modes", "fwd", "--no-check", "--quiet"])
+    (rec,) = result["results"]
+    assert rec["fwd_status"] == "ok" and rec["fwd_ms"] > 0 and rec["fwdbwd_status"] == ""
+    assert rec["bwd_tflops"] is None and rec["check"] == ""
+    printed = capsys.readouterr().out
+    assert "fwd TF/s" in printed and "bwd TF/s" not in printed
+
+
+def test_grid_and_flops():
+    args = benchmark.parse_args(["--seqlens", "512,1k,16k", "--head-dims", "128", "--dtypes", "bfloat16",
+                                 "--causal", "yes"])
+    points = benchmark.build_grid(args)
+    assert [(p.seqlen, p.batch, p.heads) for p in points] == [(512, 32, 16), (1024, 16, 16), (16384, 1, 16)]
+    p = points[0]
+    assert p.causal and p.dtype == "bf16"
+    assert benchmark.fwd_flops(p) == 4 * 32 * 512**2 * 16 * 128 / 2
+    rec = benchmark.empty_record(p, "jax_fa3")
+    rec.update(fwd_ms=1.0, fwdbwd_ms=3.0)
+    benchmark.finish_record(rec)
+    assert rec["fwd_tflops"] == pytest.approx(benchmark.fwd_flops(p) / 1e-3 / 1e12)
+    assert rec["fwdbwd_tflops"] == pytest.approx(3.5 * benchmark.fwd_flops(p) / 3e-3 / 1e12)
+    assert rec["bwd_tflops"] == pytest.approx(2.5 * benchmark.fwd_flops(p) / 2e-3 / 1e12)
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--impls", "flash"])
+
+
+def test_check_flags_wrong_results():
+    import jax.numpy as jnp
+
+    point = benchmark.Point(64, 64, False, "bf16", 1, 1)
+    x = jnp.ones((2, 8), jnp.bfloat16)
+    records = {impl: benchmark.empty_record(point, impl) for impl in ("jax_fa3", "xla")}
+    outputs = {("jax_fa3", "fwd"): x, ("xla", "fwd"): x * 1.01,
+               ("jax_fa3", "fwdbwd"): (x, 2 * x, x), ("xla", "fwdbwd"): (x, x, x)}
+    benchmark.check_point(records, outputs, 0.05)
+    assert records["xla"]["check"] == "MISMATCH grad"
+    assert records["xla"]["check_grad_max_abs_diff"] == 1.0 and records["xla"]["check_out_max_abs_diff"] < 0.05
+    assert "MISMATCH" in benchmark.check_cell(records)
+
+    records = {impl: benchmark.empty_record(point, impl) for impl in ("jax_fa3", "xla")}
+    benchmark.check_point(records, {("jax_fa3", "fwd"): x * jnp.nan, ("xla", "fwd"): x}, 0.05)
+    assert records["jax_fa3"]["check"] == "non-finite fwd" and records["xla"]["check"] == "MISMATCH out"
+    verdict, suspicious = benchmark.check_summary(list(records.values()), 0.05)
+    assert verdict.startswith("SUSPICIOUS") and len(suspicious) == 2
