@@ -38,9 +38,9 @@ struct FwdKernelTraitsSm90 {
   static constexpr int kNumConsumerThreads = kConsumerWarpgroups * cutlass::NumThreadsPerWarpGroup;
   static constexpr int kNumThreads = kNumProducerThreads + kNumConsumerThreads;
   // setmaxnreg moves registers from the producer (which needs almost none) to
-  // the consumers, which hold the S and O accumulators (up to 128 + 64 fp32
-  // registers per thread at head dim 256). Both must fit in the 64K-register
-  // file with one CTA per SM.
+  // the consumers, which hold the S and O accumulators (kBlockN/2 + kHeadDim/2
+  // fp32 registers per thread: 32 + 128 at head dim 256) plus P. Both must fit
+  // in the 64K-register file with one CTA per SM.
   static constexpr int kProducerRegs = kConsumerWarpgroups == 1 ? 56 : 24;
   static constexpr int kConsumerRegs = kConsumerWarpgroups == 1 ? 256 : 240;
   static_assert(kProducerRegs * kNumProducerThreads + kConsumerRegs * kNumConsumerThreads <= 65536);
@@ -77,6 +77,14 @@ struct FwdKernelTraitsSm90 {
       SmemAtomQK{}, cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>, cute::Int<kStages>>{}));
   using SmemLayoutVt = decltype(cute::tile_to_shape(
       SmemAtomVt{}, cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>, cute::Int<kStages>>{}));
+
+  // One pipeline stage, as the TMA copies see it (the stage index is the
+  // outermost mode of the staged layouts, so stage 0 of those is exactly this).
+  using SmemLayoutKStage = decltype(cute::tile_to_shape(SmemAtomQK{}, cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>>{}));
+  using SmemLayoutVtStage = decltype(cute::tile_to_shape(SmemAtomVt{}, cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>>{}));
+
+  // Rows of the score tile each consumer thread owns (2 per 64-row wgmma).
+  static constexpr int kRowsPerThread = 2 * (kBlockM / (64 * kConsumerWarpgroups));
 
   static constexpr int kBytesQ = kBlockM * kHeadDim * int(sizeof(Element));
   static constexpr int kBytesKStage = kBlockN * kHeadDim * int(sizeof(Element));

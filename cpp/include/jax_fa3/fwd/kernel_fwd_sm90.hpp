@@ -1,0 +1,118 @@
+// The Hopper forward kernel: one CTA per (query block, head, batch) tile, one
+// producer warpgroup feeding shared memory with TMA, kConsumerWarpgroups
+// warpgroups computing with wgmma, synchronised only through mbarriers.
+#pragma once
+
+#include "jax_fa3/common/arch.h"
+
+#include <cstdint>
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+#include <cutlass/cutlass.h>
+
+#include "jax_fa3/common/softmax.hpp"
+#include "jax_fa3/fwd/epilogue_fwd_sm90.hpp"
+#include "jax_fa3/fwd/kernel_traits_fwd_sm90.hpp"
+#include "jax_fa3/fwd/mainloop_fwd_sm90.hpp"
+#include "jax_fa3/fwd/tile_scheduler_fwd_sm90.hpp"
+#include "jax_fa3/params.h"
+
+namespace jax_fa3 {
+
+template <class Traits_>
+struct FwdKernelSm90 {
+  using Traits = Traits_;
+  using Mainloop = FwdMainloopSm90<Traits>;
+  using Epilogue = FwdEpilogueSm90<Traits>;
+  using Scheduler = FwdSingleTileScheduler;
+  using SharedStorage = typename Traits::SharedStorage;
+  static constexpr int kNumThreads = Traits::kNumThreads;
+  static constexpr int kSmemBytes = Traits::kSmemBytes;
+  using WorkTile = Scheduler::WorkTile;
+
+  struct Params {
+    typename Mainloop::Params mainloop;
+    typename Epilogue::Params epilogue;
+    Scheduler::Params scheduler;
+  };
+
+  static Params to_params(FwdParams const& p) {
+    AttnShape const& s = p.problem.shape;
+    return Params{Mainloop::to_params(p), Epilogue::to_params(p),
+                  Scheduler::to_params(s.seqlen_q, s.heads_q, s.batch, Traits::kBlockM)};
+  }
+
+  CUTE_DEVICE void operator()(Params const& params, char* smem_raw) const {
+    using namespace cute;
+    // Swizzled TMA/wgmma tiles need 1024-byte aligned shared memory.
+    const uint32_t smem_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+    SharedStorage& ss = *reinterpret_cast<SharedStorage*>(smem_raw + ((1024u - (smem_addr & 1023u)) & 1023u));
+
+    const int warpgroup = cutlass::canonical_warp_group_idx();
+    const int warp = cutlass::canonical_warp_idx_sync();
+    const WorkTile tile = Scheduler::get_tile(params.scheduler);
+    const auto n_range = Mainloop::n_block_range(params.mainloop, tile.m_block);
+    const int n_min = get<0>(n_range);
+    const int n_max = get<1>(n_range);
+
+    if (threadIdx.x == 0) {
+      Mainloop::prefetch_descriptors(params.mainloop);
+      cutlass::arch::ClusterBarrier::init(&ss.barrier_q, 1);
+      CUTLASS_PRAGMA_UNROLL
+      for (int s = 0; s < Traits::kStages; ++s) {
+        // full: one arrival (the producer's expect_tx) + the TMA bytes.
+        cutlass::arch::ClusterBarrier::init(&ss.full_k[s], 1);
+        cutlass::arch::ClusterBarrier::init(&ss.full_v[s], 1);
+        // empty: every consumer thread arrives once it is done with the stage.
+        cutlass::arch::ClusterBarrier::init(&ss.empty_k[s], Traits::kNumConsumerThreads);
+        cutlass::arch::ClusterBarrier::init(&ss.empty_v[s], Traits::kNumConsumerThreads);
+      }
+      // Make the initialised barriers visible to the async proxy (TMA).
+      cutlass::arch::fence_barrier_init();
+    }
+    __syncthreads();
+
+    if (warpgroup == 0) {
+      // Producer warpgroup: gives its registers to the consumers; one thread
+      // issues all TMA copies, the other 127 threads just exit.
+      cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+      if (warp == 0 && cute::elect_one_sync() && n_max > n_min) {
+        Mainloop::load(params.mainloop, ss, tile, n_min, n_max);
+      }
+    } else {
+      cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
+      const int thread_idx = threadIdx.x - Traits::kNumProducerThreads;
+      typename Traits::TiledMmaPV tiled_mma_pv;
+      Tensor tOrO = partition_fragment_C(tiled_mma_pv, select<0, 1>(typename Traits::TileShapePV{}));
+      clear(tOrO);
+      OnlineSoftmax<Traits::kRowsPerThread> softmax(params.mainloop.scale_log2);
+      if (n_max > n_min) {
+        Mainloop::mma(params.mainloop, ss, tile, n_min, n_max, thread_idx, tOrO, softmax);
+      }
+      // Rows that saw no key (empty range or fully masked) get scale 0, so
+      // O = 0, and LSE = -inf.
+      float o_scale[Traits::kRowsPerThread];
+      float lse[Traits::kRowsPerThread];
+      softmax.finalize(o_scale, lse);
+      Tensor tOrO_rc = rowcol_view(tOrO);
+      CUTLASS_PRAGMA_UNROLL
+      for (int r = 0; r < size<0>(tOrO_rc); ++r) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int c = 0; c < size<1>(tOrO_rc); ++c) { tOrO_rc(r, c) *= o_scale[r]; }
+      }
+      Epilogue::store(params.epilogue, tOrO, lse, tile, thread_idx);
+    }
+  }
+};
+
+// The __launch_bounds__ minimum of 1 block gives the kernel the register cap
+// that setmaxnreg needs to rebalance registers between warpgroups.
+template <class Kernel>
+__global__ void __launch_bounds__(Kernel::kNumThreads, 1)
+    fwd_kernel_sm90(CUTE_GRID_CONSTANT typename Kernel::Params const params) {
+  extern __shared__ char smem_raw[];
+  Kernel{}(params, smem_raw);
+}
+
+}  // namespace jax_fa3

@@ -1,0 +1,49 @@
+// Definition of run_fwd_sm90 (declared in launch_fwd_sm90.h). Included only by
+// the generated instantiation files (one per dtype x head dim x mask) and the
+// dev harness, since it pulls in CuTe and the whole kernel.
+#pragma once
+
+#include "jax_fa3/common/arch.h"
+
+#include <cstdint>
+#include <cuda_runtime_api.h>
+#include <cutlass/numeric_types.h>
+
+#include "jax_fa3/fwd/kernel_fwd_sm90.hpp"
+#include "jax_fa3/fwd/kernel_traits_fwd_sm90.hpp"
+#include "jax_fa3/fwd/launch_fwd_sm90.h"
+#include "jax_fa3/params.h"
+
+namespace jax_fa3 {
+
+template <class Element, int kHeadDim, bool kMasked>
+cudaError_t run_fwd_sm90(const FwdParams& params, cudaStream_t stream) {
+  using Traits = FwdKernelTraitsSm90<Element, kHeadDim, kMasked>;
+  using Kernel = FwdKernelSm90<Traits>;
+  AttnShape const& s = params.problem.shape;
+  if (s.head_dim <= 0 || s.head_dim > kHeadDim || s.head_dim % 8 != 0 || s.heads_kv <= 0 ||
+      s.heads_q % s.heads_kv != 0 || s.batch < 0 || s.seqlen_q < 0 || s.seqlen_k < 0) {
+    return cudaErrorInvalidValue;
+  }
+  // TMA needs 16-byte aligned global bases; the epilogue stores O in 4-byte
+  // pairs. heads and batch index grid dimensions y and z.
+  auto misaligned = [](const void* ptr, uintptr_t align) { return reinterpret_cast<uintptr_t>(ptr) % align != 0; };
+  if (misaligned(params.q, 16) || misaligned(params.k, 16) || misaligned(params.v, 16) ||
+      misaligned(params.out, 4) || s.heads_q > 65535 || s.batch > 65535) {
+    return cudaErrorInvalidValue;
+  }
+  if (s.batch == 0 || s.seqlen_q == 0 || s.heads_q == 0) return cudaSuccess;
+
+  // TMA descriptors are encoded here, on the host, once per call.
+  const typename Kernel::Params kernel_params = Kernel::to_params(params);
+  auto* kernel = &fwd_kernel_sm90<Kernel>;
+  // Above 48 KB of dynamic shared memory a kernel must opt in; the call fails
+  // (and we return its error) if the device cannot give that much.
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Kernel::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  kernel<<<Kernel::Scheduler::grid(kernel_params.scheduler), Kernel::kNumThreads, Kernel::kSmemBytes, stream>>>(
+      kernel_params);
+  return cudaGetLastError();
+}
+
+}  // namespace jax_fa3

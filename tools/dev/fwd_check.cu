@@ -1,0 +1,447 @@
+// Dev harness for the Hopper forward kernel: runs jax_fa3::run_fwd_sm90 on
+// random inputs, compares against a float64 CPU reference of the documented
+// semantics (params.h), and times the kernel.
+//
+//   fwd_check all     every coverage case, then the timings
+//   fwd_check small   a few small shapes (for compute-sanitizer)
+//   fwd_check bench   timings only
+//
+// The kernel instantiations are compiled in separate translation units (one per
+// dtype x head dim x mask, like the real build) by build_fwd_check.sh, which
+// also writes fwd_check_set.h: X(Element, tag, head_dim, masked) per compiled one.
+#include <cuda_runtime.h>
+#include <cutlass/numeric_types.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "jax_fa3/fwd/launch_fwd_sm90.h"
+#include "jax_fa3/params.h"
+#include "jax_fa3/run.h"
+
+#include "fwd_check_set.h"  // FWD_CHECK_SET(X)
+
+#define CUDA_CHECK(expr)                                                                   \
+  do {                                                                                     \
+    cudaError_t err_ = (expr);                                                             \
+    if (err_ != cudaSuccess) {                                                             \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(err_)); \
+      std::exit(2);                                                                        \
+    }                                                                                      \
+  } while (0)
+
+using jax_fa3::Dtype;
+
+namespace {
+
+// Returns cudaErrorNotSupported when the combination was not compiled into
+// this harness.
+cudaError_t launch(const jax_fa3::FwdParams& p, cudaStream_t stream) {
+  const bool masked = jax_fa3::mask_cuts(p.problem.shape, p.problem.mask);
+  const int bucket = jax_fa3::head_dim_bucket(p.problem.shape.head_dim);
+#define X(Element, tag, hd, m)                                   \
+  if (p.problem.dtype == Dtype::tag && bucket == hd && masked == m) \
+    return jax_fa3::run_fwd_sm90<Element, hd, m>(p, stream);
+  FWD_CHECK_SET(X)
+#undef X
+  return cudaErrorNotSupported;
+}
+
+struct Case {
+  std::string name;
+  Dtype dtype;
+  int batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim;
+  int window_left, window_right;  // -1: unbounded (seqlen_q + seqlen_k)
+  float softcap;
+  float softmax_scale;  // 0: 1/sqrt(head_dim)
+};
+
+uint16_t to_bits(float x, Dtype dt) {
+  if (dt == Dtype::kBFloat16) return cutlass::bfloat16_t(x).raw();
+  return cutlass::half_t(x).raw();
+}
+float from_bits(uint16_t b, Dtype dt) {
+  if (dt == Dtype::kBFloat16) return float(cutlass::bfloat16_t::bitcast(b));
+  return float(cutlass::half_t::bitcast(b));
+}
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// Random N(0,1) values (counter-based, so it parallelises), rounded to the
+// element type; `vals` gets the rounded values the reference must use. Exact
+// zeros are nudged so no input is zero.
+void make_input(size_t n, Dtype dt, uint64_t seed, std::vector<uint16_t>& bits, std::vector<double>& vals) {
+  bits.resize(n);
+  vals.resize(n);
+  const uint64_t base = splitmix64(seed * 0x1234567ull + 1);
+#pragma omp parallel for schedule(static)
+  for (long long i = 0; i < (long long)n; ++i) {
+    const uint64_t r = splitmix64(base ^ uint64_t(i));
+    const double u1 = (double((r >> 11) & ((1ull << 26) - 1)) + 0.5) / double(1ull << 26);
+    const double u2 = double(r >> 38) / double(1ull << 26);
+    float x = float(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+    if (x == 0.f) x = 1e-3f;
+    bits[i] = to_bits(x, dt);
+    vals[i] = from_bits(bits[i], dt);
+  }
+}
+
+// float64 reference of params.h semantics.
+void reference(const Case& c, const jax_fa3::AttnMask& mask, float scale, const std::vector<double>& q,
+               const std::vector<double>& k, const std::vector<double>& v, std::vector<double>& out,
+               std::vector<double>& lse) {
+  const int B = c.batch, SQ = c.seqlen_q, SK = c.seqlen_k, HQ = c.heads_q, HK = c.heads_kv, D = c.head_dim;
+  const int group = HQ / HK;
+  const long diag = SK - SQ;
+  out.assign(size_t(B) * SQ * HQ * D, 0.0);
+  lse.assign(size_t(B) * HQ * SQ, 0.0);
+#pragma omp parallel for collapse(3) schedule(dynamic, 4)
+  for (int b = 0; b < B; ++b) {
+    for (int h = 0; h < HQ; ++h) {
+      for (int i = 0; i < SQ; ++i) {
+        const int hk = h / group;
+        const double* qi = &q[((size_t(b) * SQ + i) * HQ + h) * D];
+        std::vector<double> s(SK);
+        std::vector<char> vis(SK);
+        double mx = -std::numeric_limits<double>::infinity();
+        for (int j = 0; j < SK; ++j) {
+          vis[j] = (j >= i + diag - mask.window_left) && (j <= i + diag + mask.window_right);
+          if (!vis[j]) continue;
+          const double* kj = &k[((size_t(b) * SK + j) * HK + hk) * D];
+          double dot = 0;
+          for (int d = 0; d < D; ++d) dot += qi[d] * kj[d];
+          double sc = scale * dot;
+          if (c.softcap > 0) sc = c.softcap * std::tanh(sc / c.softcap);
+          s[j] = sc;
+          mx = std::max(mx, sc);
+        }
+        double* o = &out[((size_t(b) * SQ + i) * HQ + h) * D];
+        double& l = lse[(size_t(b) * HQ + h) * SQ + i];
+        if (mx == -std::numeric_limits<double>::infinity()) {
+          l = -std::numeric_limits<double>::infinity();
+          continue;
+        }
+        double sum = 0;
+        for (int j = 0; j < SK; ++j) {
+          if (!vis[j]) continue;
+          const double p = std::exp(s[j] - mx);
+          sum += p;
+          const double* vj = &v[((size_t(b) * SK + j) * HK + hk) * D];
+          for (int d = 0; d < D; ++d) o[d] += p * vj[d];
+        }
+        for (int d = 0; d < D; ++d) o[d] /= sum;
+        l = mx + std::log(sum);
+      }
+    }
+  }
+}
+
+jax_fa3::FwdParams make_params(const Case& c, jax_fa3::AttnMask mask, float scale, void* q, void* k, void* v,
+                               void* o, float* lse) {
+  jax_fa3::FwdParams p{};
+  p.problem.shape = {c.batch, c.seqlen_q, c.seqlen_k, c.heads_q, c.heads_kv, c.head_dim};
+  p.problem.dtype = c.dtype;
+  p.problem.softmax_scale = scale;
+  p.problem.softcap = c.softcap;
+  p.problem.mask = mask;
+  p.q = q;
+  p.k = k;
+  p.v = v;
+  p.out = o;
+  p.lse = lse;
+  return p;
+}
+
+jax_fa3::AttnMask mask_of(const Case& c) {
+  const int unbounded = c.seqlen_q + c.seqlen_k;
+  return {c.window_left < 0 ? unbounded : c.window_left, c.window_right < 0 ? unbounded : c.window_right};
+}
+
+// 0: pass, 1: fail, 2: skipped (not compiled).
+int run_case(const Case& c, uint64_t seed) {
+  const jax_fa3::AttnMask mask = mask_of(c);
+  const float scale = c.softmax_scale > 0 ? c.softmax_scale : 1.f / std::sqrt(float(c.head_dim));
+  const size_t nq = size_t(c.batch) * c.seqlen_q * c.heads_q * c.head_dim;
+  const size_t nk = size_t(c.batch) * c.seqlen_k * c.heads_kv * c.head_dim;
+  const size_t nlse = size_t(c.batch) * c.heads_q * c.seqlen_q;
+  std::vector<uint16_t> hq, hk, hv;
+  std::vector<double> rq, rk, rv;
+  make_input(nq, c.dtype, 3 * seed, hq, rq);
+  make_input(nk, c.dtype, 3 * seed + 1, hk, rk);
+  make_input(nk, c.dtype, 3 * seed + 2, hv, rv);
+
+  // Guard zone after out and lse: a store past the real extents (rows beyond
+  // seqlen_q, columns beyond head_dim of the last head) lands there.
+  const size_t kGuard = 4096;
+  uint16_t *dq, *dk, *dv, *dout;
+  float* dlse;
+  CUDA_CHECK(cudaMalloc(&dq, std::max<size_t>(nq, 1) * 2));
+  CUDA_CHECK(cudaMalloc(&dk, std::max<size_t>(nk, 1) * 2));
+  CUDA_CHECK(cudaMalloc(&dv, std::max<size_t>(nk, 1) * 2));
+  CUDA_CHECK(cudaMalloc(&dout, (nq + kGuard) * 2));
+  CUDA_CHECK(cudaMalloc(&dlse, (nlse + kGuard) * 4));
+  CUDA_CHECK(cudaMemcpy(dq, hq.data(), nq * 2, cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy(dk, hk.data(), nk * 2, cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy(dv, hv.data(), nk * 2, cudaMemcpyHostToDevice));
+  // NaN poison (all-ones bit patterns are NaN in bf16, fp16 and fp32).
+  CUDA_CHECK(cudaMemset(dout, 0xff, (nq + kGuard) * 2));
+  CUDA_CHECK(cudaMemset(dlse, 0xff, (nlse + kGuard) * 4));
+
+  auto p = make_params(c, mask, scale, dq, dk, dv, dout, dlse);
+  cudaError_t err = launch(p, 0);
+  if (err == cudaErrorNotSupported) {
+    std::printf("SKIP %-34s (not compiled in this harness)\n", c.name.c_str());
+    cudaFree(dq); cudaFree(dk); cudaFree(dv); cudaFree(dout); cudaFree(dlse);
+    return 2;
+  }
+  if (err != cudaSuccess) {
+    std::printf("FAIL %-34s launch error %s\n", c.name.c_str(), cudaGetErrorString(err));
+    return 1;
+  }
+  err = cudaDeviceSynchronize();
+  if (err != cudaSuccess) {
+    std::printf("FAIL %-34s kernel error %s\n", c.name.c_str(), cudaGetErrorString(err));
+    std::exit(3);  // the context is gone; nothing else can run
+  }
+  std::vector<uint16_t> ho(nq + kGuard);
+  std::vector<float> hl(nlse + kGuard);
+  CUDA_CHECK(cudaMemcpy(ho.data(), dout, (nq + kGuard) * 2, cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpy(hl.data(), dlse, (nlse + kGuard) * 4, cudaMemcpyDeviceToHost));
+  cudaFree(dq); cudaFree(dk); cudaFree(dv); cudaFree(dout); cudaFree(dlse);
+
+  std::vector<double> ro, rl;
+  reference(c, mask, scale, rq, rk, rv, ro, rl);
+
+  const bool bf16 = c.dtype == Dtype::kBFloat16;
+  // Output rounding alone is 2^-9 (bf16) / 2^-12 (fp16) relative; P is rounded
+  // to the element type before the second GEMM, another error of that order.
+  const double out_rtol = bf16 ? 1.0 / 256 : 1.0 / 1024;
+  const double out_atol = bf16 ? 4e-3 : 1e-3;
+  const double lse_atol = 2e-3;
+  double max_err_o = 0, max_err_l = 0, max_ref_o = 0;
+  bool ok = true;
+  size_t bad_o = 0, bad_l = 0, empty_rows = 0;
+  for (size_t i = 0; i < nq; ++i) {
+    const double got = from_bits(ho[i], c.dtype);
+    const double e = std::isnan(got) ? INFINITY : std::fabs(got - ro[i]);
+    max_err_o = std::max(max_err_o, e);
+    max_ref_o = std::max(max_ref_o, std::fabs(ro[i]));
+    if (!(e <= out_atol + out_rtol * std::fabs(ro[i]))) { ok = false; ++bad_o; }
+  }
+  for (size_t i = 0; i < nlse; ++i) {
+    const double got = hl[i];
+    double e;
+    if (std::isinf(rl[i])) {
+      ++empty_rows;
+      e = (std::isinf(got) && got < 0) ? 0.0 : INFINITY;
+    } else {
+      e = std::isnan(got) ? INFINITY : std::fabs(got - rl[i]);
+    }
+    max_err_l = std::max(max_err_l, e);
+    if (!(e <= lse_atol + 1e-5 * std::fabs(rl[i]))) { ok = false; ++bad_l; }
+  }
+  bool guard_ok = true;
+  for (size_t i = 0; i < kGuard; ++i) guard_ok = guard_ok && ho[nq + i] == 0xffff;
+  for (size_t i = 0; i < kGuard; ++i) {
+    uint32_t b;
+    std::memcpy(&b, &hl[nlse + i], 4);
+    guard_ok = guard_ok && b == 0xffffffffu;
+  }
+  ok = ok && guard_ok;
+  std::printf("%s %-34s %s b%d sq%-5d sk%-5d h%d/%d d%-3d win(%d,%d) cap%g masked=%d | out max_err %.3e (max|ref| %.2f) "
+              "lse max_err %.3e | empty rows %zu%s%s\n",
+              ok ? "PASS" : "FAIL", c.name.c_str(), bf16 ? "bf16" : "fp16", c.batch, c.seqlen_q, c.seqlen_k,
+              c.heads_q, c.heads_kv, c.head_dim, mask.window_left, mask.window_right, c.softcap,
+              int(jax_fa3::mask_cuts(p.problem.shape, mask)), max_err_o, max_ref_o, max_err_l, empty_rows,
+              guard_ok ? "" : " | GUARD ZONE WRITTEN", (bad_o || bad_l) ? (" | bad out/lse: " + std::to_string(bad_o) + "/" + std::to_string(bad_l)).c_str() : "");
+  return ok ? 0 : 1;
+}
+
+// Times the kernel at the reference size, then spot-checks sampled rows of
+// that run against the float64 reference (so the timing is of a kernel that
+// computes the right thing at that size).
+void bench(bool causal, int head_dim) {
+  Case c{causal ? "causal" : "full", Dtype::kBFloat16, 1, 16384, 16384, 16, 16, head_dim,
+         -1, causal ? 0 : -1, 0.f, 0.f};
+  const jax_fa3::AttnMask mask = mask_of(c);
+  const float scale = 1.f / std::sqrt(float(c.head_dim));
+  const size_t n = size_t(c.batch) * c.seqlen_q * c.heads_q * c.head_dim;
+  const size_t nlse = size_t(c.batch) * c.heads_q * c.seqlen_q;
+  std::vector<uint16_t> hq, hk, hv;
+  std::vector<double> rq, rk, rv;
+  make_input(n, c.dtype, 1001, hq, rq);
+  make_input(n, c.dtype, 1002, hk, rk);
+  make_input(n, c.dtype, 1003, hv, rv);
+  uint16_t *dq, *dk, *dv, *dout;
+  float* dlse;
+  CUDA_CHECK(cudaMalloc(&dq, n * 2));
+  CUDA_CHECK(cudaMalloc(&dk, n * 2));
+  CUDA_CHECK(cudaMalloc(&dv, n * 2));
+  CUDA_CHECK(cudaMalloc(&dout, n * 2));
+  CUDA_CHECK(cudaMalloc(&dlse, nlse * 4));
+  CUDA_CHECK(cudaMemcpy(dq, hq.data(), n * 2, cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy(dk, hk.data(), n * 2, cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy(dv, hv.data(), n * 2, cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemset(dout, 0xff, n * 2));
+  CUDA_CHECK(cudaMemset(dlse, 0xff, nlse * 4));
+  auto p = make_params(c, mask, scale, dq, dk, dv, dout, dlse);
+  cudaEvent_t e0, e1;
+  CUDA_CHECK(cudaEventCreate(&e0));
+  CUDA_CHECK(cudaEventCreate(&e1));
+  cudaError_t err = launch(p, 0);
+  if (err != cudaSuccess) {
+    std::printf("bench %s: %s\n", c.name.c_str(), cudaGetErrorString(err));
+    return;
+  }
+  for (int i = 0; i < 3; ++i) CUDA_CHECK(launch(p, 0));
+  CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<float> ms;
+  for (int i = 0; i < 20; ++i) {
+    CUDA_CHECK(cudaEventRecord(e0));
+    CUDA_CHECK(launch(p, 0));
+    CUDA_CHECK(cudaEventRecord(e1));
+    CUDA_CHECK(cudaEventSynchronize(e1));
+    float t;
+    CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+    ms.push_back(t);
+  }
+  std::sort(ms.begin(), ms.end());
+  const double med = ms[ms.size() / 2];
+  double flops = 4.0 * c.batch * double(c.seqlen_q) * c.seqlen_k * c.heads_q * c.head_dim;
+  if (causal) flops /= 2;
+
+  // Spot check: 64 sampled (head, row) pairs, float64 reference.
+  std::vector<uint16_t> ho(n);
+  std::vector<float> hl(nlse);
+  CUDA_CHECK(cudaMemcpy(ho.data(), dout, n * 2, cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpy(hl.data(), dlse, nlse * 4, cudaMemcpyDeviceToHost));
+  const int S = c.seqlen_q, H = c.heads_q, D = c.head_dim;
+  double max_err_o = 0, max_err_l = 0;
+  std::mt19937 pick(11);
+  for (int t = 0; t < 64; ++t) {
+    const int h = pick() % H;
+    const int i = t < 4 ? (t < 2 ? t : S - 1 - (t - 2)) : int(pick() % S);
+    const int j_end = causal ? i + 1 : S;
+    std::vector<double> s(j_end);
+    double mx = -INFINITY;
+    for (int j = 0; j < j_end; ++j) {
+      double dot = 0;
+      for (int d = 0; d < D; ++d) dot += rq[(size_t(i) * H + h) * D + d] * rk[(size_t(j) * H + h) * D + d];
+      s[j] = scale * dot;
+      mx = std::max(mx, s[j]);
+    }
+    double sum = 0;
+    std::vector<double> o(D, 0.0);
+    for (int j = 0; j < j_end; ++j) {
+      const double pj = std::exp(s[j] - mx);
+      sum += pj;
+      for (int d = 0; d < D; ++d) o[d] += pj * rv[(size_t(j) * H + h) * D + d];
+    }
+    for (int d = 0; d < D; ++d) {
+      const double got = from_bits(ho[(size_t(i) * H + h) * D + d], c.dtype);
+      max_err_o = std::max(max_err_o, std::isnan(got) ? INFINITY : std::fabs(got - o[d] / sum));
+    }
+    const double lg = hl[size_t(h) * S + i];
+    max_err_l = std::max(max_err_l, std::isnan(lg) ? INFINITY : std::fabs(lg - (mx + std::log(sum))));
+  }
+  std::printf("BENCH %-6s b1 s16384 h16 d%-3d bf16: median %.3f ms (min %.3f, max %.3f) -> %.1f TFLOP/s | "
+              "spot check 64 rows: out max_err %.3e, lse max_err %.3e %s\n",
+              c.name.c_str(), c.head_dim, med, ms.front(), ms.back(), flops / (med * 1e-3) / 1e12, max_err_o, max_err_l,
+              (max_err_o < 1e-2 && max_err_l < 2e-3) ? "PASS" : "FAIL");
+  cudaFree(dq); cudaFree(dk); cudaFree(dv); cudaFree(dout); cudaFree(dlse);
+  cudaEventDestroy(e0); cudaEventDestroy(e1);
+}
+
+std::vector<Case> coverage() {
+  const Dtype BF = Dtype::kBFloat16, FP = Dtype::kFloat16;
+  std::vector<Case> v;
+  auto add = [&](std::string name, Dtype dt, int b, int sq, int sk, int hq, int hk, int d, int wl, int wr,
+                 float cap = 0.f, float scale = 0.f) {
+    v.push_back(Case{name, dt, b, sq, sk, hq, hk, d, wl, wr, cap, scale});
+  };
+  // Head dim 128: the full matrix of sequence lengths, GQA and masks.
+  for (int s : {1, 17, 113, 1000}) {
+    add("d128 full sq=sk=" + std::to_string(s), BF, 2, s, s, 8, 8, 128, -1, -1);
+    add("d128 causal sq=sk=" + std::to_string(s), BF, 2, s, s, 8, 4, 128, -1, 0);
+  }
+  add("d128 full sq<sk gqa8", BF, 2, 113, 1000, 8, 1, 128, -1, -1);
+  add("d128 full sq>sk gqa2", BF, 2, 1000, 113, 8, 4, 128, -1, -1);
+  add("d128 causal sq<sk", BF, 2, 113, 1000, 8, 4, 128, -1, 0);
+  add("d128 causal sq>sk (empty rows)", BF, 2, 1000, 113, 8, 8, 128, -1, 0);
+  add("d128 causal sq=17 sk=1", BF, 2, 17, 1, 8, 8, 128, -1, 0);
+  add("d128 full sk=0 (no keys)", BF, 2, 17, 0, 8, 8, 128, -1, -1);
+  add("d128 local 37/5", BF, 2, 1000, 1000, 8, 2, 128, 37, 5);
+  add("d128 local 37/5 sq>sk", BF, 1, 1000, 300, 8, 8, 128, 37, 5);
+  add("d128 softcap30 full", BF, 2, 257, 1000, 8, 8, 128, -1, -1, 30.f, 1.f);
+  add("d128 softcap30 causal", BF, 2, 1000, 1000, 8, 8, 128, -1, 0, 30.f, 1.f);
+  add("fp16 d128 full", FP, 2, 1000, 1000, 8, 8, 128, -1, -1);
+  add("fp16 d128 causal sq>sk", FP, 2, 1000, 113, 8, 2, 128, -1, 0);
+  add("fp16 d128 local 37/5", FP, 2, 1000, 1000, 8, 8, 128, 37, 5);
+  // Every other bucket (and head dims inside a bucket).
+  for (int d : {64, 96, 192, 256, 72, 136, 40}) {
+    const std::string n = "d" + std::to_string(d);
+    add(n + " full sq=sk=1000", BF, 2, 1000, 1000, 8, 2, d, -1, -1);
+    add(n + " causal sq=sk=1000", BF, 2, 1000, 1000, 8, 8, d, -1, 0);
+    add(n + " causal sq<sk", BF, 2, 113, 1000, 8, 1, d, -1, 0);
+    add(n + " causal sq>sk", BF, 2, 1000, 113, 8, 4, d, -1, 0);
+    add(n + " local 37/5", BF, 2, 1000, 1000, 8, 8, d, 37, 5);
+    add(n + " full sq=sk=17", BF, 2, 17, 17, 8, 8, d, -1, -1);
+  }
+  add("fp16 d64 causal", FP, 2, 1000, 1000, 8, 4, 64, -1, 0);
+  add("fp16 d256 full", FP, 2, 1000, 113, 8, 8, 256, -1, -1);
+  add("fp16 d96 local", FP, 2, 1000, 1000, 8, 8, 96, 37, 5);
+  add("fp16 d192 causal", FP, 2, 1000, 1000, 8, 2, 192, -1, 0);
+  return v;
+}
+
+std::vector<Case> small_cases() {
+  const Dtype BF = Dtype::kBFloat16;
+  return {
+      Case{"small full", BF, 1, 113, 200, 2, 1, 128, -1, -1, 0.f, 0.f},
+      Case{"small causal sq>sk", BF, 1, 200, 113, 2, 2, 128, -1, 0, 0.f, 0.f},
+      Case{"small local", BF, 1, 300, 300, 2, 2, 128, 37, 5, 0.f, 0.f},
+  };
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string mode = argc > 1 ? argv[1] : "all";
+  cudaDeviceProp prop;
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s (sm_%d%d, %d SMs, %zu KB smem opt-in)\n", prop.name, prop.major, prop.minor,
+              prop.multiProcessorCount, prop.sharedMemPerBlockOptin / 1024);
+  int fails = 0, passes = 0, skips = 0;
+  if (mode == "all" || mode == "small") {
+    const auto cases = mode == "all" ? coverage() : small_cases();
+    uint64_t seed = 1;
+    for (const auto& c : cases) {
+      const int r = run_case(c, seed++);
+      fails += r == 1;
+      passes += r == 0;
+      skips += r == 2;
+    }
+    std::printf("SUMMARY: %d passed, %d failed, %d skipped\n", passes, fails, skips);
+  }
+  if (mode == "all" || mode == "bench") {
+    // The reference size first (head dim 128), then the other buckets.
+    for (int d : {128, 64, 96, 192, 256}) {
+      bench(false, d);
+      bench(true, d);
+    }
+  }
+  return fails ? 1 : 0;
+}
