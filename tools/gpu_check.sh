@@ -23,7 +23,7 @@ fi
   date -u
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
   python3 -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, jax.devices())"
-  git rev-parse --short HEAD 2>/dev/null || echo "revision unknown"
+  echo "revision: $(cat .revision 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   nvcc --version | tail -1
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
@@ -43,7 +43,7 @@ for step in $steps; do
     build)
       # A warm machine keeps the last install: skip the rebuild if the sources
       # and kernel set are unchanged.
-      hash=$( (git ls-files -s cpp CMakeLists.txt pyproject.toml; git diff HEAD -- cpp CMakeLists.txt;
+      hash=$( (find cpp CMakeLists.txt pyproject.toml -type f -print0 | sort -z | xargs -0 sha1sum;
                echo "${JAX_FA3_HEAD_DIMS:-all} ${JAX_FA3_DTYPES:-all}") | sha1sum | cut -c1-12)
       if [ "$(cat /tmp/jax_fa3_build_hash 2>/dev/null)" = "$hash" ]; then
         echo "== build: unchanged ($hash), kept"
