@@ -68,13 +68,32 @@ def nnx_out_and_grads(model, cotangent, *args):
     return out, flat(grads)
 
 
-def check_rule(got, ref, base, dtype=BF16):
+def check_rule(got, ref, base, dtype=BF16, normalize_qk=False):
     (out, grads), (out_r, grads_r), (out_b, grads_b) = got, ref, base
     assert_within_rule("out", out, out_r, out_b, dtype)
     assert grads.keys() == grads_r.keys()
     for name in grads:
         assert float(jnp.max(jnp.abs(grads[name]))) > 0, f"zero gradient for {name}"
+        if _is_key_bias(name) and not normalize_qk:
+            _check_key_bias(name, grads, grads_r)
+            continue
         assert_within_rule(f"d{name}", grads[name], grads_r[name], grads_b[name], dtype)
+
+
+def _is_key_bias(name):
+    return "['key']" in name and "['bias']" in name
+
+
+def _check_key_bias(name, grads, grads_r):
+    """Without qk normalisation the key projection's bias adds q.b to every
+    score of a row, which the softmax cancels: its exact gradient is 0 and any computed value is rounding
+    noise of a sum of dk, so an error ratio against XLA's noise means nothing.
+    Check instead that the reference is ~0 and ours is noise-sized next to the
+    value bias gradient (same number of summed terms, no cancellation)."""
+    value_bias = name.replace("['key']", "['value']")
+    scale = float(jnp.max(jnp.abs(grads_r[value_bias])))
+    assert float(jnp.max(jnp.abs(grads_r[name]))) <= 1e-4 * scale, "reference key-bias gradient should be ~0"
+    assert float(jnp.max(jnp.abs(grads[name]))) <= 0.1 * scale, f"d{name} is not noise-sized"
 
 
 # (options of the module, module dtype, Lq, Lk, kv input features)
@@ -111,7 +130,7 @@ def test_nnx_module_matches_flax_reference(device, rng, case):
         ref = nnx_out_and_grads(flax_module(jnp.float32, jnp.float32), dout, x, kv)
     base = nnx_out_and_grads(flax_module(dtype, BF16), dout, x, kv)
     assert got[0].dtype == dtype
-    check_rule(got, ref, base)
+    check_rule(got, ref, base, normalize_qk=mha["normalize_qk"])
 
 
 LINEN_CASES = {
@@ -145,7 +164,7 @@ def test_linen_module_matches_flax_reference(device, rng, case):
     with jax.default_matmul_precision(HIGHEST):
         ref = out_and_grads(flax_module(jnp.float32, jnp.float32))
     base = out_and_grads(flax_module(dtype, BF16))
-    check_rule(got, ref, base)
+    check_rule(got, ref, base, normalize_qk=normalize_qk)
 
 
 def test_linen_gqa_matches_nnx(device, rng):

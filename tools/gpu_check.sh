@@ -62,12 +62,12 @@ for step in $steps; do
       ;;
     sanitize)
       for tool in memcheck racecheck; do
-        run_step "sanitize_$tool" compute-sanitizer --tool "$tool" --kernel-name regex:jax_fa3 \
+        run_step "sanitize_$tool" compute-sanitizer --tool "$tool" --kernel-name kns=jax_fa3 \
           --error-exitcode 1 python3 tools/sanitize_case.py
       done
       ;;
     bench)
-      run_step bench python3 -m jax_fa3.benchmark --markdown "$OUT/bench.md" --json "$OUT/bench.json" \
+      run_step bench timeout -s INT "${BENCH_TIMEOUT:-540}" python3 -m jax_fa3.benchmark --markdown "$OUT/bench.md" --json "$OUT/bench.json" \
         --csv "$OUT/bench.csv" ${BENCH_ARGS:-}
       ;;
     *) echo "unknown step $step"; exit 2 ;;
