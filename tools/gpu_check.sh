@@ -67,7 +67,8 @@ for step in $steps; do
       done
       ;;
     bench)
-      run_step bench timeout -s INT "${BENCH_TIMEOUT:-540}" python3 -m jax_fa3.benchmark --markdown "$OUT/bench.md" --json "$OUT/bench.json" \
+      # From /tmp: in the checkout, the source folder would shadow the install.
+      run_step bench env -C /tmp timeout -s INT "${BENCH_TIMEOUT:-540}" python3 -m jax_fa3.benchmark --markdown "$OUT/bench.md" --json "$OUT/bench.json" \
         --csv "$OUT/bench.csv" ${BENCH_ARGS:-}
       ;;
     *) echo "unknown step $step"; exit 2 ;;
