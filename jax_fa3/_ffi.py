@@ -64,6 +64,23 @@ COMPILED_KERNELS: tuple[tuple[str, int], ...] = tuple(_C.compiled_kernels())
 _VMAP_METHOD = "broadcast_all"
 
 
+def _result_type(like, shape, dtype):
+    """The type of a custom-call result, typed along the same lines as ``like``.
+
+    Inside ``jax.shard_map`` (with its type check on) an FFI call's results
+    must say along which mesh axes they vary, as its operands do; a plain
+    ShapeDtypeStruct says "none". Deriving the result from ``like``'s abstract
+    value keeps that typing, whatever jax calls it. Only done when ``like``
+    has no sharded dimension, so no per-dimension sharding is carried over to
+    a result of another shape.
+    """
+    aval = jax.typeof(like) if hasattr(jax, "typeof") else None
+    spec = getattr(getattr(aval, "sharding", None), "spec", None)
+    if spec is not None and all(axis is None for axis in spec):
+        return aval.update(shape=tuple(shape), dtype=jnp.dtype(dtype), weak_type=False)
+    return jax.ShapeDtypeStruct(shape, dtype)
+
+
 def _attrs(softmax_scale: float, softcap: float, window_left: int, window_right: int) -> dict:
     return dict(
         softmax_scale=np.float32(softmax_scale),
@@ -76,10 +93,7 @@ def _attrs(softmax_scale: float, softcap: float, window_left: int, window_right:
 def fwd(q, k, v, *, softmax_scale, softcap, window_left, window_right):
     """Forward custom call: returns ``out`` (like q) and ``lse`` float32 ``[..., heads_q, seqlen_q]``."""
     *lead, seqlen_q, heads_q, _ = q.shape
-    out_types = (
-        jax.ShapeDtypeStruct(q.shape, q.dtype),
-        jax.ShapeDtypeStruct((*lead, heads_q, seqlen_q), jnp.float32),
-    )
+    out_types = (_result_type(q, q.shape, q.dtype), _result_type(q, (*lead, heads_q, seqlen_q), jnp.float32))
     call = jax.ffi.ffi_call("jax_fa3_fwd", out_types, vmap_method=_VMAP_METHOD)
     return call(q, k, v, **_attrs(softmax_scale, softcap, window_left, window_right))
 
@@ -96,13 +110,9 @@ def bwd(q, k, v, out, dout, lse, dlse, *, softmax_scale, softcap, window_left, w
     lead = q.shape[:-3]
     # The workspace is sized per batch element so it scales under vmap, which
     # prepends dimensions to every result.
-    workspace = jax.ShapeDtypeStruct((*lead, _workspace_bytes_per_batch(q, k, deterministic)), jnp.uint8)
-    out_types = (
-        jax.ShapeDtypeStruct(q.shape, q.dtype),
-        jax.ShapeDtypeStruct(k.shape, k.dtype),
-        jax.ShapeDtypeStruct(v.shape, v.dtype),
-        workspace,
-    )
+    workspace = _result_type(q, (*lead, _workspace_bytes_per_batch(q, k, deterministic)), jnp.uint8)
+    out_types = (_result_type(q, q.shape, q.dtype), _result_type(k, k.shape, k.dtype),
+                 _result_type(v, v.shape, v.dtype), workspace)
     call = jax.ffi.ffi_call("jax_fa3_bwd", out_types, vmap_method=_VMAP_METHOD)
     dq, dk, dv, _ = call(
         q, k, v, out, dout, lse, dlse,
