@@ -15,6 +15,14 @@ from conftest import random_array
 from numerics import assert_within_rule
 
 
+def _jax_nn_ignores_lone_window() -> bool:
+    """Older jax (0.6) drops local_window_size unless a mask or is_causal is also given."""
+    x = jnp.asarray(np.arange(4 * 8, dtype=np.float32).reshape(1, 4, 1, 8) % 5)
+    plain = jax.nn.dot_product_attention(x, x, x, implementation="xla")
+    windowed = jax.nn.dot_product_attention(x, x, x, implementation="xla", local_window_size=(0, 0))
+    return bool(jnp.all(plain == windowed))
+
+
 def _ours_vs_jax(query, key, value, **kwargs):
     """Our output, the float32 jax.nn result and jax.nn at the inputs' precision."""
     ours = jax_fa3.dot_product_attention(query, key, value, implementation="jax_fa3", **kwargs)
@@ -37,6 +45,9 @@ def _ours_vs_jax(query, key, value, **kwargs):
     ],
 )
 def test_matches_jax_nn(device, rng, seqlens, kwargs):
+    if "local_window_size" in kwargs and not kwargs.get("is_causal") and _jax_nn_ignores_lone_window():
+        pytest.skip(f"jax {jax.__version__}'s jax.nn.dot_product_attention ignores local_window_size without "
+                    "is_causal (fixed in later jax); jax_fa3 applies it as documented")
     seqlen_q, seqlen_k = seqlens
     q = random_array(rng, (2, seqlen_q, 4, 64), jnp.bfloat16, device)
     k = random_array(rng, (2, seqlen_k, 2, 64), jnp.bfloat16, device)
