@@ -48,6 +48,19 @@ def check_options(*, num_heads, num_kv_heads, dropout_rate, causal, window_size,
     return num_kv_heads, tuple(window_size)
 
 
+def resolve_inputs(module_name, flax_module, inputs_q, inputs_k, inputs_v, mask):
+    """The (query, key, value) inputs of a module call: key defaults to query and value to key."""
+    if mask is not None:
+        raise ValueError(
+            f"{module_name} does not take a mask: use causal=/window_size=, or "
+            f"{flax_module}(attention_fn=jax_fa3.flax.attention_fn) for arbitrary masks.")
+    if inputs_k is None:
+        if inputs_v is not None:
+            raise ValueError("inputs_v given without inputs_k; pass inputs_k (inputs_v defaults to it)")
+        inputs_k = inputs_q
+    return inputs_q, inputs_k, inputs_k if inputs_v is None else inputs_v
+
+
 def kernel_dtype(dtype, attention_dtype):
     """The dtype the attention core runs in for q/k/v of ``dtype``."""
     if jnp.dtype(dtype) in KERNEL_DTYPES:

@@ -75,16 +75,9 @@ class MultiHeadAttention(nn.Module):
     @nn.compact
     def __call__(self, inputs_q, inputs_k=None, inputs_v=None, *, mask=None, deterministic=None):
         del deterministic
-        if mask is not None:
-            raise ValueError(
-                "jax_fa3.flax.linen.MultiHeadAttention does not take a mask: use causal=/window_size=, or "
-                "nn.MultiHeadDotProductAttention(attention_fn=jax_fa3.flax.attention_fn) for arbitrary masks.")
-        if inputs_k is None:
-            if inputs_v is not None:
-                raise ValueError("inputs_v given without inputs_k; pass inputs_k (inputs_v defaults to it)")
-            inputs_k = inputs_q
-        if inputs_v is None:
-            inputs_v = inputs_k
+        inputs_q, inputs_k, inputs_v = _core.resolve_inputs(
+            "jax_fa3.flax.linen.MultiHeadAttention", "nn.MultiHeadDotProductAttention", inputs_q, inputs_k,
+            inputs_v, mask)
         num_kv_heads, window_size = _core.check_options(
             num_heads=self.num_heads, num_kv_heads=self.num_kv_heads, dropout_rate=self.dropout_rate,
             causal=self.causal, window_size=self.window_size, softcap=self.softcap,

@@ -164,16 +164,8 @@ class MultiHeadAttention(nnx.Module):
         the module's. Returns ``[batch..., Lq, out_features]``.
         """
         del deterministic, rngs
-        if mask is not None:
-            raise ValueError(
-                "jax_fa3.flax.MultiHeadAttention does not take a mask: use causal=/window_size=, or "
-                "flax.nnx.MultiHeadAttention(attention_fn=jax_fa3.flax.attention_fn) for arbitrary masks.")
-        if inputs_k is None:
-            if inputs_v is not None:
-                raise ValueError("inputs_v given without inputs_k; pass inputs_k (inputs_v defaults to it)")
-            inputs_k = inputs_q
-        if inputs_v is None:
-            inputs_v = inputs_k
+        inputs_q, inputs_k, inputs_v = _core.resolve_inputs(
+            "jax_fa3.flax.MultiHeadAttention", "flax.nnx.MultiHeadAttention", inputs_q, inputs_k, inputs_v, mask)
         if inputs_q.shape[-1] != self.in_features:
             raise ValueError(f"inputs_q has {inputs_q.shape[-1]} features, the module expects {self.in_features}")
         query, key, value = self.query(inputs_q), self.key(inputs_k), self.value(inputs_v)
