@@ -18,16 +18,14 @@ import jax.numpy as jnp
 from jax_fa3 import _checks, _ffi
 
 
-def _window(unbounded_left: bool, left: int, unbounded_right: bool, right: int, seqlen_q: int, seqlen_k: int):
-    """The window as the kernels take it: any ints, unbounded sides as seqlen_q + seqlen_k.
+def _window(left, right, seqlen_q: int, seqlen_k: int):
+    """The window as the kernels take it: ints, an unbounded (None) side as seqlen_q + seqlen_k.
 
     Values are clamped to [-(seqlen_q + seqlen_k), seqlen_q + seqlen_k], which
     keeps every mask the same while staying far inside int32.
     """
     bound = seqlen_q + seqlen_k
-    left = bound if unbounded_left else max(-bound, min(bound, left))
-    right = bound if unbounded_right else max(-bound, min(bound, right))
-    return left, right
+    return tuple(bound if w is None else max(-bound, min(bound, w)) for w in (left, right))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
@@ -93,7 +91,7 @@ def flash_attention(q, k, v, *, softmax_scale=None, causal=False, window_size=(-
         q, k, softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap)
     return_lse = _checks.static_bool("return_lse", return_lse)
     deterministic = _checks.static_bool("deterministic", deterministic)
-    window_left, window_right = _window(left is None, left or 0, right is None, right or 0, q.shape[1], k.shape[1])
+    window_left, window_right = _window(left, right, q.shape[1], k.shape[1])
     out, lse = _attention(q, k, v, scale, softcap, window_left, window_right, deterministic)
     return (out, lse) if return_lse else out
 
@@ -194,7 +192,7 @@ def dot_product_attention(query, key, value, bias=None, mask=None, *, scale=None
     left, right = local_window_size if local_window_size is not None else (None, None)
     if _checks.static_bool("is_causal", is_causal):
         right = 0 if right is None else min(right, 0)
-    window_left, window_right = _window(left is None, (left or 0) + diag, right is None, (right or 0) - diag,
-                                        seqlen_q, seqlen_k)
+    window_left, window_right = _window(None if left is None else left + diag,
+                                        None if right is None else right - diag, seqlen_q, seqlen_k)
     out, _ = _attention(query, key, value, softmax_scale, 0.0, window_left, window_right, False)
     return out[0] if unbatched else out

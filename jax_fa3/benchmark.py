@@ -75,13 +75,18 @@ BWD_FLOP_RATIO = 2.5
 # ----------------------------------------------------------------------------
 
 
+def _items(text: str) -> list[str]:
+    """The non-empty, lower-cased, comma-separated items of an option value."""
+    items = [item.strip().lower() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("empty list")
+    return items
+
+
 def _int_list(text: str) -> list[int]:
     """'512,1k,2K' -> [512, 1024, 2048]."""
     values = []
-    for item in text.split(","):
-        item = item.strip().lower()
-        if not item:
-            continue
+    for item in _items(text):
         factor = 1024 if item.endswith("k") else 1
         try:
             value = int(item[:-1] if factor > 1 else item) * factor
@@ -90,25 +95,18 @@ def _int_list(text: str) -> list[int]:
         if value <= 0:
             raise argparse.ArgumentTypeError(f"values must be positive: {text!r}")
         values.append(value)
-    if not values:
-        raise argparse.ArgumentTypeError("empty list")
     return values
 
 
 def _choice_list(choices: Sequence[str], aliases: dict[str, str] | None = None) -> Callable[[str], list[str]]:
     def parse(text: str) -> list[str]:
         values = []
-        for item in text.split(","):
-            item = item.strip().lower()
-            if not item:
-                continue
+        for item in _items(text):
             item = (aliases or {}).get(item, item)
             if item not in choices:
                 raise argparse.ArgumentTypeError(f"{item!r} is not one of {', '.join(choices)}")
             if item not in values:
                 values.append(item)
-        if not values:
-            raise argparse.ArgumentTypeError("empty list")
         return values
 
     return parse
@@ -333,7 +331,7 @@ def short_error(exc: BaseException, limit: int = 200) -> str:
 
 @jax.jit
 def _diff_stats(ours, theirs):
-    """(max |ours - theirs|, max |theirs|, all ours finite) over matching pytrees of arrays."""
+    """(max |ours - theirs|, max |theirs|) over matching pytrees of arrays."""
     pairs = list(zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)))
     diff = jnp.max(jnp.stack([jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))) for a, b in pairs]))
     scale = jnp.max(jnp.stack([jnp.max(jnp.abs(b.astype(jnp.float32))) for _, b in pairs]))
@@ -521,8 +519,8 @@ def collect_meta(args: argparse.Namespace, argv: Sequence[str] | None, complete:
         "jax": jax.__version__,
         "jaxlib": _package_version("jaxlib") or getattr(getattr(jax, "lib", None), "__version__", "unknown"),
         "cuda_plugins": plugins,
-        "jax_fa3": getattr(jax_fa3, "__version__", "unknown"),
-        "jax_fa3_cuda_kernels": bool(getattr(jax_fa3, "WITH_CUDA", False)),
+        "jax_fa3": jax_fa3.__version__,
+        "jax_fa3_cuda_kernels": jax_fa3.WITH_CUDA,
         "revision": args.revision or git_revision(),
         "python": sys.version.split()[0],
         "command": command_line(argv),

@@ -67,7 +67,7 @@ def attention_in_dtype(q, k, v, compute_dtype, *, softmax_scale=None, causal=Fal
     # Rows that see no key: out 0, lse -inf, zero gradients. Their scores are
     # replaced by finite zeros first so no NaN reaches the gradients.
     row_seen = jnp.any(mask, axis=-1)
-    safe_scores = jnp.where(mask & row_seen[:, None], scores, jnp.where(row_seen[:, None], -jnp.inf, 0.0))
+    safe_scores = jnp.where(mask, scores, jnp.where(row_seen[:, None], -jnp.inf, 0.0))
     safe_lse = jax.nn.logsumexp(safe_scores, axis=-1)
     lse = jnp.where(row_seen, safe_lse, -jnp.inf)
     probs = jnp.where(mask, jnp.exp(safe_scores - safe_lse[..., None]), 0.0)

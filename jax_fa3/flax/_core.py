@@ -74,8 +74,20 @@ def kernel_dtype(dtype, attention_dtype):
     return jnp.dtype(attention_dtype)
 
 
-def _flatten_batch(x):
+def flatten_batch(x):
+    """``[batch..., L, H, D]`` -> ``[prod(batch), L, H, D]``, the kernels' rank-4 layout."""
     return x.reshape((math.prod(x.shape[:-3]),) + x.shape[-3:])
+
+
+def write_cache(cached_key, cached_value, start, key, value):
+    """The caches ``[batch..., max_length, Hkv, D]`` with ``key``/``value`` ``[batch..., L, Hkv, D]``
+    written at position ``start``."""
+    shape = cached_key.shape
+    if key.shape[:-3] != shape[:-3] or key.shape[-2:] != shape[-2:]:
+        raise ValueError(f"decode: keys of shape {key.shape} do not fit the cache {shape}")
+    index = (0,) * (key.ndim - 3) + (start, 0, 0)
+    return (jax.lax.dynamic_update_slice(cached_key, key.astype(cached_key.dtype), index),
+            jax.lax.dynamic_update_slice(cached_value, value.astype(cached_value.dtype), index))
 
 
 def attend(q, k, v, *, causal, window_size, softcap, attention_dtype, implementation):
@@ -87,7 +99,7 @@ def attend(q, k, v, *, causal, window_size, softcap, attention_dtype, implementa
     out_dtype = q.dtype
     dtype = kernel_dtype(q.dtype, attention_dtype)
     batch_shape = q.shape[:-3]
-    q, k, v = (_flatten_batch(x).astype(dtype) for x in (q, k, v))
+    q, k, v = (flatten_batch(x).astype(dtype) for x in (q, k, v))
     if implementation == "jax_fa3":
         out = _attention.flash_attention(q, k, v, causal=causal, window_size=window_size, softcap=softcap)
     else:

@@ -26,7 +26,6 @@ to Flax's float32 attention instead.
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import jax
@@ -147,7 +146,7 @@ def make_attention_fn(*, is_causal: bool = False, attention_dtype=jnp.bfloat16):
         out_dtype = query.dtype
         compute = _core.kernel_dtype(query.dtype, attention_dtype)
         batch_shape = query.shape[:-3]
-        q, k, v = (x.reshape((math.prod(x.shape[:-3]),) + x.shape[-3:]).astype(compute) for x in (query, key, value))
+        q, k, v = (_core.flatten_batch(x).astype(compute) for x in (query, key, value))
         out = _attention.dot_product_attention(q, k, v, is_causal=causal, implementation="jax_fa3")
         return out.reshape(batch_shape + out.shape[1:]).astype(out_dtype)
 

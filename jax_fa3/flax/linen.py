@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
@@ -78,10 +77,9 @@ class MultiHeadAttention(nn.Module):
         inputs_q, inputs_k, inputs_v = _core.resolve_inputs(
             "jax_fa3.flax.linen.MultiHeadAttention", "nn.MultiHeadDotProductAttention", inputs_q, inputs_k,
             inputs_v, mask)
-        num_kv_heads, window_size = _core.check_options(
-            num_heads=self.num_heads, num_kv_heads=self.num_kv_heads, dropout_rate=self.dropout_rate,
-            causal=self.causal, window_size=self.window_size, softcap=self.softcap,
-            attention_dtype=self.attention_dtype, implementation=self.implementation)
+        # The options were validated in __post_init__.
+        num_kv_heads = self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+        window_size = tuple(self.window_size)
         features = self.out_features or inputs_q.shape[-1]
         qkv_features = self.qkv_features or inputs_q.shape[-1]
         if qkv_features % self.num_heads:
@@ -104,12 +102,7 @@ class MultiHeadAttention(nn.Module):
             cached_value = self.variable("cache", "cached_value")
             cache_index = self.variable("cache", "cache_index")
             start = cache_index.value
-            shape = cached_key.value.shape
-            if key.shape[:-3] != shape[:-3] or key.shape[-2:] != shape[-2:]:
-                raise ValueError(f"decode: keys of shape {key.shape} do not fit the cache {shape}")
-            index = (0,) * (key.ndim - 3) + (start, 0, 0)
-            key = jax.lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype), index)
-            value = jax.lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype), index)
+            key, value = _core.write_cache(cached_key.value, cached_value.value, start, key, value)
             cached_key.value, cached_value.value = key, value
             cache_index.value = start + query.shape[-3]
             x = _core.attend_cached(query, key, value, start, **options)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -178,12 +177,7 @@ class MultiHeadAttention(nnx.Module):
             if self.cached_key is None:
                 raise ValueError("decode=True needs a KV cache: call init_cache(input_shape) first")
             start = self.cache_index[...]
-            cache_shape = self.cached_key.shape
-            if key.shape[:-3] != cache_shape[:-3] or key.shape[-2:] != cache_shape[-2:]:
-                raise ValueError(f"decode: keys of shape {key.shape} do not fit the cache {cache_shape}")
-            index = (0,) * (key.ndim - 3) + (start, 0, 0)
-            key = jax.lax.dynamic_update_slice(self.cached_key[...], key.astype(self.cached_key.dtype), index)
-            value = jax.lax.dynamic_update_slice(self.cached_value[...], value.astype(self.cached_value.dtype), index)
+            key, value = _core.write_cache(self.cached_key[...], self.cached_value[...], start, key, value)
             self.cached_key[...] = key
             self.cached_value[...] = value
             self.cache_index[...] = start + query.shape[-3]
