@@ -48,6 +48,19 @@ CUTE_HOST_DEVICE constexpr auto rowcol_view(Tensor&& t) {
   return cute::make_tensor(t.data(), acc_layout_rowcol(t.layout()));
 }
 
+// Multiplies each row of a wgmma accumulator by its factor (the online
+// softmax's rescale of O, and the final normalisation).
+template <int kRows, class Tensor>
+CUTE_DEVICE void scale_rows(Tensor& acc, float const (&scale)[kRows]) {
+  auto rows = rowcol_view(acc);
+  static_assert(decltype(cute::size<0>(rows))::value == kRows, "one factor per row");
+  CUTLASS_PRAGMA_UNROLL
+  for (int r = 0; r < cute::size<0>(rows); ++r) {
+    CUTLASS_PRAGMA_UNROLL
+    for (int c = 0; c < cute::size<1>(rows); ++c) { rows(r, c) *= scale[r]; }
+  }
+}
+
 // The register A operand of an RS wgmma (k16 slice) holds, per thread, the same
 // (row, column) pairs as two consecutive N=8 blocks of an accumulator. So the
 // accumulator of S = Q K^T, once converted to 16 bits, *is* the A operand of

@@ -12,6 +12,7 @@
 #include <cutlass/cutlass.h>
 
 #include "jax_fa3/common/softmax.hpp"
+#include "jax_fa3/common/utils.hpp"
 #include "jax_fa3/fwd/epilogue_fwd_sm90.hpp"
 #include "jax_fa3/fwd/kernel_traits_fwd_sm90.hpp"
 #include "jax_fa3/fwd/mainloop_fwd_sm90.hpp"
@@ -95,12 +96,7 @@ struct FwdKernelSm90 {
       float o_scale[Traits::kRowsPerThread];
       float lse[Traits::kRowsPerThread];
       softmax.finalize(o_scale, lse);
-      Tensor tOrO_rc = rowcol_view(tOrO);
-      CUTLASS_PRAGMA_UNROLL
-      for (int r = 0; r < size<0>(tOrO_rc); ++r) {
-        CUTLASS_PRAGMA_UNROLL
-        for (int c = 0; c < size<1>(tOrO_rc); ++c) { tOrO_rc(r, c) *= o_scale[r]; }
-      }
+      scale_rows(tOrO, o_scale);
       Epilogue::store(params.epilogue, tOrO, lse, tile, thread_idx);
     }
   }

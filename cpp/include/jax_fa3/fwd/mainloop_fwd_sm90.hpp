@@ -255,12 +255,7 @@ struct FwdMainloopSm90 {
       float o_scale[Traits::kRowsPerThread];
       Tensor scores = rowcol_view(tSrS);
       softmax.update(scores, o_scale);
-      Tensor tOrO_rc = rowcol_view(tOrO);
-      CUTLASS_PRAGMA_UNROLL
-      for (int r = 0; r < size<0>(tOrO_rc); ++r) {
-        CUTLASS_PRAGMA_UNROLL
-        for (int c = 0; c < size<1>(tOrO_rc); ++c) { tOrO_rc(r, c) *= o_scale[r]; }
-      }
+      scale_rows(tOrO, o_scale);
 
       // P goes straight from the S accumulator registers into the A operand
       // of the RS wgmma (same thread <-> element mapping), never to shared memory.
