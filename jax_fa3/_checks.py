@@ -72,9 +72,8 @@ def static_bool(name: str, value) -> bool:
     return bool(value)
 
 
-def resolve_options(q, k, *, softmax_scale, causal, window_size, softcap):
+def resolve_options(head_dim, *, softmax_scale, causal, window_size, softcap):
     """Returns (softmax_scale, softcap, window_left, window_right) with -1 kept as unbounded (None)."""
-    head_dim = q.shape[-1]
     scale = 1.0 / math.sqrt(head_dim) if softmax_scale is None else static_float("softmax_scale", softmax_scale)
     softcap = static_float("softcap", softcap)
     if softcap < 0:

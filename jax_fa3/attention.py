@@ -88,7 +88,7 @@ def flash_attention(q, k, v, *, softmax_scale=None, causal=False, window_size=(-
     """
     _checks.check_qkv(q, k, v)
     scale, softcap, left, right = _checks.resolve_options(
-        q, k, softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap)
+        q.shape[-1], softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap)
     return_lse = _checks.static_bool("return_lse", return_lse)
     deterministic = _checks.static_bool("deterministic", deterministic)
     window_left, window_right = _window(left, right, q.shape[1], k.shape[1])

@@ -52,7 +52,7 @@ def attention_in_dtype(q, k, v, compute_dtype, *, softmax_scale=None, causal=Fal
     Returns ``(out, lse)``, ``out`` in ``compute_dtype``.
     """
     scale, softcap, left, right = _checks.resolve_options(
-        q, k, softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap)
+        q.shape[-1], softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap)
     batch, seqlen_q, heads_q, head_dim = q.shape
     seqlen_k, heads_kv = k.shape[1], k.shape[2]
     group = heads_q // heads_kv
