@@ -23,30 +23,11 @@
 #include "jax_fa3/bwd/epilogue_bwd_sm90.hpp"
 #include "jax_fa3/bwd/params_bwd_sm90.hpp"
 #include "jax_fa3/bwd/traits_bwd_sm90.hpp"
+#include "jax_fa3/common/utils.hpp"
 
 namespace jax_fa3::bwd {
 
 using namespace cute;
-
-// One warpgroup-wide wgmma GEMM over the K modes of tA/tB; the caller waits
-// with warpgroup_wait<N>. kZeroInit: the first K block overwrites tC.
-template <bool kZeroInit, class Mma, class TA, class TB, class TC>
-__device__ __forceinline__ void wg_gemm(Mma& mma, TA const& tA, TB const& tB, TC& tC) {
-  // SS operands are smem descriptors; only a register A needs a fence.
-  constexpr bool kRegA = !is_same_v<remove_cvref_t<decltype(tA.data())>, GMMA::DescriptorIterator>;
-  warpgroup_fence_operand(tC);
-  if constexpr (kRegA) warpgroup_fence_operand(const_cast<TA&>(tA));
-  warpgroup_arrive();
-  mma.accumulate_ = kZeroInit ? GMMA::ScaleOut::Zero : GMMA::ScaleOut::One;
-  CUTLASS_PRAGMA_UNROLL
-  for (int k = 0; k < size<2>(tA); ++k) {
-    cute::gemm(mma, tA(_, _, k), tB(_, _, k), tC);
-    mma.accumulate_ = GMMA::ScaleOut::One;
-  }
-  warpgroup_commit_batch();
-  warpgroup_fence_operand(tC);
-  if constexpr (kRegA) warpgroup_fence_operand(const_cast<TA&>(tA));
-}
 
 // A wgmma accumulator fragment ((2,2,N/8),1,1) of a 64xN tile read as the
 // register A operand ((2,2,2),1,N/16) of a wgmma with K = N: for each 16-wide
@@ -189,8 +170,8 @@ __device__ __forceinline__ void bwd_mainloop(const BwdMainParams<Traits>& p, typ
     Tensor tdPrdO = thr_sdp.partition_fragment_B(sdO(_, _, stage));
     Tensor tSrS = partition_fragment_C(mma_sdp, Shape<_64, BlockM>{});
     Tensor tdPrdP = partition_fragment_C(mma_sdp, Shape<_64, BlockM>{});
-    wg_gemm<true>(mma_sdp, tSrK, tSrQ, tSrS);
-    wg_gemm<true>(mma_sdp, tdPrV, tdPrdO, tdPrdP);
+    warpgroup_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_sdp, tSrK, tSrQ, tSrS);
+    warpgroup_gemm<true, false>(mma_sdp, tdPrV, tdPrdO, tdPrdP);
     warpgroup_wait<0>();
 
     // kMasked: the window test only on tiles it cuts (or that cross the end
@@ -241,8 +222,8 @@ __device__ __forceinline__ void bwd_mainloop(const BwdMainParams<Traits>& p, typ
         local_tile(sdOt(_, _, stage), Shape<Int<kDSlice>, BlockM>{}, make_coord(dsl, _0{})));
     Tensor tdKrQ = thr_dkv.partition_fragment_B(
         local_tile(sQt(_, _, stage), Shape<Int<kDSlice>, BlockM>{}, make_coord(dsl, _0{})));
-    wg_gemm<false>(mma_dkv, tdVrP, tdVrdO, tdVrdV);
-    wg_gemm<false>(mma_dkv, tdKrdS, tdKrQ, tdKrdK);
+    warpgroup_gemm<false, true>(mma_dkv, tdVrP, tdVrdO, tdVrdV);
+    warpgroup_gemm<false, true>(mma_dkv, tdKrdS, tdKrQ, tdKrdK);
 
     // dS^T to smem for the dQ wgmma (warpgroups of another column slice hold
     // the same values). Ordinary stores read by wgmma: fence to the async proxy.
@@ -256,7 +237,7 @@ __device__ __forceinline__ void bwd_mainloop(const BwdMainParams<Traits>& p, typ
     __syncthreads();
 
     Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<BlockM, Int<kDQSlice>>{});
-    wg_gemm<true>(mma_dq, tdQrdS, tdQrK, tdQrdQ);
+    warpgroup_gemm<true, false>(mma_dq, tdQrdS, tdQrK, tdQrdQ);
     warpgroup_wait<0>();  // also retires the dV/dK wgmmas: stage and sdS are free after the barrier
     copy(tdQrdQ, tdQsdQ);
     cutlass::arch::fence_view_async_shared();

@@ -12,32 +12,18 @@
 #include <cutlass/numeric_types.h>
 
 #include "jax_fa3/bwd/workspace_bwd.h"
+#include "jax_fa3/common/utils.hpp"
 #include "jax_fa3/tile_config.h"
 
 namespace jax_fa3::bwd {
 
 using namespace cute;
 
-// Shared-memory atoms for a tile whose contiguous extent must split into
-// pieces of kWidth elements: the widest GMMA swizzle that divides kWidth.
-// The same bytes are read K-major by one wgmma and MN-major by another (Q is
-// the K-major B of S = K Q^T and the MN-major B of dK = dS^T Q), so each
-// buffer has a K-major atom view and an MN-major atom view of one layout.
-template <class T, int kWidth>
-constexpr auto kmajor_atom() {
-  if constexpr (kWidth % 64 == 0) return GMMA::Layout_K_SW128_Atom<T>{};
-  else if constexpr (kWidth % 32 == 0) return GMMA::Layout_K_SW64_Atom<T>{};
-  else if constexpr (kWidth % 16 == 0) return GMMA::Layout_K_SW32_Atom<T>{};
-  else return GMMA::Layout_K_INTER_Atom<T>{};
-}
-template <class T, int kWidth>
-constexpr auto mnmajor_atom() {
-  if constexpr (kWidth % 64 == 0) return GMMA::Layout_MN_SW128_Atom<T>{};
-  else if constexpr (kWidth % 32 == 0) return GMMA::Layout_MN_SW64_Atom<T>{};
-  else if constexpr (kWidth % 16 == 0) return GMMA::Layout_MN_SW32_Atom<T>{};
-  else return GMMA::Layout_MN_INTER_Atom<T>{};
-}
-
+// Shared-memory atoms come from gmma_smem_atom (common/utils.hpp): the widest
+// GMMA swizzle that divides the tile's contiguous extent. The same bytes are
+// read K-major by one wgmma and MN-major by another (Q is the K-major B of
+// S = K Q^T and the MN-major B of dK = dS^T Q), so each buffer has a K-major
+// atom view and an MN-major atom view of one layout.
 template <class Element_, int kHeadDim_>
 struct BwdTraits {
   using Element = Element_;
@@ -70,21 +56,24 @@ struct BwdTraits {
   // Q and dO: [kBlockM, kHeadDim] per stage, K-major; transposed view
   // [kHeadDim, kBlockM] for the MN-major B of dK/dV (sliced by kDSlice).
   // Atom tiling order is chosen so both views address the same bytes.
-  using SmemLayoutQ = decltype(tile_to_shape(kmajor_atom<Element, kDSlice>(),
+  using SmemLayoutQ = decltype(tile_to_shape(gmma_smem_atom<Element, GMMA::Major::K, kDSlice>(),
                                              Shape<BlockM, HeadDim, Int<kStages>>{}));
-  using SmemLayoutQt = decltype(tile_to_shape(mnmajor_atom<Element, kDSlice>(),
+  using SmemLayoutQt = decltype(tile_to_shape(gmma_smem_atom<Element, GMMA::Major::MN, kDSlice>(),
                                               Shape<HeadDim, BlockM, Int<kStages>>{}, Step<_2, _1, _3>{}));
   // K: [kBlockN, kHeadDim] K-major for S = K Q^T; transposed view for the
   // MN-major B of dQ = dS K (sliced by kDQSlice).
-  using SmemLayoutK = decltype(tile_to_shape(kmajor_atom<Element, kDQSlice>(), Shape<BlockN, HeadDim>{}));
-  using SmemLayoutKt = decltype(tile_to_shape(mnmajor_atom<Element, kDQSlice>(), Shape<HeadDim, BlockN>{},
-                                              Step<_2, _1>{}));
-  using SmemLayoutV = decltype(tile_to_shape(kmajor_atom<Element, kHeadDim>(), Shape<BlockN, HeadDim>{}));
+  using SmemLayoutK = decltype(tile_to_shape(gmma_smem_atom<Element, GMMA::Major::K, kDQSlice>(),
+                                             Shape<BlockN, HeadDim>{}));
+  using SmemLayoutKt = decltype(tile_to_shape(gmma_smem_atom<Element, GMMA::Major::MN, kDQSlice>(),
+                                              Shape<HeadDim, BlockN>{}, Step<_2, _1>{}));
+  using SmemLayoutV = decltype(tile_to_shape(gmma_smem_atom<Element, GMMA::Major::K, kHeadDim>(),
+                                             Shape<BlockN, HeadDim>{}));
   // dS: written as dS^T [kBlockN, kBlockM] straight from the accumulators
   // (queries contiguous), read as the MN-major A [kBlockM, kBlockN] of dQ.
-  using SmemLayoutdS = decltype(tile_to_shape(mnmajor_atom<Element, kBlockM>(), Shape<BlockM, BlockN>{}));
-  using SmemLayoutdSt = decltype(tile_to_shape(kmajor_atom<Element, kBlockM>(), Shape<BlockN, BlockM>{},
-                                               Step<_2, _1>{}));
+  using SmemLayoutdS = decltype(tile_to_shape(gmma_smem_atom<Element, GMMA::Major::MN, kBlockM>(),
+                                              Shape<BlockM, BlockN>{}));
+  using SmemLayoutdSt = decltype(tile_to_shape(gmma_smem_atom<Element, GMMA::Major::K, kBlockM>(),
+                                               Shape<BlockN, BlockM>{}, Step<_2, _1>{}));
   // One stage of Q/dO, as the TMA box sees it.
   using SmemLayoutQStage = decltype(take<0, 2>(SmemLayoutQ{}));
 
