@@ -5,7 +5,11 @@
 #   bash tools/gpu_check.sh "build tests sanitize bench"
 #
 # Env: JAX_FA3_HEAD_DIMS / JAX_FA3_DTYPES restrict the kernel set,
-#      PYTEST_ARGS extra pytest arguments, BENCH_ARGS benchmark arguments.
+#      JAX_FA3_WHEEL a prebuilt wheel to install instead of building (built
+#        elsewhere against the same jaxlib and Python, carried with the call),
+#      PYTEST_ARGS extra pytest arguments, PYTEST_WORKERS parallel pytest
+#        workers (pytest-xdist; XLA compiling the references dominates the
+#        suite's time and is CPU-bound), BENCH_ARGS benchmark arguments.
 # Logs land in $OUT (fetched back by the device tool).
 set -uo pipefail
 steps=${1:-"build tests"}
@@ -41,6 +45,10 @@ run_step() {  # name, command...: logs to $OUT/<name>.log, prints its tail
 for step in $steps; do
   case $step in
     build)
+      if [ -n "${JAX_FA3_WHEEL:-}" ]; then
+        run_step build python3 -m pip install --no-deps --force-reinstall "$JAX_FA3_WHEEL" || exit 1
+        continue
+      fi
       # A warm machine keeps the last install: skip the rebuild if the sources
       # and kernel set are unchanged.
       hash=$( (find cpp CMakeLists.txt pyproject.toml -type f -print0 | sort -z | xargs -0 sha1sum;
@@ -58,7 +66,9 @@ for step in $steps; do
       fi
       ;;
     tests)
-      run_step tests bash -c "cd tests && python3 -m pytest -q -m gpu -rfs ${PYTEST_ARGS:-}"
+      workers=""
+      if [ "${PYTEST_WORKERS:-1}" -gt 1 ] && python3 -c "import xdist" 2>/dev/null; then workers="-n $PYTEST_WORKERS"; fi
+      run_step tests bash -c "cd tests && python3 -m pytest -q -m gpu -rfs $workers ${PYTEST_ARGS:-}"
       ;;
     sanitize)
       for tool in memcheck racecheck; do

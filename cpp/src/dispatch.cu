@@ -3,9 +3,6 @@
 // (family, dtype, head dim, mask), built only for the configured kernel set.
 #include <cutlass/numeric_types.h>
 
-#include <mutex>
-#include <vector>
-
 #include "jax_fa3/bwd/launch_bwd_sm90.h"
 #include "jax_fa3/fwd/launch_fwd_sm90.h"
 #include "jax_fa3/kernel_set.h"  // generated: JAX_FA3_KERNEL_SET
@@ -25,27 +22,6 @@ bool kernels_compiled(Dtype dtype, int head_dim) {
   JAX_FA3_KERNEL_SET(JAX_FA3_COMPILED)
 #undef JAX_FA3_COMPILED
   return false;
-}
-
-cudaError_t current_device_info(DeviceInfo* info) {
-  static std::mutex mutex;
-  static std::vector<DeviceInfo> cache;  // by device ordinal; major < 0: not queried
-  int device = 0;
-  if (cudaError_t err = cudaGetDevice(&device); err != cudaSuccess) return err;
-  std::lock_guard<std::mutex> lock(mutex);
-  if (static_cast<int>(cache.size()) <= device) cache.resize(device + 1, DeviceInfo{-1, 0, 0, 0});
-  DeviceInfo& entry = cache[device];
-  if (entry.major < 0) {
-    DeviceInfo queried{};
-    cudaError_t err = cudaDeviceGetAttribute(&queried.major, cudaDevAttrComputeCapabilityMajor, device);
-    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&queried.minor, cudaDevAttrComputeCapabilityMinor, device);
-    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&queried.multiprocessor_count, cudaDevAttrMultiProcessorCount, device);
-    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&queried.max_smem_per_block_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-    if (err != cudaSuccess) return err;
-    entry = queried;
-  }
-  *info = entry;
-  return cudaSuccess;
 }
 
 cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream) {

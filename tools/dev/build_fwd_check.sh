@@ -6,13 +6,15 @@
 #   tools/dev/build_fwd_check.sh            bf16 head dim 128, both mask variants
 #   tools/dev/build_fwd_check.sh all        every dtype x head dim x mask (20 TUs)
 #   SETS="bf16:64 fp16:128" tools/dev/build_fwd_check.sh   chosen (dtype:head_dim) pairs
+#   VARIANT=no_pingpong FLAGS=-DJAX_FA3_FWD_ABLATE_PINGPONG=1 tools/dev/build_fwd_check.sh
+#       an ablation build (kernel_traits_fwd_sm90.hpp) into build-dev/fwd-<variant>
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-OUT="$ROOT/build-dev/fwd"
-CUTLASS_INC="${CUTLASS_INC:-/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/cutlass_library/source/include}"
-LOCK=/tmp/jax_fa3_nvcc.lock
+OUT="$ROOT/build-dev/fwd${VARIANT:+-$VARIANT}"
+CUTLASS_INC="${CUTLASS_INC:-$(python3 -c "import cutlass_library, os; print(os.path.join(os.path.dirname(cutlass_library.__file__), 'source', 'include'))")}"
+LOCK=${LOCK:-/tmp/jax_fa3_nvcc.lock}
 NVCC_FLAGS=(-std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -DNDEBUG
-            -I"$ROOT/cpp/include" -I"$CUTLASS_INC")
+            -I"$ROOT/cpp/include" -I"$CUTLASS_INC" ${FLAGS:-})
 mkdir -p "$OUT/inst"
 
 if [[ "${1:-}" == "all" ]]; then
@@ -60,6 +62,7 @@ mv "$set_h" "$OUT/fwd_check_set.h"
 
 echo "== fwd_check"
 flock "$LOCK" nvcc "${NVCC_FLAGS[@]}" -I"$OUT" -Xcompiler -fopenmp -c "$ROOT/tools/dev/fwd_check.cu" -o "$OUT/fwd_check.o"
+flock "$LOCK" nvcc "${NVCC_FLAGS[@]}" -c "$ROOT/cpp/src/device_info.cu" -o "$OUT/device_info.o"
 flock "$LOCK" nvcc -gencode=arch=compute_90a,code=sm_90a -cudart static -Xcompiler -fopenmp \
-  "$OUT/fwd_check.o" "${objs[@]}" -o "$OUT/fwd_check"
+  "$OUT/fwd_check.o" "$OUT/device_info.o" "${objs[@]}" -o "$OUT/fwd_check"
 echo "built $OUT/fwd_check"

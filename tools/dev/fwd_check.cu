@@ -4,7 +4,8 @@
 //
 //   fwd_check all     every coverage case, then the timings
 //   fwd_check small   a few small shapes (for compute-sanitizer)
-//   fwd_check bench   timings only
+//   fwd_check bench   timings only (the FA3 paper grid; BENCH_* env vars narrow it)
+//   fwd_check bench16k  timings at seqlen 16k only
 //
 // The kernel instantiations are compiled in separate translation units (one per
 // dtype x head dim x mask, like the real build) by build_fwd_check.sh, which
@@ -270,11 +271,14 @@ int run_case(const Case& c, uint64_t seed) {
   return ok ? 0 : 1;
 }
 
-// Times the kernel at the reference size, then spot-checks sampled rows of
-// that run against the float64 reference (so the timing is of a kernel that
-// computes the right thing at that size).
-void bench(bool causal, int head_dim) {
-  Case c{causal ? "causal" : "full", Dtype::kBFloat16, 1, 16384, 16384, 16, 16, head_dim,
+// Times the kernel on the FlashAttention-3 paper's grid point (16k tokens,
+// hidden 2048: batch = 16384 / seqlen, heads = 2048 / head_dim), then
+// spot-checks sampled rows of that run against the float64 reference (so the
+// timing is of a kernel that computes the right thing at that size). Returns
+// false when the spot check fails.
+bool bench(Dtype dtype, int head_dim, int seqlen, bool causal) {
+  const int batch = 16384 / seqlen, heads = 2048 / head_dim;
+  Case c{causal ? "causal" : "full", dtype, batch, seqlen, seqlen, heads, heads, head_dim,
          -1, causal ? 0 : -1, 0.f, 0.f};
   const jax_fa3::AttnMask mask = mask_of(c);
   const float scale = 1.f / std::sqrt(float(c.head_dim));
@@ -282,9 +286,9 @@ void bench(bool causal, int head_dim) {
   const size_t nlse = size_t(c.batch) * c.heads_q * c.seqlen_q;
   std::vector<uint16_t> hq, hk, hv;
   std::vector<double> rq, rk, rv;
-  make_input(n, c.dtype, 1001, hq, rq);
-  make_input(n, c.dtype, 1002, hk, rk);
-  make_input(n, c.dtype, 1003, hv, rv);
+  make_input(n, c.dtype, 1001 + seqlen, hq, rq);
+  make_input(n, c.dtype, 1002 + seqlen, hk, rk);
+  make_input(n, c.dtype, 1003 + seqlen, hv, rv);
   uint16_t *dq, *dk, *dv, *dout;
   float* dlse;
   CUDA_CHECK(cudaMalloc(&dq, n * 2));
@@ -302,67 +306,83 @@ void bench(bool causal, int head_dim) {
   CUDA_CHECK(cudaEventCreate(&e0));
   CUDA_CHECK(cudaEventCreate(&e1));
   cudaError_t err = launch(p, 0);
-  if (err != cudaSuccess) {
-    std::printf("bench %s: %s\n", c.name.c_str(), cudaGetErrorString(err));
-    return;
-  }
-  for (int i = 0; i < 3; ++i) CUDA_CHECK(launch(p, 0));
-  CUDA_CHECK(cudaDeviceSynchronize());
-  std::vector<float> ms;
-  for (int i = 0; i < 20; ++i) {
+  bool ok = true;
+  if (err == cudaSuccess) {
+    CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<uint16_t> ho(n);
+    std::vector<float> hl(nlse);
+    CUDA_CHECK(cudaMemcpy(ho.data(), dout, n * 2, cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(hl.data(), dlse, nlse * 4, cudaMemcpyDeviceToHost));
+    for (int i = 0; i < 3; ++i) CUDA_CHECK(launch(p, 0));
+    CUDA_CHECK(cudaDeviceSynchronize());
+    // Each sample: back-to-back launches filling >= ~2 ms, so launch gaps and
+    // event resolution stay out of the number.
     CUDA_CHECK(cudaEventRecord(e0));
     CUDA_CHECK(launch(p, 0));
     CUDA_CHECK(cudaEventRecord(e1));
     CUDA_CHECK(cudaEventSynchronize(e1));
-    float t;
-    CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
-    ms.push_back(t);
-  }
-  std::sort(ms.begin(), ms.end());
-  const double med = ms[ms.size() / 2];
-  double flops = 4.0 * c.batch * double(c.seqlen_q) * c.seqlen_k * c.heads_q * c.head_dim;
-  if (causal) flops /= 2;
+    float once;
+    CUDA_CHECK(cudaEventElapsedTime(&once, e0, e1));
+    const int reps = std::max(1, int(2.0f / std::max(once, 1e-3f)));
+    std::vector<float> ms;
+    for (int i = 0; i < 15; ++i) {
+      CUDA_CHECK(cudaEventRecord(e0));
+      for (int r = 0; r < reps; ++r) CUDA_CHECK(launch(p, 0));
+      CUDA_CHECK(cudaEventRecord(e1));
+      CUDA_CHECK(cudaEventSynchronize(e1));
+      float t;
+      CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+      ms.push_back(t / reps);
+    }
+    std::sort(ms.begin(), ms.end());
+    const double med = ms[ms.size() / 2];
+    double flops = 4.0 * c.batch * double(c.seqlen_q) * c.seqlen_k * c.heads_q * c.head_dim;
+    if (causal) flops /= 2;
 
-  // Spot check: 64 sampled (head, row) pairs, float64 reference.
-  std::vector<uint16_t> ho(n);
-  std::vector<float> hl(nlse);
-  CUDA_CHECK(cudaMemcpy(ho.data(), dout, n * 2, cudaMemcpyDeviceToHost));
-  CUDA_CHECK(cudaMemcpy(hl.data(), dlse, nlse * 4, cudaMemcpyDeviceToHost));
-  const int S = c.seqlen_q, H = c.heads_q, D = c.head_dim;
-  double max_err_o = 0, max_err_l = 0;
-  std::mt19937 pick(11);
-  for (int t = 0; t < 64; ++t) {
-    const int h = pick() % H;
-    const int i = t < 4 ? (t < 2 ? t : S - 1 - (t - 2)) : int(pick() % S);
-    const int j_end = causal ? i + 1 : S;
-    std::vector<double> s(j_end);
-    double mx = -INFINITY;
-    for (int j = 0; j < j_end; ++j) {
-      double dot = 0;
-      for (int d = 0; d < D; ++d) dot += rq[(size_t(i) * H + h) * D + d] * rk[(size_t(j) * H + h) * D + d];
-      s[j] = scale * dot;
-      mx = std::max(mx, s[j]);
+    // Spot check: 48 sampled (batch, head, row) triples, float64 reference.
+    const int S = c.seqlen_q, H = c.heads_q, D = c.head_dim;
+    double max_err_o = 0, max_err_l = 0;
+    std::mt19937 pick(11);
+    for (int t = 0; t < 48; ++t) {
+      const int b = pick() % c.batch;
+      const int h = pick() % H;
+      const int i = t < 4 ? (t < 2 ? t : S - 1 - (t - 2)) : int(pick() % S);
+      const int j_end = causal ? i + 1 : S;
+      std::vector<double> sc(j_end);
+      double mx = -INFINITY;
+      auto at = [&](const std::vector<double>& x, int row, int d) { return x[((size_t(b) * S + row) * H + h) * D + d]; };
+      for (int j = 0; j < j_end; ++j) {
+        double dot = 0;
+        for (int d = 0; d < D; ++d) dot += at(rq, i, d) * at(rk, j, d);
+        sc[j] = scale * dot;
+        mx = std::max(mx, sc[j]);
+      }
+      double sum = 0;
+      std::vector<double> o(D, 0.0);
+      for (int j = 0; j < j_end; ++j) {
+        const double pj = std::exp(sc[j] - mx);
+        sum += pj;
+        for (int d = 0; d < D; ++d) o[d] += pj * at(rv, j, d);
+      }
+      for (int d = 0; d < D; ++d) {
+        const double got = from_bits(ho[((size_t(b) * S + i) * H + h) * D + d], c.dtype);
+        max_err_o = std::max(max_err_o, std::isnan(got) ? INFINITY : std::fabs(got - o[d] / sum));
+      }
+      const double lg = hl[(size_t(b) * H + h) * S + i];
+      max_err_l = std::max(max_err_l, std::isnan(lg) ? INFINITY : std::fabs(lg - (mx + std::log(sum))));
     }
-    double sum = 0;
-    std::vector<double> o(D, 0.0);
-    for (int j = 0; j < j_end; ++j) {
-      const double pj = std::exp(s[j] - mx);
-      sum += pj;
-      for (int d = 0; d < D; ++d) o[d] += pj * rv[(size_t(j) * H + h) * D + d];
-    }
-    for (int d = 0; d < D; ++d) {
-      const double got = from_bits(ho[(size_t(i) * H + h) * D + d], c.dtype);
-      max_err_o = std::max(max_err_o, std::isnan(got) ? INFINITY : std::fabs(got - o[d] / sum));
-    }
-    const double lg = hl[size_t(h) * S + i];
-    max_err_l = std::max(max_err_l, std::isnan(lg) ? INFINITY : std::fabs(lg - (mx + std::log(sum))));
+    ok = max_err_o < 1e-2 && max_err_l < 2e-3;
+    std::printf("BENCH %s d%-3d s%-5d b%-2d h%-2d %-6s %8.3f ms (min %.3f max %.3f) %6.1f TFLOP/s | spot check out %.2e lse %.2e %s\n",
+                dtype == Dtype::kBFloat16 ? "bf16" : "fp16", head_dim, seqlen, c.batch, c.heads_q, c.name.c_str(), med,
+                ms.front(), ms.back(), flops / (med * 1e-3) / 1e12, max_err_o, max_err_l, ok ? "PASS" : "FAIL");
+  } else if (err != cudaErrorNotSupported) {
+    std::printf("BENCH %s d%d s%d %s: %s\n", dtype == Dtype::kBFloat16 ? "bf16" : "fp16", head_dim, seqlen,
+                c.name.c_str(), cudaGetErrorString(err));
+    ok = false;
   }
-  std::printf("BENCH %-6s b1 s16384 h16 d%-3d bf16: median %.3f ms (min %.3f, max %.3f) -> %.1f TFLOP/s | "
-              "spot check 64 rows: out max_err %.3e, lse max_err %.3e %s\n",
-              c.name.c_str(), c.head_dim, med, ms.front(), ms.back(), flops / (med * 1e-3) / 1e12, max_err_o, max_err_l,
-              (max_err_o < 1e-2 && max_err_l < 2e-3) ? "PASS" : "FAIL");
   cudaFree(dq); cudaFree(dk); cudaFree(dv); cudaFree(dout); cudaFree(dlse);
   cudaEventDestroy(e0); cudaEventDestroy(e1);
+  return ok;
 }
 
 std::vector<Case> coverage() {
@@ -436,11 +456,30 @@ int main(int argc, char** argv) {
     }
     std::printf("SUMMARY: %d passed, %d failed, %d skipped\n", passes, fails, skips);
   }
-  if (mode == "all" || mode == "bench") {
-    // The reference size first (head dim 128), then the other buckets.
-    for (int d : {128, 64, 96, 192, 256}) {
-      bench(false, d);
-      bench(true, d);
+  if (mode == "all" || mode == "bench" || mode == "bench16k") {
+    // BENCH_DTYPES / BENCH_HDIMS / BENCH_SEQLENS (comma lists) narrow the grid.
+    auto list = [](const char* env, std::vector<int> def) {
+      const char* v = std::getenv(env);
+      if (!v || !*v) return def;
+      std::vector<int> out;
+      for (const char* q = v; *q;) {
+        out.push_back(std::atoi(q));
+        while (*q && *q != ',') ++q;
+        if (*q == ',') ++q;
+      }
+      return out;
+    };
+    const std::vector<int> hdims = list("BENCH_HDIMS", {128, 64, 256, 96, 192});
+    const std::vector<int> seqlens = mode == "bench16k" ? std::vector<int>{16384}
+                                                         : list("BENCH_SEQLENS", {512, 1024, 2048, 4096, 8192, 16384});
+    const char* dts = std::getenv("BENCH_DTYPES");
+    const bool fp16_too = dts && std::string(dts).find("fp16") != std::string::npos;
+    for (int fp16 = 0; fp16 <= int(fp16_too); ++fp16) {
+      for (int causal = 0; causal < 2; ++causal) {
+        for (int d : hdims) {
+          for (int s : seqlens) fails += !bench(fp16 ? Dtype::kFloat16 : Dtype::kBFloat16, d, s, causal);
+        }
+      }
     }
   }
   return fails ? 1 : 0;

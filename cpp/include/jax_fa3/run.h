@@ -29,6 +29,7 @@ struct DeviceInfo {
   int minor;
   int multiprocessor_count;
   int max_smem_per_block_optin;
+  int l2_cache_bytes;
 };
 cudaError_t current_device_info(DeviceInfo* info);
 

@@ -1,19 +1,28 @@
-// The one table of tile shapes. Kernels read their sizes from here and nowhere
-// else; change a row only with a measurement that justifies it
-// (benchmarks/results/).
+// The one table of tile shapes and schedules. Kernels read their sizes from
+// here and nowhere else; change a row only with a measurement that justifies
+// it (benchmarks/results/).
 #pragma once
 
 namespace jax_fa3 {
 
-// Forward: kBlockM query rows x kBlockN keys per iteration, kStages-deep K/V
-// pipeline, kConsumerWarpgroups warpgroups doing the math.
-template <int kHeadDim>
+// Forward: kBlockM query rows x kBlockN keys per iteration, a kStages-deep K/V
+// pipeline, kConsumerWarpgroups warpgroups of 64 query rows each doing the
+// math. kPingPong: the consumer warpgroups take turns issuing their GEMMs
+// (named barriers), so one warpgroup's softmax runs under the other's GEMMs;
+// it pays where the softmax is a large share of an iteration (head dim <= 128).
+// kMasked rows serve causal/local windows: a narrower kBlockN wastes less work
+// on the blocks the diagonal cuts.
+//
+// Shared memory (Q + kStages x (K + V)) must fit 227 KB and the consumer
+// registers (O: kHeadDim/2, S: kBlockN/2, P: kBlockN/4 per thread) the
+// setmaxnreg budget (240 with 2 consumer warpgroups, 160 with 3).
+template <int kHeadDim, bool kMasked>
 struct FwdTile;
-template <> struct FwdTile<64>  { static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 2; };
-template <> struct FwdTile<96>  { static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 2; };
-template <> struct FwdTile<128> { static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 2; };
-template <> struct FwdTile<192> { static constexpr int kBlockM = 128, kBlockN = 64,  kStages = 2, kConsumerWarpgroups = 2; };
-template <> struct FwdTile<256> { static constexpr int kBlockM = 128, kBlockN = 64,  kStages = 2, kConsumerWarpgroups = 2; };
+template <bool kMasked> struct FwdTile<64, kMasked>  { static constexpr int kBlockM = 192, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 3; static constexpr bool kPingPong = true; };
+template <bool kMasked> struct FwdTile<96, kMasked>  { static constexpr int kBlockM = 128, kBlockN = kMasked ? 128 : 160, kStages = 2, kConsumerWarpgroups = 2; static constexpr bool kPingPong = true; };
+template <bool kMasked> struct FwdTile<128, kMasked> { static constexpr int kBlockM = 128, kBlockN = kMasked ? 128 : 176, kStages = 2, kConsumerWarpgroups = 2; static constexpr bool kPingPong = true; };
+template <bool kMasked> struct FwdTile<192, kMasked> { static constexpr int kBlockM = 128, kBlockN = kMasked ? 96 : 112, kStages = 2, kConsumerWarpgroups = 2; static constexpr bool kPingPong = false; };
+template <bool kMasked> struct FwdTile<256, kMasked> { static constexpr int kBlockM = 128, kBlockN = kMasked ? 64 : 80, kStages = 2, kConsumerWarpgroups = 2; static constexpr bool kPingPong = false; };
 
 // Backward: one CTA per kBlockN keys, walking the queries kBlockM at a time.
 // Each consumer warpgroup owns 64 keys x (kHeadDim / (kConsumerWarpgroups /

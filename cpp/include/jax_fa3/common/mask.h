@@ -26,6 +26,17 @@ struct WindowMask {
            j <= i + diag + right;
   }
 
+  // The keys query row i sees: [row_key_begin(i), row_key_end(i)), possibly
+  // empty. For i < seqlen_q, visible(i, j) iff that range holds j.
+  JAX_FA3_HOST_DEVICE int row_key_begin(int i) const {
+    const int j = i + diag - left;
+    return j < 0 ? 0 : j;
+  }
+  JAX_FA3_HOST_DEVICE int row_key_end(int i) const {
+    const int j = i + diag + right + 1;
+    return j > seqlen_k ? seqlen_k : j;
+  }
+
   // Keys [key_begin, key_end) cover every key seen by queries [q0, q1).
   // Empty (key_begin >= key_end) when those rows see nothing.
   JAX_FA3_HOST_DEVICE int key_begin(int q0) const {

@@ -75,17 +75,19 @@ CUTE_HOST_DEVICE constexpr auto acc_layout_as_rs_a(Layout const& l) {
                      make_layout(get<1>(v_split), get<2>(l)));
 }
 
-// Whole-fragment conversion, so the compiler emits packed cvt (2 values per
-// instruction) instead of one cvt per element.
-template <class To, class Tensor>
-CUTE_DEVICE auto convert_fragment(Tensor const& src) {
-  using From = typename Tensor::value_type;
+// Converts a register fragment element for element in storage order into
+// `dst`, which may view the same storage positions through another layout (the
+// S accumulator -> the P operand of the RS wgmma). Whole-fragment, so the
+// compiler emits packed cvt (2 values per instruction).
+template <class TensorSrc, class TensorDst>
+CUTE_DEVICE void convert_fragment_into(TensorSrc const& src, TensorDst& dst) {
+  using From = typename TensorSrc::value_type;
+  using To = typename TensorDst::value_type;
   constexpr int kNumel = decltype(cute::size(src))::value;
-  auto dst = cute::make_tensor_like<To>(src);
+  static_assert(decltype(cute::cosize(dst.layout()))::value == kNumel, "same number of registers");
   cutlass::NumericArrayConverter<To, From, kNumel> convert;
   *reinterpret_cast<cutlass::Array<To, kNumel>*>(dst.data()) =
       convert(*reinterpret_cast<cutlass::Array<From, kNumel> const*>(src.data()));
-  return dst;
 }
 
 // Issue one warpgroup GEMM C (+)= A B as a batch of wgmma over the K slices and

@@ -21,7 +21,7 @@ struct FwdEpilogueSm90 {
   static constexpr int kBlockM = Traits::kBlockM;
   static constexpr int kHeadDim = Traits::kHeadDim;
   static constexpr int kRows = Traits::kRowsPerThread;
-  using WorkTile = FwdSingleTileScheduler::WorkTile;
+  using WorkTile = FwdWorkTile;
 
   struct Params {
     Element* out;

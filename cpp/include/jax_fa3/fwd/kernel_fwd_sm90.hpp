@@ -1,11 +1,14 @@
-// The Hopper forward kernel: one CTA per (query block, head, batch) tile, one
-// producer warpgroup feeding shared memory with TMA, kConsumerWarpgroups
-// warpgroups computing with wgmma, synchronised only through mbarriers.
+// The Hopper forward kernel: a persistent CTA per SM walks its (query block,
+// head, batch) tiles (FwdPersistentScheduler); one producer warpgroup feeds
+// shared memory with TMA, kConsumerWarpgroups warpgroups compute with wgmma,
+// synchronised through mbarriers, and take turns on the tensor cores
+// (WarpgroupTurns).
 #pragma once
 
 #include "jax_fa3/common/arch.h"
 
 #include <cstdint>
+#include <type_traits>
 #include <cute/tensor.hpp>
 #include <cutlass/arch/barrier.h>
 #include <cutlass/arch/reg_reconfig.h>
@@ -13,6 +16,7 @@
 
 #include "jax_fa3/common/softmax.hpp"
 #include "jax_fa3/common/utils.hpp"
+#include "jax_fa3/common/warpgroup_turns.hpp"
 #include "jax_fa3/fwd/epilogue_fwd_sm90.hpp"
 #include "jax_fa3/fwd/kernel_traits_fwd_sm90.hpp"
 #include "jax_fa3/fwd/mainloop_fwd_sm90.hpp"
@@ -26,22 +30,24 @@ struct FwdKernelSm90 {
   using Traits = Traits_;
   using Mainloop = FwdMainloopSm90<Traits>;
   using Epilogue = FwdEpilogueSm90<Traits>;
-  using Scheduler = FwdSingleTileScheduler;
+  using Scheduler = std::conditional_t<Traits::kPersistent, FwdPersistentScheduler, FwdSingleTileScheduler>;
   using SharedStorage = typename Traits::SharedStorage;
+  using Turns = WarpgroupTurns<Traits::kConsumerWarpgroups, Traits::kPingPong>;
   static constexpr int kNumThreads = Traits::kNumThreads;
   static constexpr int kSmemBytes = Traits::kSmemBytes;
-  using WorkTile = Scheduler::WorkTile;
 
   struct Params {
     typename Mainloop::Params mainloop;
     typename Epilogue::Params epilogue;
-    Scheduler::Params scheduler;
+    typename Scheduler::Params scheduler;
   };
 
-  static Params to_params(FwdParams const& p) {
+  static Params to_params(FwdParams const& p, int64_t l2_bytes) {
     AttnShape const& s = p.problem.shape;
+    const int64_t kv_bytes_per_head = 2 * int64_t(s.seqlen_k) * s.head_dim * int64_t(sizeof(typename Traits::Element));
     return Params{Mainloop::to_params(p), Epilogue::to_params(p),
-                  Scheduler::to_params(s.seqlen_q, s.heads_q, s.batch, Traits::kBlockM)};
+                  FwdTileOrder::make(s.seqlen_q, s.heads_q, s.batch, Traits::kBlockM, s.heads_q / s.heads_kv,
+                                     kv_bytes_per_head, l2_bytes)};
   }
 
   CUTE_DEVICE void operator()(Params const& params, char* smem_raw) const {
@@ -52,20 +58,17 @@ struct FwdKernelSm90 {
 
     const int warpgroup = cutlass::canonical_warp_group_idx();
     const int warp = cutlass::canonical_warp_idx_sync();
-    const WorkTile tile = Scheduler::get_tile(params.scheduler);
-    const auto n_range = Mainloop::n_block_range(params.mainloop, tile.m_block);
-    const int n_min = get<0>(n_range);
-    const int n_max = get<1>(n_range);
 
     if (threadIdx.x == 0) {
       Mainloop::prefetch_descriptors(params.mainloop);
-      cutlass::arch::ClusterBarrier::init(&ss.barrier_q, 1);
+      // full: one arrival (the producer's expect_tx) + the TMA bytes; empty:
+      // every consumer thread arrives once it is done with the buffer.
+      cutlass::arch::ClusterBarrier::init(&ss.full_q, 1);
+      cutlass::arch::ClusterBarrier::init(&ss.empty_q, Traits::kNumConsumerThreads);
       CUTLASS_PRAGMA_UNROLL
       for (int s = 0; s < Traits::kStages; ++s) {
-        // full: one arrival (the producer's expect_tx) + the TMA bytes.
         cutlass::arch::ClusterBarrier::init(&ss.full_k[s], 1);
         cutlass::arch::ClusterBarrier::init(&ss.full_v[s], 1);
-        // empty: every consumer thread arrives once it is done with the stage.
         cutlass::arch::ClusterBarrier::init(&ss.empty_k[s], Traits::kNumConsumerThreads);
         cutlass::arch::ClusterBarrier::init(&ss.empty_v[s], Traits::kNumConsumerThreads);
       }
@@ -74,30 +77,53 @@ struct FwdKernelSm90 {
     }
     __syncthreads();
 
+    // Both roles walk the same tile sequence and count the K/V blocks and Q
+    // tiles they have passed, which gives every ring slot and barrier phase.
     if (warpgroup == 0) {
       // Producer warpgroup: gives its registers to the consumers; one thread
       // issues all TMA copies, the other 127 threads just exit.
       cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
-      if (warp == 0 && cute::elect_one_sync() && n_max > n_min) {
-        Mainloop::load(params.mainloop, ss, tile, n_min, n_max);
+      if (warp == 0 && cute::elect_one_sync()) {
+        int kv_count = 0, q_count = 0;
+        for (typename Scheduler::Iterator it; it.valid(params.scheduler); it.advance()) {
+          const FwdWorkTile tile = params.scheduler.tile(it.index());
+          const auto n_range = Mainloop::n_block_range(params.mainloop, tile.m_block);
+          const int n_min = get<0>(n_range), n_max = get<1>(n_range);
+          if (n_max <= n_min) continue;
+          Mainloop::load(params.mainloop, ss, tile, n_min, n_max, kv_count, q_count);
+          kv_count += n_max - n_min;
+          ++q_count;
+        }
       }
     } else {
       cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
       const int thread_idx = threadIdx.x - Traits::kNumProducerThreads;
-      typename Traits::TiledMmaPV tiled_mma_pv;
-      Tensor tOrO = partition_fragment_C(tiled_mma_pv, select<0, 1>(typename Traits::TileShapePV{}));
-      clear(tOrO);
-      OnlineSoftmax<Traits::kRowsPerThread> softmax(params.mainloop.scale_log2);
-      if (n_max > n_min) {
-        Mainloop::mma(params.mainloop, ss, tile, n_min, n_max, thread_idx, tOrO, softmax);
+      const Turns turns{warpgroup - 1};
+      turns.start();
+      int kv_count = 0, q_count = 0;
+      for (typename Scheduler::Iterator it; it.valid(params.scheduler); it.advance()) {
+        const FwdWorkTile tile = params.scheduler.tile(it.index());
+        const auto n_range = Mainloop::n_block_range(params.mainloop, tile.m_block);
+        const int n_min = get<0>(n_range), n_max = get<1>(n_range);
+        typename Traits::TiledMmaPV tiled_mma_pv;
+        Tensor tOrO = partition_fragment_C(tiled_mma_pv, select<0, 1>(typename Traits::TileShapePV{}));
+        clear(tOrO);
+        OnlineSoftmax<Traits::kRowsPerThread> softmax(params.mainloop.scale_log2);
+        if (n_max > n_min) {
+          Mainloop::mma(params.mainloop, ss, tile, n_min, n_max, kv_count, q_count, thread_idx, tOrO, softmax,
+                        turns);
+          kv_count += n_max - n_min;
+          ++q_count;
+        }
+        // Rows that saw no key (empty range or fully masked) get scale 0, so
+        // O = 0, and LSE = -inf.
+        float o_scale[Traits::kRowsPerThread];
+        float lse[Traits::kRowsPerThread];
+        softmax.finalize(o_scale, lse);
+        scale_rows(tOrO, o_scale);
+        Epilogue::store(params.epilogue, tOrO, lse, tile, thread_idx);
       }
-      // Rows that saw no key (empty range or fully masked) get scale 0, so
-      // O = 0, and LSE = -inf.
-      float o_scale[Traits::kRowsPerThread];
-      float lse[Traits::kRowsPerThread];
-      softmax.finalize(o_scale, lse);
-      scale_rows(tOrO, o_scale);
-      Epilogue::store(params.epilogue, tOrO, lse, tile, thread_idx);
+      turns.finish();
     }
   }
 };

@@ -15,6 +15,19 @@
 
 namespace jax_fa3 {
 
+// Ablation switches for the dev harness's measurements of what each schedule
+// feature is worth (benchmarks/results/*_fwd_ablation.md); the library build
+// never sets them.
+#ifndef JAX_FA3_FWD_ABLATE_PINGPONG
+#define JAX_FA3_FWD_ABLATE_PINGPONG 0
+#endif
+#ifndef JAX_FA3_FWD_ABLATE_OVERLAP
+#define JAX_FA3_FWD_ABLATE_OVERLAP 0
+#endif
+#ifndef JAX_FA3_FWD_ABLATE_PERSISTENT
+#define JAX_FA3_FWD_ABLATE_PERSISTENT 0
+#endif
+
 template <class Element_, int kHeadDim_, bool kMasked_>
 struct FwdKernelTraitsSm90 {
   using Element = Element_;
@@ -22,11 +35,20 @@ struct FwdKernelTraitsSm90 {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kMasked = kMasked_;
 
-  using Tile = FwdTile<kHeadDim>;
+  using Tile = FwdTile<kHeadDim, kMasked>;
   static constexpr int kBlockM = Tile::kBlockM;
   static constexpr int kBlockN = Tile::kBlockN;
   static constexpr int kStages = Tile::kStages;
   static constexpr int kConsumerWarpgroups = Tile::kConsumerWarpgroups;
+  // Ping-pong: consumer warpgroups issue their GEMMs in turn (WarpgroupTurns).
+  static constexpr bool kPingPong = Tile::kPingPong && kConsumerWarpgroups > 1 && !JAX_FA3_FWD_ABLATE_PINGPONG;
+  // Intra-warpgroup overlap: each warpgroup issues S(j) = Q K(j)^T and
+  // O += P(j-1) V(j-1) back to back and runs the softmax of block j while the
+  // second GEMM is in flight (FwdMainloopSm90::mma).
+  static constexpr bool kIntraWarpgroupOverlap = !JAX_FA3_FWD_ABLATE_OVERLAP;
+  // Persistent grid (one CTA per SM looping over tiles): the next tile's loads
+  // start under this tile's last GEMM and epilogue.
+  static constexpr bool kPersistent = !JAX_FA3_FWD_ABLATE_PERSISTENT;
 
   // Warp specialisation: warpgroup 0 only feeds shared memory through TMA (one
   // thread issues every copy), the consumer warpgroups only do math. A wgmma is
@@ -34,16 +56,18 @@ struct FwdKernelTraitsSm90 {
   // rows of the block.
   static_assert(kBlockM == 64 * kConsumerWarpgroups, "each consumer warpgroup owns 64 query rows");
   static_assert(kBlockN % 16 == 0 && kHeadDim % 16 == 0, "wgmma K slices are 16 wide");
+  static_assert(kConsumerWarpgroups >= 1 && kConsumerWarpgroups <= 3, "register budget below covers 1-3 consumers");
   static constexpr int kNumProducerThreads = cutlass::NumThreadsPerWarpGroup;
   static constexpr int kNumConsumerThreads = kConsumerWarpgroups * cutlass::NumThreadsPerWarpGroup;
   static constexpr int kNumThreads = kNumProducerThreads + kNumConsumerThreads;
   // setmaxnreg moves registers from the producer (which needs almost none) to
-  // the consumers, which hold the S and O accumulators (kBlockN/2 + kHeadDim/2
-  // fp32 registers per thread: 32 + 128 at head dim 256) plus P. Both must fit
-  // in the 64K-register file with one CTA per SM.
-  static constexpr int kProducerRegs = kConsumerWarpgroups == 1 ? 56 : 24;
-  static constexpr int kConsumerRegs = kConsumerWarpgroups == 1 ? 256 : 240;
+  // the consumers, which hold the O and S accumulators and P (see the budget
+  // in tile_config.h). All must fit the 64K-register file with one CTA per SM.
+  static constexpr int kProducerRegs = kConsumerWarpgroups == 1 ? 56 : kConsumerWarpgroups == 2 ? 40 : 32;
+  static constexpr int kConsumerRegs = kConsumerWarpgroups == 1 ? 256 : kConsumerWarpgroups == 2 ? 232 : 160;
   static_assert(kProducerRegs * kNumProducerThreads + kConsumerRegs * kNumConsumerThreads <= 65536);
+  static_assert(kHeadDim / 2 + kBlockN / 2 + kBlockN / 4 + 24 <= kConsumerRegs,
+                "O, S and P fragments exceed the consumer register budget: shrink kBlockN");
 
   // S = Q K^T : (M = kBlockM, N = kBlockN, K = kHeadDim); O = P V : (M = kBlockM, N = kHeadDim, K = kBlockN).
   using TileShapeQK = cute::Shape<cute::Int<kBlockM>, cute::Int<kBlockN>, cute::Int<kHeadDim>>;
@@ -56,6 +80,8 @@ struct FwdKernelTraitsSm90 {
       cute::GMMA::ss_op_selector<Element, Element, ElementAccum,
                                  cute::Shape<cute::_64, cute::Int<kBlockN>, cute::Int<kHeadDim>>>(),
       AtomLayoutMNK{}));
+  static_assert(cute::size<1>(typename TiledMmaQK::AtomShape_MNK{}) == kBlockN,
+                "S = Q K^T must be one wgmma per K slice (N = kBlockN)");
   // O += P V takes P from registers (RS wgmma: the softmax output never goes
   // through shared memory) and V from shared memory. This GEMM reduces over
   // keys while V's contiguous dimension is head_dim (its N), so V is an
@@ -65,6 +91,8 @@ struct FwdKernelTraitsSm90 {
                                  cute::Shape<cute::_64, cute::Int<kHeadDim>, cute::Int<kBlockN>>,
                                  cute::GMMA::Major::K, cute::GMMA::Major::MN>(),
       AtomLayoutMNK{}));
+  static_assert(cute::size<1>(typename TiledMmaPV::AtomShape_MNK{}) == kHeadDim,
+                "O += P V must be one wgmma per K slice (N = kHeadDim)");
 
   // Q and K: (rows, head_dim), head_dim contiguous. V is described directly in
   // the (head_dim, keys) coordinates of the second GEMM's B operand; in memory
@@ -98,8 +126,9 @@ struct FwdKernelTraitsSm90 {
     alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutK>, 1024> smem_k;
     alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutVt>, 1024> smem_v;
     // TMA completion (full: transaction-counted) and consumer release (empty)
-    // mbarriers of the K/V ring; Q is loaded once per tile.
-    alignas(8) uint64_t barrier_q;
+    // mbarriers of the K/V ring, and of the Q buffer (one tile at a time).
+    alignas(8) uint64_t full_q;
+    uint64_t empty_q;
     uint64_t full_k[kStages];
     uint64_t full_v[kStages];
     uint64_t empty_k[kStages];

@@ -13,6 +13,7 @@
 #include "jax_fa3/fwd/kernel_traits_fwd_sm90.hpp"
 #include "jax_fa3/fwd/launch_fwd_sm90.h"
 #include "jax_fa3/params.h"
+#include "jax_fa3/run.h"
 
 namespace jax_fa3 {
 
@@ -26,23 +27,28 @@ cudaError_t run_fwd_sm90(const FwdParams& params, cudaStream_t stream) {
     return cudaErrorInvalidValue;
   }
   // TMA needs 16-byte aligned global bases; the epilogue stores O in 4-byte
-  // pairs. heads and batch index grid dimensions y and z.
+  // pairs.
   auto misaligned = [](const void* ptr, uintptr_t align) { return reinterpret_cast<uintptr_t>(ptr) % align != 0; };
   if (misaligned(params.q, 16) || misaligned(params.k, 16) || misaligned(params.v, 16) ||
-      misaligned(params.out, 4) || s.heads_q > 65535 || s.batch > 65535) {
+      misaligned(params.out, 4)) {
     return cudaErrorInvalidValue;
   }
   if (s.batch == 0 || s.seqlen_q == 0 || s.heads_q == 0) return cudaSuccess;
+  // Tiles are numbered in an int.
+  const int64_t num_tiles = (int64_t(s.seqlen_q) + Traits::kBlockM - 1) / Traits::kBlockM * s.heads_q * s.batch;
+  if (num_tiles > INT32_MAX) return cudaErrorInvalidValue;
 
+  DeviceInfo device;
+  if (cudaError_t err = current_device_info(&device); err != cudaSuccess) return err;
   // TMA descriptors are encoded here, on the host, once per call.
-  const typename Kernel::Params kernel_params = Kernel::to_params(params);
+  const typename Kernel::Params kernel_params = Kernel::to_params(params, device.l2_cache_bytes);
   auto* kernel = &fwd_kernel_sm90<Kernel>;
   // Above 48 KB of dynamic shared memory a kernel must opt in; the call fails
   // (and we return its error) if the device cannot give that much.
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Kernel::kSmemBytes);
   if (err != cudaSuccess) return err;
-  kernel<<<Kernel::Scheduler::grid(kernel_params.scheduler), Kernel::kNumThreads, Kernel::kSmemBytes, stream>>>(
-      kernel_params);
+  const dim3 grid = Kernel::Scheduler::grid(kernel_params.scheduler, device.multiprocessor_count);
+  kernel<<<grid, Kernel::kNumThreads, Kernel::kSmemBytes, stream>>>(kernel_params);
   return cudaGetLastError();
 }
 

@@ -28,7 +28,7 @@ struct FwdMainloopSm90 {
   static constexpr int kHeadDim = Traits::kHeadDim;
   static constexpr int kStages = Traits::kStages;
   static constexpr bool kMasked = Traits::kMasked;
-  using WorkTile = FwdSingleTileScheduler::WorkTile;
+  using WorkTile = FwdWorkTile;
 
   // Global tensors as TMA sees them. Q, K: (rows, head_dim, head, batch) with
   // head_dim contiguous. V is described transposed, (head_dim, keys, head,
@@ -133,13 +133,23 @@ struct FwdMainloopSm90 {
   // end of the keys and the blocks cut by a causal diagonal come first.
   CUTE_DEVICE static int n_block_at(int iter, int n_max) { return n_max - 1 - iter; }
 
-  // Producer: a single thread issues every bulk tensor copy. Each K/V stage has
-  // a `full` mbarrier (completes when the copy engine has written the stage's
-  // bytes) and an `empty` one (completes when every consumer thread has
-  // finished reading it), so loads run kStages blocks ahead of the math.
+  // Position in a kStages-deep ring of buffers: which stage, and the parity of
+  // its mbarriers on this pass over the ring. Producer and consumers count the
+  // same blocks (across tiles, in a persistent CTA), so they agree on both.
+  struct RingSlot {
+    int count;
+    CUTE_DEVICE int stage() const { return count % kStages; }
+    CUTE_DEVICE uint32_t phase() const { return (count / kStages) & 1; }
+  };
+
+  // Producer: a single thread issues every bulk tensor copy of one tile. Each
+  // K/V stage has a `full` mbarrier (completes when the copy engine has written
+  // the stage's bytes) and an `empty` one (completes when every consumer thread
+  // has finished reading it), so loads run kStages blocks ahead of the math.
+  // `kv_count` / `q_count`: K/V blocks and Q tiles loaded by earlier tiles.
   template <class SharedStorage>
   CUTE_DEVICE static void load(Params const& params, SharedStorage& ss, WorkTile const& tile, int n_min,
-                               int n_max) {
+                               int n_max, int kv_count, int q_count) {
     using namespace cute;
     using Barrier = cutlass::arch::ClusterTransactionBarrier;
     Tensor mQ = params.tma_q.get_tma_tensor(params.shape_q);
@@ -166,106 +176,192 @@ struct FwdMainloopSm90 {
     Tensor tVgV = cta_tma_v.partition_S(gVt);  // (TMA, _, _, n)
     Tensor tVsV = cta_tma_v.partition_D(sVt);  // (TMA, _, _, stage)
 
-    Barrier::arrive_and_expect_tx(&ss.barrier_q, Traits::kBytesQ);
-    copy(params.tma_q.with(ss.barrier_q), tQgQ, tQsQ);
+    // The first pass over a ring waits on parity 1 of fresh barriers, which
+    // counts as already completed; hence the ^ 1.
+    auto load_k = [&](int iter) {
+      const RingSlot slot{kv_count + iter};
+      cutlass::arch::ClusterBarrier::wait(&ss.empty_k[slot.stage()], slot.phase() ^ 1);
+      Barrier::arrive_and_expect_tx(&ss.full_k[slot.stage()], Traits::kBytesKStage);
+      copy(params.tma_k.with(ss.full_k[slot.stage()]), tKgK(_, _, _, n_block_at(iter, n_max)),
+           tKsK(_, _, _, slot.stage()));
+    };
+    auto load_v = [&](int iter) {
+      const RingSlot slot{kv_count + iter};
+      cutlass::arch::ClusterBarrier::wait(&ss.empty_v[slot.stage()], slot.phase() ^ 1);
+      Barrier::arrive_and_expect_tx(&ss.full_v[slot.stage()], Traits::kBytesVStage);
+      copy(params.tma_v.with(ss.full_v[slot.stage()]), tVgV(_, _, _, n_block_at(iter, n_max)),
+           tVsV(_, _, _, slot.stage()));
+    };
 
+    // K of the first block goes before Q: the previous tile may still be
+    // reading Q, but K's stage frees earlier.
+    load_k(0);
+    cutlass::arch::ClusterBarrier::wait(&ss.empty_q, (q_count & 1) ^ 1);
+    Barrier::arrive_and_expect_tx(&ss.full_q, Traits::kBytesQ);
+    copy(params.tma_q.with(ss.full_q), tQgQ, tQsQ);
+    // Then in the order the consumers use them: K(j) before V(j - 1).
     const int n_iters = n_max - n_min;
-    for (int iter = 0; iter < n_iters; ++iter) {
-      const int n_block = n_block_at(iter, n_max);
-      const int stage = iter % kStages;
-      // The first pass over the ring waits on parity 1 of fresh barriers,
-      // which counts as already completed.
-      const uint32_t empty_phase = ((iter / kStages) & 1) ^ 1;
-      cutlass::arch::ClusterBarrier::wait(&ss.empty_k[stage], empty_phase);
-      Barrier::arrive_and_expect_tx(&ss.full_k[stage], Traits::kBytesKStage);
-      copy(params.tma_k.with(ss.full_k[stage]), tKgK(_, _, _, n_block), tKsK(_, _, _, stage));
-      cutlass::arch::ClusterBarrier::wait(&ss.empty_v[stage], empty_phase);
-      Barrier::arrive_and_expect_tx(&ss.full_v[stage], Traits::kBytesVStage);
-      copy(params.tma_v.with(ss.full_v[stage]), tVgV(_, _, _, n_block), tVsV(_, _, _, stage));
+    for (int iter = 1; iter < n_iters; ++iter) {
+      load_k(iter);
+      load_v(iter - 1);
     }
+    load_v(n_iters - 1);
   }
 
-  // Scores outside the window or beyond the sequence ends become -inf, so
-  // they get probability 0. Element-wise test through WindowMask::visible,
-  // the single definition of the mask; only run on blocks that need it.
+  // Scores outside the window or beyond the end of the keys become -inf, so
+  // they get probability 0; only run on blocks that need it. Per owned row
+  // (2 per thread) the visible key range is computed once, then each score
+  // costs two compares against its column. Rows past seqlen_q are never
+  // stored, so they need no mask.
   template <class TensorS, class TensorC>
   CUTE_DEVICE static void apply_mask(TensorS& tSrS, TensorC const& tScS, WindowMask const& mask, int m0,
                                      int n0) {
     using namespace cute;
+    Tensor scores = rowcol_view(tSrS);
+    Tensor coords = make_tensor(tScS.data(), acc_layout_rowcol(tScS.layout()));
     CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < size(tSrS); ++i) {
-      if (!mask.visible(m0 + get<0>(tScS(i)), n0 + get<1>(tScS(i)))) { tSrS(i) = -INFINITY; }
+    for (int r = 0; r < size<0>(scores); ++r) {
+      int begin = 0, end = mask.seqlen_k - n0;
+      if constexpr (kMasked) {
+        const int i = m0 + get<0>(coords(r, 0));
+        begin = mask.row_key_begin(i) - n0;
+        end = mask.row_key_end(i) - n0;
+      }
+      CUTLASS_PRAGMA_UNROLL
+      for (int c = 0; c < size<1>(scores); ++c) {
+        const int j = get<1>(coords(r, c));
+        if (j < begin || j >= end) { scores(r, c) = -INFINITY; }
+      }
     }
   }
 
   // Consumer: accumulates the unnormalised O of this tile into tOrO (cleared by
-  // the caller) and the softmax row statistics into `softmax`.
-  template <class SharedStorage, class FragO, class Softmax>
+  // the caller) and the softmax row statistics into `softmax`. `turns` orders
+  // the GEMM issues of the consumer warpgroups (ping-pong); every call takes
+  // the same number of turns in every warpgroup.
+  template <class SharedStorage, class FragO, class Softmax, class Turns>
   CUTE_DEVICE static void mma(Params const& params, SharedStorage& ss, WorkTile const& tile, int n_min,
-                              int n_max, int thread_idx, FragO& tOrO, Softmax& softmax) {
+                              int n_max, int kv_count, int q_count, int thread_idx, FragO& tOrO, Softmax& softmax,
+                              Turns& turns) {
     using namespace cute;
+    using Barrier = cutlass::arch::ClusterBarrier;
     typename Traits::TiledMmaQK tiled_mma_qk;
     typename Traits::TiledMmaPV tiled_mma_pv;
     auto thr_mma_qk = tiled_mma_qk.get_thread_slice(thread_idx);
     auto thr_mma_pv = tiled_mma_pv.get_thread_slice(thread_idx);
 
-    Tensor sQ = make_tensor(make_smem_ptr(ss.smem_q.data()), typename Traits::SmemLayoutQ{});
-    Tensor sK = make_tensor(make_smem_ptr(ss.smem_k.data()), typename Traits::SmemLayoutK{});
-    Tensor sVt = make_tensor(make_smem_ptr(ss.smem_v.data()), typename Traits::SmemLayoutVt{});
-    // Shared-memory operands become wgmma matrix descriptors, not registers.
-    Tensor tSrQ = thr_mma_qk.partition_fragment_A(sQ);   // (MMA, MMA_M, MMA_K)
-    Tensor tSrK = thr_mma_qk.partition_fragment_B(sK);   // (MMA, MMA_N, MMA_K, stage)
-    Tensor tOrV = thr_mma_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage)
-
     Tensor tSrS = partition_fragment_C(tiled_mma_qk, select<0, 1>(typename Traits::TileShapeQK{}));
     Tensor cS = make_identity_tensor(select<0, 1>(typename Traits::TileShapeQK{}));
     Tensor tScS = thr_mma_qk.partition_C(cS);  // (row, col) of each score this thread holds
+    // P in the register A-operand layout of the RS wgmma O += P V: the same
+    // thread <-> element mapping as S, so P never goes through shared memory.
+    Tensor tOrP = make_tensor<Element>(acc_layout_as_rs_a(tSrS.layout()));
 
     WindowMask const& mask = params.mask;
     const int m0 = tile.m_block * kBlockM;
     const bool capped = params.softcap > 0.f;
+    float o_scale[Traits::kRowsPerThread];
 
-    cutlass::arch::ClusterBarrier::wait(&ss.barrier_q, 0);
-    const int n_iters = n_max - n_min;
-    for (int iter = 0; iter < n_iters; ++iter) {
-      const int n_block = n_block_at(iter, n_max);
-      const int n0 = n_block * kBlockN;
-      const int stage = iter % kStages;
-      const uint32_t full_phase = (iter / kStages) & 1;
-
-      cutlass::arch::ClusterBarrier::wait(&ss.full_k[stage], full_phase);
-      warpgroup_gemm</*kZeroInit=*/true, /*kARegs=*/false>(tiled_mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS);
-      warpgroup_wait<0>();
-      // The wgmma reads of this K stage are complete: hand it back.
-      cutlass::arch::ClusterBarrier::arrive(&ss.empty_k[stage]);
-
+    // Softcap, mask and the online softmax of one block of scores; leaves
+    // exp(S - max) in S and the factor O must be rescaled by in o_scale.
+    auto softmax_step = [&](int iter) {
       if (capped) {
         CUTLASS_PRAGMA_UNROLL
         for (int i = 0; i < size(tSrS); ++i) {
           tSrS(i) = params.softcap * tanhf(tSrS(i) * params.softcap_in_scale);
         }
       }
-      const bool partial_keys = n0 + kBlockN > mask.seqlen_k;
-      bool need_mask = partial_keys;
+      const int n0 = n_block_at(iter, n_max) * kBlockN;
+      bool need_mask = n0 + kBlockN > mask.seqlen_k;
       if constexpr (kMasked) {
         need_mask = need_mask || !mask.tile_inside_window(m0, m0 + kBlockM, n0, n0 + kBlockN);
       }
       if (need_mask) { apply_mask(tSrS, tScS, mask, m0, n0); }
-
-      float o_scale[Traits::kRowsPerThread];
       Tensor scores = rowcol_view(tSrS);
       softmax.update(scores, o_scale);
-      scale_rows(tOrO, o_scale);
+    };
+    // Shared-memory operands are wgmma matrix descriptors (64-bit, one per K
+    // slice and stage). They are rebuilt at each issue from a base address the
+    // compiler cannot see through: hoisted out of the loop, all of them would
+    // stay live in registers that the accumulators need.
+    auto opaque = [](auto* ptr) {
+      asm volatile("" : "+l"(ptr));
+      return ptr;
+    };
+    auto issue_qk = [&](int iter) {
+      const RingSlot slot{kv_count + iter};
+      Tensor sQ = make_tensor(make_smem_ptr(opaque(ss.smem_q.data())), typename Traits::SmemLayoutQ{});
+      Tensor sK = make_tensor(make_smem_ptr(opaque(ss.smem_k.data())), typename Traits::SmemLayoutK{});
+      Tensor tSrQ = thr_mma_qk.partition_fragment_A(sQ);  // (MMA, MMA_M, MMA_K)
+      Tensor tSrK = thr_mma_qk.partition_fragment_B(sK);  // (MMA, MMA_N, MMA_K, stage)
+      Barrier::wait(&ss.full_k[slot.stage()], slot.phase());
+      warpgroup_gemm</*kZeroInit=*/true, /*kARegs=*/false>(tiled_mma_qk, tSrQ, tSrK(_, _, _, slot.stage()), tSrS);
+    };
+    auto issue_pv = [&](int iter) {
+      const RingSlot slot{kv_count + iter};
+      Tensor sVt = make_tensor(make_smem_ptr(opaque(ss.smem_v.data())), typename Traits::SmemLayoutVt{});
+      Tensor tOrV = thr_mma_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage)
+      Barrier::wait(&ss.full_v[slot.stage()], slot.phase());
+      warpgroup_gemm</*kZeroInit=*/false, /*kARegs=*/true>(tiled_mma_pv, tOrP, tOrV(_, _, _, slot.stage()), tOrO);
+    };
+    // Hands a stage back once the wgmmas reading it have been waited for.
+    auto release_k = [&](int iter) { Barrier::arrive(&ss.empty_k[RingSlot{kv_count + iter}.stage()]); };
+    auto release_v = [&](int iter) { Barrier::arrive(&ss.empty_v[RingSlot{kv_count + iter}.stage()]); };
 
-      // P goes straight from the S accumulator registers into the A operand
-      // of the RS wgmma (same thread <-> element mapping), never to shared memory.
-      Tensor tSrP = convert_fragment<Element>(tSrS);
-      Tensor tOrP = make_tensor(tSrP.data(), acc_layout_as_rs_a(tSrS.layout()));
-
-      cutlass::arch::ClusterBarrier::wait(&ss.full_v[stage], full_phase);
-      warpgroup_gemm</*kZeroInit=*/false, /*kARegs=*/true>(tiled_mma_pv, tOrP, tOrV(_, _, _, stage), tOrO);
+    Barrier::wait(&ss.full_q, q_count & 1);
+    const int n_iters = n_max - n_min;
+    if constexpr (Traits::kIntraWarpgroupOverlap) {
+      // Block 0: S(0) alone.
+      turns.wait_mine();
+      issue_qk(0);
+      turns.pass();
       warpgroup_wait<0>();
-      cutlass::arch::ClusterBarrier::arrive(&ss.empty_v[stage]);
+      release_k(0);
+      softmax_step(0);
+      convert_fragment_into(tSrS, tOrP);
+      // Block j: S(j) and O += P(j-1) V(j-1) issued back to back; the softmax
+      // of S(j) runs while the second GEMM is still in flight. O is rescaled
+      // (by the max change the softmax of block j-1 saw) before that GEMM adds
+      // to it, under the first one.
+      for (int iter = 1; iter < n_iters; ++iter) {
+        turns.wait_mine();
+        issue_qk(iter);
+        scale_rows(tOrO, o_scale);
+        issue_pv(iter - 1);
+        turns.pass();
+        warpgroup_wait<1>();
+        release_k(iter);
+        softmax_step(iter);
+        warpgroup_wait<0>();
+        release_v(iter - 1);
+        convert_fragment_into(tSrS, tOrP);
+      }
+      // Every read of Q is done: the producer may load the next tile's.
+      Barrier::arrive(&ss.empty_q);
+      turns.wait_mine();
+      scale_rows(tOrO, o_scale);
+      issue_pv(n_iters - 1);
+      turns.pass();
+      warpgroup_wait<0>();
+      release_v(n_iters - 1);
+    } else {
+      // One GEMM at a time: S(j), its softmax, then O += P(j) V(j).
+      for (int iter = 0; iter < n_iters; ++iter) {
+        turns.wait_mine();
+        issue_qk(iter);
+        turns.pass();
+        warpgroup_wait<0>();
+        release_k(iter);
+        if (iter == n_iters - 1) Barrier::arrive(&ss.empty_q);
+        softmax_step(iter);
+        scale_rows(tOrO, o_scale);
+        convert_fragment_into(tSrS, tOrP);
+        turns.wait_mine();
+        issue_pv(iter);
+        turns.pass();
+        warpgroup_wait<0>();
+        release_v(iter);
+      }
     }
   }
 };
