@@ -176,22 +176,18 @@ struct FwdMainloopSm90 {
     Tensor tVgV = cta_tma_v.partition_S(gVt);  // (TMA, _, _, n)
     Tensor tVsV = cta_tma_v.partition_D(sVt);  // (TMA, _, _, stage)
 
-    // The first pass over a ring waits on parity 1 of fresh barriers, which
-    // counts as already completed; hence the ^ 1.
-    auto load_k = [&](int iter) {
+    // One K or V block into its ring slot. The first pass over a ring waits on
+    // parity 1 of fresh barriers, which counts as already completed; hence
+    // the ^ 1.
+    auto load_block = [&](auto const& tma, auto const& src, auto const& dst, uint64_t* full, uint64_t* empty,
+                          uint32_t bytes, int iter) {
       const RingSlot slot{kv_count + iter};
-      cutlass::arch::ClusterBarrier::wait(&ss.empty_k[slot.stage()], slot.phase() ^ 1);
-      Barrier::arrive_and_expect_tx(&ss.full_k[slot.stage()], Traits::kBytesKStage);
-      copy(params.tma_k.with(ss.full_k[slot.stage()]), tKgK(_, _, _, n_block_at(iter, n_max)),
-           tKsK(_, _, _, slot.stage()));
+      cutlass::arch::ClusterBarrier::wait(&empty[slot.stage()], slot.phase() ^ 1);
+      Barrier::arrive_and_expect_tx(&full[slot.stage()], bytes);
+      copy(tma.with(full[slot.stage()]), src(_, _, _, n_block_at(iter, n_max)), dst(_, _, _, slot.stage()));
     };
-    auto load_v = [&](int iter) {
-      const RingSlot slot{kv_count + iter};
-      cutlass::arch::ClusterBarrier::wait(&ss.empty_v[slot.stage()], slot.phase() ^ 1);
-      Barrier::arrive_and_expect_tx(&ss.full_v[slot.stage()], Traits::kBytesVStage);
-      copy(params.tma_v.with(ss.full_v[slot.stage()]), tVgV(_, _, _, n_block_at(iter, n_max)),
-           tVsV(_, _, _, slot.stage()));
-    };
+    auto load_k = [&](int iter) { load_block(params.tma_k, tKgK, tKsK, ss.full_k, ss.empty_k, Traits::kBytesKStage, iter); };
+    auto load_v = [&](int iter) { load_block(params.tma_v, tVgV, tVsV, ss.full_v, ss.empty_v, Traits::kBytesVStage, iter); };
 
     // K of the first block goes before Q: the previous tile may still be
     // reading Q, but K's stage frees earlier.
