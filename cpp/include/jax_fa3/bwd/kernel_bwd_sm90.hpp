@@ -2,12 +2,17 @@
 // batch). It loops over the query heads of its GQA group itself, so dK/dV of
 // the whole group accumulate in registers and leave the SM once, with no
 // cross-CTA reduction; dQ is the only cross-CTA sum (fp32, workspace).
+// Warp-specialised: a producer warpgroup (TMA loads; dQ reduce-adds) and
+// kWarpgroups MMA warpgroups, synchronised through mbarriers (the Q/dO
+// ring) and named barriers (dS exchange, dQ hand-off).
 #pragma once
 
 #include "jax_fa3/common/arch.h"
 
 #include <cute/tensor.hpp>
 #include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+#include <cutlass/cutlass.h>
 
 #include "jax_fa3/bwd/epilogue_bwd_sm90.hpp"
 #include "jax_fa3/bwd/mainloop_bwd_sm90.hpp"
@@ -30,8 +35,11 @@ bwd_main_kernel(const __grid_constant__ BwdMainParams<Traits> params) {
   using namespace cute;
   using SharedStorage = typename Traits::SharedStorage;
   extern __shared__ char smem_raw[];
-  const uintptr_t aligned = (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023);
-  SharedStorage& ss = *reinterpret_cast<SharedStorage*>(aligned);
+  // Aligned by pointer arithmetic on smem_raw (not through an integer), so
+  // the compiler still knows every access is to shared memory (STS/LDS with
+  // 32-bit addresses, not generic ones).
+  const uint32_t smem_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  SharedStorage& ss = *reinterpret_cast<SharedStorage*>(smem_raw + ((1024u - (smem_addr & 1023u)) & 1023u));
 
   // Key blocks fastest in the grid: the CTAs in flight share one head's Q/dO
   // in L2, and in deterministic mode a CTA only ever waits for CTAs of lower
@@ -39,44 +47,61 @@ bwd_main_kernel(const __grid_constant__ BwdMainParams<Traits> params) {
   const int n_block = blockIdx.x;
   const int hkv = blockIdx.y;
   const int b = blockIdx.z;
-  const int n0 = n_block * Traits::kBlockN;
-  const int n1 = min(n0 + Traits::kBlockN, params.seqlen_k);
-  const BwdQueryRange range = BwdQueryRange::make(params.mask, n0, n1, Traits::kBlockM);
-  const int total = range.num_m * (params.heads_q / params.heads_kv);
+  const int group = params.heads_q / params.heads_kv;
+  // The walk: range.num_m query blocks for each of the group's query heads.
+  // Each role derives it after its register reconfiguration (values kept
+  // live across setmaxnreg would be spilled).
+  auto walk = [&] {
+    const int n0 = n_block * Traits::kBlockN;
+    const int n1 = min(n0 + Traits::kBlockN, params.seqlen_k);
+    return BwdQueryRange::make(params.mask, n0, n1, Traits::kBlockM);
+  };
 
-  const int wg = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);
-  const int ks = wg % Traits::kKeySplit;
-  const int dsl = wg / Traits::kKeySplit;
-
-  typename Traits::MmadKV mma_dkv;
-  Tensor tdKrdK = partition_fragment_C(mma_dkv, Shape<_64, Int<Traits::kDSlice>>{});
-  Tensor tdVrdV = partition_fragment_C(mma_dkv, Shape<_64, Int<Traits::kDSlice>>{});
-  clear(tdKrdK);
-  clear(tdVrdV);
-
-  if (total > 0) {
-    if (threadIdx.x == 0) {
-      cute::prefetch_tma_descriptor(params.tma_q.get_tma_descriptor());
-      cute::prefetch_tma_descriptor(params.tma_do.get_tma_descriptor());
-      cute::prefetch_tma_descriptor(params.tma_k.get_tma_descriptor());
-      cute::prefetch_tma_descriptor(params.tma_v.get_tma_descriptor());
-      for (int s = 0; s < Traits::kStages; ++s) initialize_barrier(ss.full_bar[s], 1);
-      initialize_barrier(ss.kv_bar, 1);
-      cutlass::arch::fence_barrier_init();
+  if (threadIdx.x == 0) {
+    cute::prefetch_tma_descriptor(params.tma_q.get_tma_descriptor());
+    cute::prefetch_tma_descriptor(params.tma_do.get_tma_descriptor());
+    cute::prefetch_tma_descriptor(params.tma_k.get_tma_descriptor());
+    cute::prefetch_tma_descriptor(params.tma_v.get_tma_descriptor());
+    for (int s = 0; s < Traits::kStages; ++s) {
+      initialize_barrier(ss.full_bar[s], 1);
+      initialize_barrier(ss.empty_bar[s], Traits::kMmaThreads);
     }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      BwdLoader<Traits>::load_kv(params, ss, n_block, hkv, b);
-      const int group = params.heads_q / params.heads_kv;
-      for (int t = 0; t < Traits::kStages && t < total; ++t) {
-        BwdLoader<Traits>::load_step(params, ss, t, hkv * group + t / range.num_m, b,
-                                     range.m_begin + t % range.num_m);
+    initialize_barrier(ss.kv_bar, 1);
+    cutlass::arch::fence_barrier_init();
+  }
+  __syncthreads();
+
+  const int warpgroup = cutlass::canonical_warp_group_idx();
+  if (warpgroup == 0) {
+    // Producer warpgroup: warp 0 loads, warp 1 writes dQ, warps 2-3 exit.
+    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+    const int warp = cutlass::canonical_warp_idx_sync();
+    const BwdQueryRange range = walk();
+    const int total = range.num_m * group;
+    if (total > 0) {
+      if (warp == 0) {
+        if (cute::elect_one_sync()) bwd_load<Traits>(params, ss, n_block, hkv, b, range, total);
+      } else if (warp == 1) {
+        DqHandoff<Traits>::run(params, ss.dq.data(), b, n_block, total,
+                               [&](int t) { return BwdStep::at(t, range, hkv, group); });
       }
     }
-    bwd_mainloop<Traits, kMasked>(params, ss, n_block, hkv, b, range, tdKrdK, tdVrdV);
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<Traits::kMmaRegs>();
+    const int mma_tid = threadIdx.x - 128;
+    const int wg = mma_tid / 128;
+    typename Traits::MmadV mma_dkv;
+    Tensor tdKrdK = partition_fragment_C(mma_dkv, Shape<_64, Int<Traits::kDSlice>>{});
+    Tensor tdVrdV = partition_fragment_C(mma_dkv, Shape<_64, Int<Traits::kDSlice>>{});
+    clear(tdKrdK);
+    clear(tdVrdV);
+    const BwdQueryRange range = walk();
+    const int total = range.num_m * group;
+    if (total > 0) bwd_mma<Traits, kMasked>(params, ss, n_block, range, total, mma_tid, tdKrdK, tdVrdV);
+    // Keys that no query sees get zero dK/dV, written like any other.
+    store_dkv<Traits>(params, tdKrdK, tdVrdV, n_block, hkv, b, mma_tid % 128, wg % Traits::kKeySplit,
+                      wg / Traits::kKeySplit);
   }
-  // Keys that no query sees get zero dK/dV, written like any other.
-  store_dkv<Traits>(params, tdKrdK, tdVrdV, n_block, hkv, b, threadIdx.x % 128, ks, dsl);
 }
 
 }  // namespace jax_fa3::bwd

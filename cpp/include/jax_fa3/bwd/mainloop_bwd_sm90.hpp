@@ -1,15 +1,15 @@
 // The backward main loop: loads (TMA + mbarriers) and the per-step math of a
 // CTA that owns kBlockN keys and walks the query blocks that see them.
 //
-// Per step (query head hq, query block m), each consumer warpgroup, with its
+// Per step (query head hq, query block m), each MMA warpgroup, with its
 // 64 keys (key slice ks) and its dK/dV column slice dsl:
 //   S^T  = K Q^T          wgmma SS  (64 x kBlockM)
 //   dP^T = V dO^T         wgmma SS
 //   P^T  = exp2(S^T * scale_log2 - lse2),  dS^T = P^T (dP^T - D) [* (1 - tanh^2)]
 //   dV  += P^T dO         wgmma RS  (A from the accumulator registers)
-//   dK  += dS^T Q         wgmma RS
+//   dK  += dS^T Q         wgmma RS  (SS from the smem dS^T at head dims 192/256)
 //   dS^T -> smem, then dQ[:, slice] = dS K[:, slice]   wgmma SS
-//   dQ tile -> smem -> reduce-add into the fp32 workspace accumulator.
+//   dQ tile -> smem -> (writer warp) reduce-add into the fp32 accumulator.
 #pragma once
 
 #include "jax_fa3/common/arch.h"
@@ -91,166 +91,259 @@ struct BwdLoader {
   }
 };
 
-// The whole walk of one CTA. Thread 0 doubles as the TMA producer: a stage is
-// refilled right after the CTA-wide barrier that ends the step using it (all
-// wgmmas reading it have been waited on by then), kStages - 1 steps ahead of
-// its use. No warp sits idle as a dedicated producer, and no register
-// re-balancing (setmaxnreg) is needed.
+// Step t of a CTA's walk: query head hq (of the kv head's group), query
+// block m. Producer, dQ writer and MMA warpgroups all walk the same sequence.
+struct BwdStep {
+  int hq;
+  int m;
+  JAX_FA3_HOST_DEVICE static BwdStep at(int t, BwdQueryRange range, int hkv, int group) {
+    return BwdStep{hkv * group + t / range.num_m, range.m_begin + t % range.num_m};
+  }
+};
+
+// Producer (one thread): K/V once, then Q/dO/row terms step by step into the
+// kStages ring, each stage refilled once every MMA thread has released it.
+template <class Traits>
+__device__ __forceinline__ void bwd_load(const BwdMainParams<Traits>& p, typename Traits::SharedStorage& ss,
+                                         int n_block, int hkv, int b, BwdQueryRange range, int total) {
+  constexpr int kStages = Traits::kStages;
+  const int group = p.heads_q / p.heads_kv;
+  BwdLoader<Traits>::load_kv(p, ss, n_block, hkv, b);
+  for (int t = 0; t < total; ++t) {
+    const int stage = t % kStages;
+    // Fresh barriers: waiting on parity 1 returns at once (first pass).
+    wait_barrier(ss.empty_bar[stage], ((t / kStages) & 1) ^ 1);
+    const BwdStep step = BwdStep::at(t, range, hkv, group);
+    BwdLoader<Traits>::load_step(p, ss, stage, step.hq, b, step.m);
+  }
+}
+
+// The MMA warpgroups' walk. Per step, each warpgroup (keys ks, dK/dV column
+// slice dsl):
+//   issue S^T = K Q^T, issue dP^T = V dO^T;  wait S: P = exp2(...) under dP;
+//   issue dV += P^T dO;  wait dP: dS under dV;  dS^T -> smem (buffer t % 2);
+//   kdSReady (every warpgroup's dS^T is in smem);  issue dQ = dS K, issue
+//   dK += dS^T Q;  wait dV, dQ;  dQ -> smem tile for the writer warp (under
+//   the dK GEMM);  wait dK;  release the Q/dO stage.
 template <class Traits, bool kMasked, class Acc>
-__device__ __forceinline__ void bwd_mainloop(const BwdMainParams<Traits>& p, typename Traits::SharedStorage& ss,
-                                             int n_block, int hkv, int b, BwdQueryRange range, Acc& tdKrdK,
-                                             Acc& tdVrdV) {
+__device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename Traits::SharedStorage& ss,
+                                        int n_block, BwdQueryRange range, int total, int mma_tid,
+                                        Acc& tdKrdK, Acc& tdVrdV) {
   using Element = typename Traits::Element;
   using BlockM = typename Traits::BlockM;
   using BlockN = typename Traits::BlockN;
   using HeadDim = typename Traits::HeadDim;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kStages = Traits::kStages;
   constexpr int kDSlice = Traits::kDSlice, kDQSlice = Traits::kDQSlice;
+  using Handoff = DqHandoff<Traits>;
 
-  const int tid = threadIdx.x;
-  const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
-  const int wg_tid = tid % 128;
+  const int wg = __shfl_sync(0xffffffffu, mma_tid / 128, 0);
   const int ks = wg % Traits::kKeySplit;
   const int dsl = wg / Traits::kKeySplit;
-  const int group = p.heads_q / p.heads_kv;
-  const int total = range.num_m * group;
   const int n0 = n_block * kBlockN;
 
   typename Traits::MmaSdP mma_sdp;
-  typename Traits::MmadKV mma_dkv;
+  typename Traits::MmadV mma_dv;
+  typename Traits::MmadK mma_dk;
   typename Traits::MmadQ mma_dq;
-  auto thr_sdp = mma_sdp.get_thread_slice(wg_tid);
-  auto thr_dkv = mma_dkv.get_thread_slice(wg_tid);
-  auto thr_dq = mma_dq.get_thread_slice(wg_tid);
-
-  Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
-  Tensor sQt = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQt{});
-  Tensor sdO = make_tensor(make_smem_ptr(ss.dout.data()), typename Traits::SmemLayoutQ{});
-  Tensor sdOt = make_tensor(make_smem_ptr(ss.dout.data()), typename Traits::SmemLayoutQt{});
-
-  // Rows kDqPitch floats apart (BwdWorkspace::dq_pitch).
-  Tensor sdQ = make_tensor(make_smem_ptr(ss.dq.data()),
-                           make_layout(Shape<BlockM, HeadDim>{}, Stride<Int<Traits::kDqPitch>, _1>{}));
-  Tensor tdQsdQ = thr_dq.partition_C(local_tile(sdQ, Shape<BlockM, Int<kDQSlice>>{}, make_coord(_0{}, wg)));
-  Tensor tScS = thr_sdp.partition_C(make_identity_tensor(Shape<_64, BlockM>{}));
 
   const bool partial_keys = n0 + kBlockN > p.seqlen_k;
   const bool softcap = p.softcap > 0.f;
 
   wait_barrier(ss.kv_bar, 0);
 
-  for (int t = 0; t < total; ++t) {
+  // The query block walks m_begin .. m_begin + num_m - 1 once per query head
+  // of the group (BwdStep::at, without its division).
+  int m = range.m_begin;
+  for (int t = 0; t < total; ++t, m = m + 1 == range.m_begin + range.num_m ? range.m_begin : m + 1) {
     const int stage = t % kStages;
-    const int g = t / range.num_m;
-    const int m = range.m_begin + t % range.num_m;
-    const int hq = hkv * group + g;
+    const int ds_stage = t % Traits::kStagesdS;
     const int m0 = m * kBlockM;
     wait_barrier(ss.full_bar[stage], (t / kStages) & 1);
 
-    // K, V and dS operands (wgmma descriptors, swizzled dS store addresses)
+    // Shared-memory operands (wgmma descriptors, swizzled dS store addresses)
     // are rebuilt every step from a base the compiler cannot see through:
     // hoisted out of the loop they would stay live across the whole walk,
     // which head dim 256 cannot afford.
+    Element* q_base = ss.q.data();
+    Element* do_base = ss.dout.data();
     Element* k_base = ss.k.data();
     Element* v_base = ss.v.data();
     Element* ds_base = ss.ds.data();
-    asm volatile("" : "+l"(k_base), "+l"(v_base), "+l"(ds_base));
+    // Likewise the thread's fragment coordinates (score rows/columns, dQ
+    // store addresses): rederiving them from the thread index each step is a
+    // few integer ops, keeping them live across the step would spill. (Only
+    // the GEMM operands go through the opaque base: a store through it would
+    // be a generic store with 64-bit addresses.)
+    const int tid = threadIdx.x % 128;
+    asm volatile("" : "+l"(q_base), "+l"(do_base), "+l"(k_base), "+l"(v_base), "+l"(ds_base));
+    auto thr_sdp = mma_sdp.get_thread_slice(tid);
+    auto thr_dv = mma_dv.get_thread_slice(tid);
+    auto thr_dk = mma_dk.get_thread_slice(tid);
+    auto thr_dq = mma_dq.get_thread_slice(tid);
+    // Rows kDqPitch floats apart (BwdWorkspace::dq_pitch).
+    Tensor sdQ = make_tensor(make_smem_ptr(ss.dq.data()),
+                             make_layout(Shape<BlockM, HeadDim>{}, Stride<Int<Traits::kDqPitch>, _1>{}));
+    Tensor tdQsdQ = thr_dq.partition_C(local_tile(sdQ, Shape<BlockM, Int<kDQSlice>>{}, make_coord(_0{}, wg)));
+    Tensor tScS = thr_sdp.partition_C(make_identity_tensor(Shape<_64, BlockM>{}));
+    Tensor sQ = make_tensor(make_smem_ptr(q_base), typename Traits::SmemLayoutQ{});
+    Tensor sQt = make_tensor(make_smem_ptr(q_base), typename Traits::SmemLayoutQt{});
+    Tensor sdO = make_tensor(make_smem_ptr(do_base), typename Traits::SmemLayoutQ{});
+    Tensor sdOt = make_tensor(make_smem_ptr(do_base), typename Traits::SmemLayoutQt{});
     Tensor sK = make_tensor(make_smem_ptr(k_base), typename Traits::SmemLayoutK{});
     Tensor sKt = make_tensor(make_smem_ptr(k_base), typename Traits::SmemLayoutKt{});
     Tensor sV = make_tensor(make_smem_ptr(v_base), typename Traits::SmemLayoutV{});
-    Tensor sdS = make_tensor(make_smem_ptr(ds_base), typename Traits::SmemLayoutdS{});
-    Tensor sdSt = make_tensor(make_smem_ptr(ds_base), typename Traits::SmemLayoutdSt{});
-    Tensor tSsdS = thr_sdp.partition_C(local_tile(sdSt, Shape<_64, BlockM>{}, make_coord(ks, _0{})));
+    Tensor sdS = make_tensor(make_smem_ptr(ds_base), typename Traits::SmemLayoutdS{})(_, _, ds_stage);
+    Tensor sdSt = make_tensor(make_smem_ptr(ds_base), typename Traits::SmemLayoutdSt{})(_, _, ds_stage);
     Tensor tSrK = thr_sdp.partition_fragment_A(local_tile(sK, Shape<_64, HeadDim>{}, make_coord(ks, _0{})));
     Tensor tdPrV = thr_sdp.partition_fragment_A(local_tile(sV, Shape<_64, HeadDim>{}, make_coord(ks, _0{})));
-    Tensor tdQrdS = thr_dq.partition_fragment_A(sdS);
-    Tensor tdQrK =
-        thr_dq.partition_fragment_B(local_tile(sKt, Shape<Int<kDQSlice>, BlockN>{}, make_coord(wg, _0{})));
     Tensor tSrQ = thr_sdp.partition_fragment_B(sQ(_, _, stage));
     Tensor tdPrdO = thr_sdp.partition_fragment_B(sdO(_, _, stage));
+
     Tensor tSrS = partition_fragment_C(mma_sdp, Shape<_64, BlockM>{});
     Tensor tdPrdP = partition_fragment_C(mma_sdp, Shape<_64, BlockM>{});
     warpgroup_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_sdp, tSrK, tSrQ, tSrS);
     warpgroup_gemm<true, false>(mma_sdp, tdPrV, tdPrdO, tdPrdP);
-    warpgroup_wait<0>();
 
     // kMasked: the window test only on tiles it cuts (or that cross the end
-    // of the keys); otherwise only the key bound, one compare per element.
-    // Query rows past seqlen_q need no mask: lse2 = +inf there, so P = 0.
+    // of the keys); otherwise only the key bound. Query columns past seqlen_q
+    // need no mask: lse2 = +inf there, so P = 0.
     const bool need_mask = partial_keys || !p.mask.tile_inside_window(m0, m0 + kBlockM, n0, n0 + kBlockN);
     const float* lse2 = ss.lse2.data() + stage * kBlockM;
     const float* dpsum = ss.dpsum.data() + stage * kBlockM;
     Tensor rP = make_tensor_like<Element>(tSrS);
     Tensor rdS = make_tensor_like<Element>(tSrS);
-    // Straight-line loop per softcap variant: a branch inside the unrolled
+
+    // P (under the dP GEMM), then dS. P goes to rP in 16 bits for the dV
+    // GEMM and stays in tSrS in fp32, times d(softcap)/d(score) = 1 - tanh^2
+    // when capped, which is all dS = P (dP - D) [* (1 - tanh^2)] needs. The
+    // loop is straight-line per softcap variant: a branch inside the unrolled
     // loop costs registers.
-    auto compute_p_ds = [&](auto softcap_tag) {
+    warpgroup_wait<1>();
+    auto compute_p = [&](auto softcap_tag) {
       constexpr bool kSoftcap = decltype(softcap_tag)::value;
+      // (keys, queries) views: per key row the visible queries are one range,
+      // computed once; per query column one lse2 load serves both rows.
+      Tensor s_rc = rowcol_view(tSrS);
+      Tensor p_rc = rowcol_view(rP);
+      Tensor c_rc = make_tensor(tScS.data(), acc_layout_rowcol(tScS.layout()));
+      constexpr int kRows = decltype(size<0>(s_rc))::value;
+      int q_lo[kRows], q_hi[kRows];
       CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < size(tSrS); ++i) {
-        const int row = get<0>(tScS(i));
-        const int col = get<1>(tScS(i));
-        const float x = tSrS(i);
-        float s2, dcap = 1.f;
-        if constexpr (kSoftcap) {
-          const float th = tanhf(x * p.softcap_in);
-          s2 = th * p.softcap_log2;
-          dcap = 1.f - th * th;
-        } else {
-          s2 = x * p.scale_log2;
-        }
-        const int j = n0 + ks * 64 + row;
+      for (int r = 0; r < kRows; ++r) {
+        const int j = n0 + ks * 64 + get<0>(c_rc(r, 0));
+        q_lo[r] = 0;
+        q_hi[r] = j < p.seqlen_k ? kBlockM : 0;
         if constexpr (kMasked) {
-          if (need_mask && !p.mask.visible(m0 + col, j)) s2 = -CUDART_INF_F;
-        } else {
-          if (j >= p.seqlen_k) s2 = -CUDART_INF_F;
+          if (need_mask && j < p.seqlen_k) {
+            q_lo[r] = p.mask.row_query_begin(j) - m0;
+            q_hi[r] = p.mask.row_query_end(j) - m0;
+          }
         }
-        const float prob = exp2f(s2 - lse2[col]);
-        rP(i) = Element(prob);
-        rdS(i) = Element(prob * (tdPrdP(i) - dpsum[col]) * dcap);
+      }
+      CUTLASS_PRAGMA_UNROLL
+      for (int c = 0; c < size<1>(s_rc); ++c) {
+        const int col = get<1>(c_rc(0, c));
+        const float lse = lse2[col];
+        CUTLASS_PRAGMA_UNROLL
+        for (int r = 0; r < kRows; ++r) {
+          const float x = s_rc(r, c);
+          float s2, dcap = 1.f;
+          if constexpr (kSoftcap) {
+            const float th = tanhf(x * p.softcap_in);
+            s2 = th * p.softcap_log2;
+            dcap = 1.f - th * th;
+          } else {
+            s2 = x * p.scale_log2;
+          }
+          if (col < q_lo[r] || col >= q_hi[r]) s2 = -CUDART_INF_F;
+          const float prob = exp2f(s2 - lse);
+          if constexpr (kSoftcap) {
+            p_rc(r, c) = Element(prob);
+            s_rc(r, c) = prob * dcap;
+          } else {
+            s_rc(r, c) = prob;
+          }
+        }
       }
     };
     if (softcap) {
-      compute_p_ds(cute::true_type{});
+      compute_p(cute::true_type{});
     } else {
-      compute_p_ds(cute::false_type{});
+      // Converted after the loop (packed cvt), so the loop holds one copy.
+      compute_p(cute::false_type{});
+      convert_fragment_into(tSrS, rP);
+    }
+    // dV += P^T dO right away: it runs under the dS computation.
+    Tensor tdVrP = make_tensor(rP.data(), acc_as_operand_a(tSrS.layout()));
+    Tensor tdVrdO = thr_dv.partition_fragment_B(
+        local_tile(sdOt(_, _, stage), Shape<Int<kDSlice>, BlockM>{}, make_coord(dsl, _0{})));
+    warpgroup_gemm<false, true>(mma_dv, tdVrP, tdVrdO, tdVrdV);
+    warpgroup_wait<1>();  // dP done (dV may still run)
+    {
+      Tensor s_rc = rowcol_view(tSrS);
+      Tensor dp_rc = rowcol_view(tdPrdP);
+      Tensor ds_rc = rowcol_view(rdS);
+      Tensor c_rc = make_tensor(tScS.data(), acc_layout_rowcol(tScS.layout()));
+      CUTLASS_PRAGMA_UNROLL
+      for (int c = 0; c < size<1>(s_rc); ++c) {
+        const float d = dpsum[get<1>(c_rc(0, c))];
+        CUTLASS_PRAGMA_UNROLL
+        for (int r = 0; r < size<0>(s_rc); ++r) ds_rc(r, c) = Element(s_rc(r, c) * (dp_rc(r, c) - d));
+      }
     }
 
-    Tensor tdVrP = make_tensor(rP.data(), acc_as_operand_a(tSrS.layout()));
-    Tensor tdKrdS = make_tensor(rdS.data(), acc_as_operand_a(tSrS.layout()));
-    Tensor tdVrdO = thr_dkv.partition_fragment_B(
-        local_tile(sdOt(_, _, stage), Shape<Int<kDSlice>, BlockM>{}, make_coord(dsl, _0{})));
-    Tensor tdKrQ = thr_dkv.partition_fragment_B(
-        local_tile(sQt(_, _, stage), Shape<Int<kDSlice>, BlockM>{}, make_coord(dsl, _0{})));
-    warpgroup_gemm<false, true>(mma_dkv, tdVrP, tdVrdO, tdVrdV);
-    warpgroup_gemm<false, true>(mma_dkv, tdKrdS, tdKrQ, tdKrdK);
+
 
     // dS^T to smem for the dQ wgmma (warpgroups of another column slice hold
-    // the same values). Ordinary stores read by wgmma: fence to the async proxy.
-    if (dsl == 0) copy(rdS, tSsdS);
-    // With wide column slices (kDSplit > 1: 64 x 128 dK and dV per
-    // warpgroup) the P/dS operand registers must die before the dQ
-    // accumulator is born, or the kernel spills.
-    if constexpr (Traits::kDSplit > 1) warpgroup_wait<0>();
-    if (tid == 0 && !p.deterministic) bulk_wait_read_all();  // previous dQ tile has left smem
+    // the same values). Ordinary stores read by wgmma: fence to the async
+    // proxy, then wait for every warpgroup's part. Buffer ds_stage was last
+    // read by the dQ GEMMs of step t - 2, which every warpgroup waited for
+    // before arriving at step t - 1's barrier.
+    if (dsl == 0) {
+      // The store addresses from a fresh read of the thread index, so they
+      // are not kept live (or spilled) through the P/dS math.
+      uint32_t tid_now;
+      asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid_now));
+      Tensor sdSt_store = make_tensor(make_smem_ptr(ss.ds.data()), typename Traits::SmemLayoutdSt{})(_, _, ds_stage);
+      Tensor tSsdS = mma_sdp.get_thread_slice(tid_now % 128)
+                         .partition_C(local_tile(sdSt_store, Shape<_64, BlockM>{}, make_coord(ks, _0{})));
+      copy(rdS, tSsdS);
+    }
     cutlass::arch::fence_view_async_shared();
-    __syncthreads();
+    cutlass::arch::NamedBarrier::sync(Traits::kMmaThreads, barrier_id(BwdNamedBarrier::kdSReady));
 
+    // With wide column slices (kDSplit > 1: 64 x 128 dK and dV per
+    // warpgroup) P must die (dV retired) before the dQ accumulator is born,
+    // or the kernel spills.
+    if constexpr (Traits::kDSplit > 1) warpgroup_wait<0>();
+    Tensor tdQrdS = thr_dq.partition_fragment_A(sdS);
+    Tensor tdQrK =
+        thr_dq.partition_fragment_B(local_tile(sKt, Shape<Int<kDQSlice>, BlockN>{}, make_coord(wg, _0{})));
     Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<BlockM, Int<kDQSlice>>{});
     warpgroup_gemm<true, false>(mma_dq, tdQrdS, tdQrK, tdQrdQ);
-    warpgroup_wait<0>();  // also retires the dV/dK wgmmas: stage and sdS are free after the barrier
+    Tensor tdKrQ = thr_dk.partition_fragment_B(
+        local_tile(sQt(_, _, stage), Shape<Int<kDSlice>, BlockM>{}, make_coord(dsl, _0{})));
+    if constexpr (Traits::kdKFromSmem) {
+      Tensor tdKsdS = thr_dk.partition_fragment_A(local_tile(sdSt, Shape<_64, BlockM>{}, make_coord(ks, _0{})));
+      warpgroup_gemm</*kZeroInit=*/false, /*kARegs=*/false>(mma_dk, tdKsdS, tdKrQ, tdKrdK);
+    } else {
+      Tensor tdKrdS = make_tensor(rdS.data(), acc_as_operand_a(tSrS.layout()));
+      warpgroup_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_dk, tdKrdS, tdKrQ, tdKrdK);
+    }
+
+    // dV and dQ retired (groups retire in order), dK still running: write
+    // the dQ tile under it.
+    warpgroup_wait<1>();
+    Handoff::wait_empty();
     copy(tdQrdQ, tdQsdQ);
     cutlass::arch::fence_view_async_shared();
-    __syncthreads();
+    Handoff::mark_full();
 
-    if (tid == 0 && t + kStages < total) {
-      const int tn = t + kStages;
-      BwdLoader<Traits>::load_step(p, ss, stage, hkv * group + tn / range.num_m, b,
-                                   range.m_begin + tn % range.num_m);
-    }
-    reduce_dq_tile<Traits>(p, ss.dq.data(), b, hq, m, n_block);
+    warpgroup_wait<0>();
+    // Every GEMM reading this stage's Q/dO is done: hand it back.
+    arrive_barrier(ss.empty_bar[stage]);
   }
-  if (tid == 0 && !p.deterministic) bulk_wait_all();
 }
 
 }  // namespace jax_fa3::bwd

@@ -5,6 +5,8 @@
 
 #include "jax_fa3/common/arch.h"
 
+#include <type_traits>
+
 #include <cute/tensor.hpp>
 #include <cute/arch/mma_sm90.hpp>
 #include <cute/atom/mma_atom.hpp>
@@ -32,8 +34,17 @@ struct BwdTraits {
   static constexpr int kBlockM = Tile::kBlockM;
   static constexpr int kBlockN = Tile::kBlockN;
   static constexpr int kStages = Tile::kStages;
-  static constexpr int kWarpgroups = Tile::kConsumerWarpgroups;
-  static constexpr int kThreads = kWarpgroups * 128;
+  static constexpr int kWarpgroups = Tile::kConsumerWarpgroups;  // MMA warpgroups
+  // Warp specialisation: warpgroup 0 is the producer (warp 0 issues the TMA
+  // loads, warp 1 sends the dQ tiles to the fp32 accumulator); warpgroups
+  // 1..kWarpgroups do the math. setmaxnreg gives the producer's registers to
+  // them: the dK/dV accumulators, S/dP and their 16-bit copies live there.
+  static constexpr int kMmaThreads = kWarpgroups * 128;
+  static constexpr int kThreads = kMmaThreads + 128;
+  static constexpr int kProducerRegs = 32;
+  static constexpr int kMmaRegs = 240;
+  static_assert(kWarpgroups == 2, "register split below assumes 2 MMA warpgroups");
+  static_assert(kProducerRegs * 128 + kMmaRegs * kMmaThreads <= 65536);
 
   // Warpgroup w owns keys [64 * (w % kKeySplit), +64) and dK/dV columns
   // [kDSlice * (w / kKeySplit), +kDSlice); warpgroups sharing a key slice
@@ -70,10 +81,13 @@ struct BwdTraits {
                                              Shape<BlockN, HeadDim>{}));
   // dS: written as dS^T [kBlockN, kBlockM] straight from the accumulators
   // (queries contiguous), read as the MN-major A [kBlockM, kBlockN] of dQ.
+  // Two buffers, alternating by step: a warpgroup may write step t+1's dS
+  // while the other still runs step t's dQ GEMM on the other buffer.
+  static constexpr int kStagesdS = 2;
   using SmemLayoutdS = decltype(tile_to_shape(gmma_smem_atom<Element, GMMA::Major::MN, kBlockM>(),
-                                              Shape<BlockM, BlockN>{}));
+                                              Shape<BlockM, BlockN, Int<kStagesdS>>{}));
   using SmemLayoutdSt = decltype(tile_to_shape(gmma_smem_atom<Element, GMMA::Major::K, kBlockM>(),
-                                               Shape<BlockN, BlockM>{}, Step<_2, _1>{}));
+                                               Shape<BlockN, BlockM, Int<kStagesdS>>{}, Step<_2, _1, _3>{}));
   // One stage of Q/dO, as the TMA box sees it.
   using SmemLayoutQStage = decltype(take<0, 2>(SmemLayoutQ{}));
 
@@ -81,12 +95,22 @@ struct BwdTraits {
   using MmaSdP = decltype(make_tiled_mma(
       GMMA::ss_op_selector<Element, Element, float, Shape<_64, BlockM, HeadDim>, GMMA::Major::K, GMMA::Major::K>(),
       Layout<Shape<_1, _1, _1>>{}));
-  // dV += P^T dO and dK += dS^T Q: A (P^T, dS^T) straight from the S/dP
-  // accumulator registers, B MN-major from smem.
-  using MmadKV = decltype(make_tiled_mma(
+  // dV += P^T dO: A (P^T) straight from the S accumulator registers, B
+  // MN-major from smem. dK += dS^T Q likewise from the dS registers, except
+  // with wide column slices (kDSplit > 1, head dims 192/256: 128 fp32 dK/dV
+  // registers per thread), where A is the smem dS^T copy the dQ GEMM reads
+  // anyway, so the 16-bit dS registers die at the store.
+  static constexpr bool kdKFromSmem = kDSplit > 1;
+  using MmadV = decltype(make_tiled_mma(
       GMMA::rs_op_selector<Element, Element, float, Shape<_64, Int<kDSlice>, BlockM>, GMMA::Major::K,
                            GMMA::Major::MN>(),
       Layout<Shape<_1, _1, _1>>{}));
+  using MmadK = std::conditional_t<
+      kdKFromSmem,
+      decltype(make_tiled_mma(GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kDSlice>, BlockM>,
+                                                   GMMA::Major::K, GMMA::Major::MN>(),
+                              Layout<Shape<_1, _1, _1>>{})),
+      MmadV>;
   using MmadQ = decltype(make_tiled_mma(
       GMMA::ss_op_selector<Element, Element, float, Shape<BlockM, Int<kDQSlice>, BlockN>, GMMA::Major::MN,
                            GMMA::Major::MN>(),
@@ -103,7 +127,10 @@ struct BwdTraits {
     cute::array_aligned<float, kBlockM * kDqPitch, 1024> dq;
     cute::array_aligned<float, kStages * kBlockM, 16> lse2;
     cute::array_aligned<float, kStages * kBlockM, 16> dpsum;
+    // Q/dO/row-term ring: full (TMA transaction count) and empty (every MMA
+    // thread arrives once the step's GEMMs reading the stage are done).
     alignas(8) uint64_t full_bar[kStages];
+    alignas(8) uint64_t empty_bar[kStages];
     alignas(8) uint64_t kv_bar;
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));

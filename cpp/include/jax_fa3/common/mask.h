@@ -37,6 +37,11 @@ struct WindowMask {
     return j > seqlen_k ? seqlen_k : j;
   }
 
+  // The queries that see key j (0 <= j < seqlen_k): [row_query_begin(j),
+  // row_query_end(j)), not clipped to [0, seqlen_q).
+  JAX_FA3_HOST_DEVICE int row_query_begin(int j) const { return j - diag - right; }
+  JAX_FA3_HOST_DEVICE int row_query_end(int j) const { return j - diag + left + 1; }
+
   // Keys [key_begin, key_end) cover every key seen by queries [q0, q1).
   // Empty (key_begin >= key_end) when those rows see nothing.
   JAX_FA3_HOST_DEVICE int key_begin(int q0) const {
