@@ -4,9 +4,9 @@
 # Runs nvcc under the shared lock: only one CuTe compile at a time here.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-CUTLASS_INCLUDE=${CUTLASS_INCLUDE:-/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/cutlass_library/source/include}
+CUTLASS_INCLUDE=${CUTLASS_INCLUDE:-$(python3 -c "import cutlass_library, os; print(os.path.join(os.path.dirname(cutlass_library.__file__), 'source', 'include'))")}
 mkdir -p build-dev/bwd
-flock /tmp/jax_fa3_nvcc.lock nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -DNDEBUG \
+flock "${LOCK:-/tmp/jax_fa3_nvcc.lock}" nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -DNDEBUG \
   -Xptxas -v -lineinfo -cudart static \
   -Icpp/include -I"$CUTLASS_INCLUDE" "$@" \
   tools/dev/bwd_check.cu cpp/src/workspace_bwd.cu -o build-dev/bwd/bwd_check 2>&1 | tee build-dev/bwd/bwd_check.ptxas.log
