@@ -93,9 +93,14 @@ def _attrs(softmax_scale: float, softcap: float, window_left: int, window_right:
 def fwd(q, k, v, *, softmax_scale, softcap, window_left, window_right):
     """Forward custom call: returns ``out`` (like q) and ``lse`` float32 ``[..., heads_q, seqlen_q]``."""
     *lead, seqlen_q, heads_q, _ = q.shape
-    out_types = (_result_type(q, q.shape, q.dtype), _result_type(q, (*lead, heads_q, seqlen_q), jnp.float32))
+    # Scratch for the kernels' tile counter: a constant size (vmap prepends
+    # dimensions, which only makes it larger).
+    workspace = _result_type(q, (_C.fwd_workspace_bytes,), jnp.uint8)
+    out_types = (_result_type(q, q.shape, q.dtype), _result_type(q, (*lead, heads_q, seqlen_q), jnp.float32),
+                 workspace)
     call = jax.ffi.ffi_call("jax_fa3_fwd", out_types, vmap_method=_VMAP_METHOD)
-    return call(q, k, v, **_attrs(softmax_scale, softcap, window_left, window_right))
+    out, lse, _ = call(q, k, v, **_attrs(softmax_scale, softcap, window_left, window_right))
+    return out, lse
 
 
 def _workspace_bytes_per_batch(q, k, deterministic: bool) -> int:

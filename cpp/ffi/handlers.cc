@@ -92,19 +92,24 @@ struct FwdCall {
 };
 
 FwdCall decode_fwd(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::Result<ffi::AnyBuffer> out,
-                   ffi::Result<ffi::Buffer<ffi::F32>> lse, float softmax_scale, float softcap,
-                   int32_t window_left, int32_t window_right) {
+                   ffi::Result<ffi::Buffer<ffi::F32>> lse, ffi::Result<ffi::AnyBuffer> workspace,
+                   float softmax_scale, float softcap, int32_t window_left, int32_t window_right) {
   FwdCall call{};
   call.error = decode_problem(q, k, v, softmax_scale, softcap, window_left, window_right, &call.params.problem);
   if (call.error.failure()) return call;
   call.error = expect_like("out", out->dimensions(), out->element_type(), q);
   if (call.error.failure()) return call;
   call.error = expect_row_stats("lse", *lse, call.params.problem.shape);
+  if (call.error.failure()) return call;
+  if (workspace->size_bytes() < kFwdWorkspaceBytes)
+    call.error = ffi::Error::InvalidArgument("jax_fa3: forward workspace has " + std::to_string(workspace->size_bytes()) +
+                                             " bytes, needs " + std::to_string(kFwdWorkspaceBytes));
   call.params.q = q.untyped_data();
   call.params.k = k.untyped_data();
   call.params.v = v.untyped_data();
   call.params.out = out->untyped_data();
   call.params.lse = lse->typed_data();
+  call.params.workspace = workspace->untyped_data();
   return call;
 }
 
@@ -148,9 +153,9 @@ BwdCall decode_bwd(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::An
 // ---------------------------------------------------------------- CPU
 
 ffi::Error fwd_cpu(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::Result<ffi::AnyBuffer> out,
-                   ffi::Result<ffi::Buffer<ffi::F32>> lse, float softmax_scale, float softcap,
-                   int32_t window_left, int32_t window_right) {
-  FwdCall call = decode_fwd(q, k, v, out, lse, softmax_scale, softcap, window_left, window_right);
+                   ffi::Result<ffi::Buffer<ffi::F32>> lse, ffi::Result<ffi::AnyBuffer> workspace,
+                   float softmax_scale, float softcap, int32_t window_left, int32_t window_right) {
+  FwdCall call = decode_fwd(q, k, v, out, lse, workspace, softmax_scale, softcap, window_left, window_right);
   if (call.error.success()) cpu::run_fwd(call.params);
   return std::move(call.error);
 }
@@ -194,8 +199,9 @@ ffi::Error check_can_run(const AttnProblem& p) {
 
 ffi::Error fwd_cuda(Stream stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
                     ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::F32>> lse,
-                    float softmax_scale, float softcap, int32_t window_left, int32_t window_right) {
-  FwdCall call = decode_fwd(q, k, v, out, lse, softmax_scale, softcap, window_left, window_right);
+                    ffi::Result<ffi::AnyBuffer> workspace, float softmax_scale, float softcap,
+                    int32_t window_left, int32_t window_right) {
+  FwdCall call = decode_fwd(q, k, v, out, lse, workspace, softmax_scale, softcap, window_left, window_right);
   if (call.error.failure()) return std::move(call.error);
   if (ffi::Error err = check_can_run(call.params.problem); err.failure()) return err;
   if (cudaError_t err = run_fwd(call.params, stream); err != cudaSuccess) return cuda_error("the forward kernel", err);
@@ -230,7 +236,7 @@ ffi::Error no_cuda() {
                     "arrays on the CPU");
 }
 ffi::Error fwd_cuda(Stream, ffi::AnyBuffer, ffi::AnyBuffer, ffi::AnyBuffer, ffi::Result<ffi::AnyBuffer>,
-                    ffi::Result<ffi::Buffer<ffi::F32>>, float, float, int32_t, int32_t) {
+                    ffi::Result<ffi::Buffer<ffi::F32>>, ffi::Result<ffi::AnyBuffer>, float, float, int32_t, int32_t) {
   return no_cuda();
 }
 ffi::Error bwd_cuda(Stream, ffi::AnyBuffer, ffi::AnyBuffer, ffi::AnyBuffer, ffi::AnyBuffer, ffi::AnyBuffer,
@@ -249,6 +255,7 @@ auto bind_fwd(Binding binding) {
       .template Arg<ffi::AnyBuffer>()           // v    [..., seqlen_k, heads_kv, head_dim]
       .template Ret<ffi::AnyBuffer>()           // out  like q
       .template Ret<ffi::Buffer<ffi::F32>>()    // lse  [..., heads_q, seqlen_q]
+      .template Ret<ffi::AnyBuffer>()           // workspace, >= kFwdWorkspaceBytes uint8
       .template Attr<float>("softmax_scale")
       .template Attr<float>("softcap")
       .template Attr<int32_t>("window_left")

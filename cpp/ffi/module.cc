@@ -39,6 +39,7 @@ NB_MODULE(_C, m) {
   m.attr("built_jaxlib_version") = JAX_FA3_BUILT_JAXLIB;
   m.attr("ffi_api_version") = nb::make_tuple(XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR);
   m.attr("with_cuda") = static_cast<bool>(JAX_FA3_WITH_CUDA);
+  m.attr("fwd_workspace_bytes") = jax_fa3::kFwdWorkspaceBytes;
 
   // (dtype name, head-dim bucket) pairs with compiled CUDA kernels.
   m.def("compiled_kernels", [] {

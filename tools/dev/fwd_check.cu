@@ -150,6 +150,19 @@ void reference(const Case& c, const jax_fa3::AttnMask& mask, float scale, const 
   }
 }
 
+// The forward's scratch (the dynamic scheduler's tile counter): one buffer,
+// poisoned once with a large count, so a launch that did not clear it would
+// skip tiles and leave poisoned outputs.
+void* workspace() {
+  static void* ws = [] {
+    void* p = nullptr;
+    CUDA_CHECK(cudaMalloc(&p, jax_fa3::kFwdWorkspaceBytes));
+    CUDA_CHECK(cudaMemset(p, 0x7f, jax_fa3::kFwdWorkspaceBytes));
+    return p;
+  }();
+  return ws;
+}
+
 jax_fa3::FwdParams make_params(const Case& c, jax_fa3::AttnMask mask, float scale, void* q, void* k, void* v,
                                void* o, float* lse) {
   jax_fa3::FwdParams p{};
@@ -163,6 +176,7 @@ jax_fa3::FwdParams make_params(const Case& c, jax_fa3::AttnMask mask, float scal
   p.v = v;
   p.out = o;
   p.lse = lse;
+  p.workspace = workspace();
   return p;
 }
 

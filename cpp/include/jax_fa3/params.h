@@ -43,6 +43,9 @@ struct AttnProblem {
   AttnMask mask;
 };
 
+// Bytes of FwdParams::workspace (the dynamic tile scheduler's counter).
+constexpr size_t kFwdWorkspaceBytes = 16;
+
 struct FwdParams {
   AttnProblem problem;
   const void* q;
@@ -50,6 +53,9 @@ struct FwdParams {
   const void* v;
   void* out;
   float* lse;  // -inf for a query row that sees no key (its out row is 0)
+  // Scratch of kFwdWorkspaceBytes bytes, 16-byte aligned, contents undefined
+  // on entry (the forward clears what it needs).
+  void* workspace;
 };
 
 struct BwdParams {

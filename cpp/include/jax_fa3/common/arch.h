@@ -18,6 +18,7 @@
 
 #if defined(__CUDACC__)
 #define JAX_FA3_HOST_DEVICE __host__ __device__ __forceinline__
+#define JAX_FA3_DEVICE __device__ __forceinline__
 #else
 #define JAX_FA3_HOST_DEVICE inline
 #endif

@@ -1,5 +1,5 @@
 // The Hopper forward kernel: a persistent CTA per SM walks its (query block,
-// head, batch) tiles (FwdPersistentScheduler); one producer warpgroup feeds
+// head, batch) tiles (tile_scheduler_fwd_sm90.hpp); one producer warpgroup feeds
 // shared memory with TMA, kConsumerWarpgroups warpgroups compute with wgmma,
 // synchronised through mbarriers, and take turns on the tensor cores
 // (WarpgroupTurns).
@@ -30,7 +30,7 @@ struct FwdKernelSm90 {
   using Traits = Traits_;
   using Mainloop = FwdMainloopSm90<Traits>;
   using Epilogue = FwdEpilogueSm90<Traits>;
-  using Scheduler = std::conditional_t<Traits::kPersistent, FwdPersistentScheduler, FwdSingleTileScheduler>;
+  using Scheduler = typename Traits::Scheduler;
   using SharedStorage = typename Traits::SharedStorage;
   using Turns = WarpgroupTurns<Traits::kConsumerWarpgroups, Traits::kPingPong>;
   static constexpr int kNumThreads = Traits::kNumThreads;
@@ -45,9 +45,9 @@ struct FwdKernelSm90 {
   static Params to_params(FwdParams const& p, int64_t l2_bytes) {
     AttnShape const& s = p.problem.shape;
     const int64_t kv_bytes_per_head = 2 * int64_t(s.seqlen_k) * s.head_dim * int64_t(sizeof(typename Traits::Element));
-    return Params{Mainloop::to_params(p), Epilogue::to_params(p),
-                  FwdTileOrder::make(s.seqlen_q, s.heads_q, s.batch, Traits::kBlockM, s.heads_q / s.heads_kv,
-                                     kv_bytes_per_head, l2_bytes)};
+    const FwdTileOrder order = FwdTileOrder::make(s.seqlen_q, s.heads_q, s.batch, Traits::kBlockM,
+                                                  s.heads_q / s.heads_kv, kv_bytes_per_head, l2_bytes);
+    return Params{Mainloop::to_params(p), Epilogue::to_params(p), Scheduler::to_params(order, p.workspace)};
   }
 
   CUTE_DEVICE void operator()(Params const& params, char* smem_raw) const {
@@ -72,21 +72,25 @@ struct FwdKernelSm90 {
         cutlass::arch::ClusterBarrier::init(&ss.empty_k[s], Traits::kNumConsumerThreads);
         cutlass::arch::ClusterBarrier::init(&ss.empty_v[s], Traits::kNumConsumerThreads);
       }
+      Scheduler::init(ss.scheduler, Traits::kNumConsumerThreads);
       // Make the initialised barriers visible to the async proxy (TMA).
       cutlass::arch::fence_barrier_init();
     }
     __syncthreads();
 
-    // Both roles walk the same tile sequence and count the K/V blocks and Q
-    // tiles they have passed, which gives every ring slot and barrier phase.
+    // Both roles walk the same tile sequence (the scheduler's) and count the
+    // K/V blocks and Q tiles they have passed, which gives every ring slot and
+    // barrier phase.
+    const int num_tiles = params.scheduler.order.num_tiles;
     if (warpgroup == 0) {
       // Producer warpgroup: gives its registers to the consumers; one thread
       // issues all TMA copies, the other 127 threads just exit.
       cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
       if (warp == 0 && cute::elect_one_sync()) {
         int kv_count = 0, q_count = 0;
-        for (typename Scheduler::Iterator it; it.valid(params.scheduler); it.advance()) {
-          const FwdWorkTile tile = params.scheduler.tile(it.index());
+        auto tiles = Scheduler::producer(params.scheduler, ss.scheduler);
+        for (int t = tiles.next(); t < num_tiles; t = tiles.next()) {
+          const FwdWorkTile tile = params.scheduler.order.tile(t);
           const auto n_range = Mainloop::n_block_range(params.mainloop, tile.m_block);
           const int n_min = get<0>(n_range), n_max = get<1>(n_range);
           if (n_max <= n_min) continue;
@@ -101,8 +105,9 @@ struct FwdKernelSm90 {
       const Turns turns{warpgroup - 1};
       turns.start();
       int kv_count = 0, q_count = 0;
-      for (typename Scheduler::Iterator it; it.valid(params.scheduler); it.advance()) {
-        const FwdWorkTile tile = params.scheduler.tile(it.index());
+      auto tiles = Scheduler::consumer(params.scheduler, ss.scheduler);
+      for (int t = tiles.next(); t < num_tiles; t = tiles.next()) {
+        const FwdWorkTile tile = params.scheduler.order.tile(t);
         const auto n_range = Mainloop::n_block_range(params.mainloop, tile.m_block);
         const int n_min = get<0>(n_range), n_max = get<1>(n_range);
         typename Traits::TiledMmaPV tiled_mma_pv;

@@ -9,8 +9,10 @@
 #include <cute/atom/mma_atom.hpp>
 #include <cute/arch/mma_sm90.hpp>
 #include <cutlass/numeric_types.h>
+#include <type_traits>
 
 #include "jax_fa3/common/utils.hpp"
+#include "jax_fa3/fwd/tile_scheduler_fwd_sm90.hpp"
 #include "jax_fa3/tile_config.h"
 
 namespace jax_fa3 {
@@ -49,6 +51,9 @@ struct FwdKernelTraitsSm90 {
   // Persistent grid (one CTA per SM looping over tiles): the next tile's loads
   // start under this tile's last GEMM and epilogue.
   static constexpr bool kPersistent = !JAX_FA3_FWD_ABLATE_PERSISTENT;
+  // Equal tiles: a static schedule; tiles a mask makes unequal: dynamic.
+  using Scheduler = std::conditional_t<!kPersistent, FwdSingleTileScheduler,
+                                       std::conditional_t<kMasked, FwdDynamicScheduler, FwdStaticScheduler>>;
 
   // Warp specialisation: warpgroup 0 only feeds shared memory through TMA (one
   // thread issues every copy), the consumer warpgroups only do math. A wgmma is
@@ -133,6 +138,7 @@ struct FwdKernelTraitsSm90 {
     uint64_t full_v[kStages];
     uint64_t empty_k[kStages];
     uint64_t empty_v[kStages];
+    typename Scheduler::SharedStorage scheduler;
   };
   // + 1024: the dynamic shared memory window is only guaranteed 16-byte
   // alignment; the kernel rounds its base up to 1024.

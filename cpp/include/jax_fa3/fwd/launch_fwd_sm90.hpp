@@ -6,6 +6,7 @@
 #include "jax_fa3/common/arch.h"
 
 #include <cstdint>
+#include <type_traits>
 #include <cuda_runtime_api.h>
 #include <cutlass/numeric_types.h>
 
@@ -42,6 +43,12 @@ cudaError_t run_fwd_sm90(const FwdParams& params, cudaStream_t stream) {
   if (cudaError_t err = current_device_info(&device); err != cudaSuccess) return err;
   // TMA descriptors are encoded here, on the host, once per call.
   const typename Kernel::Params kernel_params = Kernel::to_params(params, device.l2_cache_bytes);
+  if constexpr (std::is_same_v<typename Kernel::Scheduler, FwdDynamicScheduler>) {
+    static_assert(FwdDynamicScheduler::kWorkspaceBytes <= kFwdWorkspaceBytes);
+    if (params.workspace == nullptr) return cudaErrorInvalidValue;
+    // The tile counter starts at zero (stream-ordered: graph-safe).
+    if (cudaError_t err = cudaMemsetAsync(params.workspace, 0, FwdDynamicScheduler::kWorkspaceBytes, stream)) return err;
+  }
   auto* kernel = &fwd_kernel_sm90<Kernel>;
   // Above 48 KB of dynamic shared memory a kernel must opt in; the call fails
   // (and we return its error) if the device cannot give that much.

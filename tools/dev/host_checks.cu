@@ -1,0 +1,142 @@
+// Host-side checks of the kernels' index arithmetic (no GPU needed; nvcc
+// compiles it as host code):
+//   * the forward tile order is a permutation of all (query block, head,
+//     batch) tiles, and the static snake schedule hands every tile to
+//     exactly one CTA;
+//   * the work balance (max over mean of the key blocks per CTA) of the static
+//     schedule and of the dynamic one (the same order, each CTA taking the
+//     next tile when it is free), the reason masked kernels schedule
+//     dynamically;
+//   * the per-row key / per-column query ranges the kernels mask with agree
+//     with WindowMask::visible, the one definition of the mask.
+//
+//   nvcc -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Icpp/include -I<cutlass>/include tools/dev/host_checks.cu \
+//     -o build-dev/host_checks && build-dev/host_checks
+#include <algorithm>
+#include <cstdio>
+#include <vector>
+
+#include "jax_fa3/common/mask.h"
+#include "jax_fa3/fwd/tile_scheduler_fwd_sm90.hpp"
+
+using namespace jax_fa3;
+
+namespace {
+
+int failures = 0;
+#define CHECK(cond, ...)                      \
+  do {                                        \
+    if (!(cond)) {                            \
+      ++failures;                             \
+      std::printf("FAIL: " __VA_ARGS__);      \
+      std::printf("\n");                      \
+    }                                         \
+  } while (0)
+
+// Key blocks [n_min, n_max) a query block visits (FwdMainloopSm90::n_block_range).
+int key_blocks(const WindowMask& mask, bool masked, int m_block, int block_m, int block_n) {
+  int key_begin = 0, key_end = mask.seqlen_k;
+  if (masked) {
+    const int m0 = m_block * block_m;
+    const int m1 = std::min(m0 + block_m, mask.seqlen_q);
+    key_begin = mask.key_begin(m0);
+    key_end = mask.key_end(m1);
+  }
+  if (key_end <= key_begin) return 0;
+  return (key_end + block_n - 1) / block_n - key_begin / block_n;
+}
+
+void check_schedule(int seqlen, int heads, int batch, int group, int head_dim, bool causal, int block_m,
+                    int block_n, int sm_count, long l2_bytes, bool print) {
+  const AttnShape shape{batch, seqlen, seqlen, heads, heads / group, head_dim};
+  const AttnMask m{seqlen * 2, causal ? 0 : seqlen * 2};
+  const WindowMask mask = WindowMask::make(shape, m);
+  const long kv_bytes = 2L * seqlen * head_dim * 2;
+  const FwdTileOrder order = FwdTileOrder::make(seqlen, heads, batch, block_m, group, kv_bytes, l2_bytes);
+  std::vector<int> seen(order.num_tiles, 0);
+  for (int t = 0; t < order.num_tiles; ++t) {
+    const FwdWorkTile w = order.tile(t);
+    const bool in_range = w.m_block >= 0 && w.m_block < order.num_m_blocks && w.head >= 0 && w.head < heads &&
+                          w.batch >= 0 && w.batch < batch;
+    CHECK(in_range, "tile %d out of range (m %d head %d batch %d)", t, w.m_block, w.head, w.batch);
+    if (in_range) ++seen[(w.batch * heads + w.head) * order.num_m_blocks + w.m_block];
+  }
+  for (int i = 0; i < order.num_tiles; ++i) CHECK(seen[i] == 1, "tile slot %d seen %d times", i, seen[i]);
+
+  // The persistent CTAs' walks: every tile once, and the work per CTA.
+  const int ctas = std::min(order.num_tiles, sm_count);
+  std::vector<int> taken(order.num_tiles, 0);
+  std::vector<long> work(ctas, 0);
+  for (int c = 0; c < ctas; ++c) {
+    FwdStaticScheduler::Walk walk{c, ctas};
+    for (int t = walk.next(); t < order.num_tiles; t = walk.next()) {
+      ++taken[t];
+      work[c] += key_blocks(mask, causal, order.tile(t).m_block, block_m, block_n) + 1;  // +1: epilogue
+    }
+  }
+  for (int i = 0; i < order.num_tiles; ++i) CHECK(taken[i] == 1, "tile %d taken %d times", i, taken[i]);
+  if (print) {
+    long total = 0, most = 0;
+    for (long w : work) { total += w; most = std::max(most, w); }
+    const double mean = double(total) / ctas;
+    // The same tile order handed out dynamically (each CTA takes the next
+    // tile when it is free): the makespan over the mean.
+    std::vector<long> busy(ctas, 0);
+    for (int t = 0; t < order.num_tiles; ++t) {
+      auto next = std::min_element(busy.begin(), busy.end());
+      *next += key_blocks(mask, causal, order.tile(t).m_block, block_m, block_n) + 1;
+    }
+    const long dynamic_end = *std::max_element(busy.begin(), busy.end());
+    std::printf("schedule s%-5d h%-2d b%-2d d%-3d %-6s tile %dx%d, %d tiles on %d CTAs, %d (b,h) per L2 chunk: "
+                "max/mean work per CTA: static snake %.3f, dynamic %.3f\n",
+                seqlen, heads, batch, head_dim, causal ? "causal" : "full", block_m, block_n, order.num_tiles, ctas,
+                order.heads_per_chunk, most / mean, dynamic_end / mean);
+  }
+}
+
+void check_mask(int sq, int sk, int left, int right) {
+  const AttnShape shape{1, sq, sk, 1, 1, 64};
+  const WindowMask mask = WindowMask::make(shape, AttnMask{left, right});
+  for (int i = 0; i < sq; ++i) {
+    for (int j = 0; j < sk; ++j) {
+      const bool vis = mask.visible(i, j);
+      const bool by_row = j >= mask.row_key_begin(i) && j < mask.row_key_end(i);
+      const bool by_col = i >= mask.row_query_begin(j) && i < mask.row_query_end(j);
+      CHECK(vis == by_row, "row range: sq %d sk %d window (%d,%d) at (%d,%d)", sq, sk, left, right, i, j);
+      CHECK(vis == by_col, "column range: sq %d sk %d window (%d,%d) at (%d,%d)", sq, sk, left, right, i, j);
+    }
+  }
+}
+
+}  // namespace
+
+int main() {
+  const long kL2 = 50L << 20;  // H100/H200
+  for (int s : {1, 17, 113, 512, 1000, 4096}) {
+    for (int b : {1, 3}) {
+      for (int g : {1, 4}) {
+        for (bool causal : {false, true}) check_schedule(s, 8, b, g, 128, causal, 128, 176, 132, kL2, false);
+      }
+    }
+  }
+  check_schedule(100000, 2, 1, 1, 128, true, 128, 128, 132, kL2, false);
+  // The paper grid: 16k tokens, hidden 2048, H100's 132 SMs (tile_config.h rows).
+  for (int s : {512, 1024, 2048, 4096, 8192, 16384}) {
+    check_schedule(s, 16, 16384 / s, 1, 128, false, 128, 176, 132, kL2, true);
+    check_schedule(s, 16, 16384 / s, 1, 128, true, 128, 128, 132, kL2, true);
+  }
+  for (int s : {1024, 16384}) {
+    check_schedule(s, 32, 16384 / s, 1, 64, true, 192, 128, 132, kL2, true);
+    check_schedule(s, 8, 16384 / s, 1, 256, true, 128, 64, 132, kL2, true);
+  }
+  const int unbounded = 1 << 20;
+  for (int sq : {1, 7, 40}) {
+    for (int sk : {1, 9, 40}) {
+      for (int left : {0, 3, unbounded}) {
+        for (int right : {0, 5, unbounded}) check_mask(sq, sk, left, right);
+      }
+    }
+  }
+  std::printf("%s (%d failure(s))\n", failures ? "FAILED" : "all host checks passed", failures);
+  return failures ? 1 : 0;
+}
