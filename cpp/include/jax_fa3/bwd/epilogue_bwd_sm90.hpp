@@ -121,7 +121,7 @@ __device__ __forceinline__ void store_dkv(const BwdMainParams<Traits>& params, c
                                           int n_block, int hkv, int b, int wg_tid, int ks, int dsl) {
   using namespace cute;
   using Element = typename Traits::Element;
-  typename Traits::MmadV mma_dkv;
+  typename Traits::MmadKV mma_dkv;
   auto thr_dkv = mma_dkv.get_thread_slice(wg_tid);
   Tensor tc = thr_dkv.partition_C(make_identity_tensor(Shape<_64, Int<Traits::kDSlice>>{}));
   static_assert(decltype(size(tc))::value == decltype(size(tdKrdK))::value, "layout mismatch");

@@ -90,7 +90,7 @@ bwd_main_kernel(const __grid_constant__ BwdMainParams<Traits> params) {
     cutlass::arch::warpgroup_reg_alloc<Traits::kMmaRegs>();
     const int mma_tid = threadIdx.x - 128;
     const int wg = mma_tid / 128;
-    typename Traits::MmadV mma_dkv;
+    typename Traits::MmadKV mma_dkv;
     Tensor tdKrdK = partition_fragment_C(mma_dkv, Shape<_64, Int<Traits::kDSlice>>{});
     Tensor tdVrdV = partition_fragment_C(mma_dkv, Shape<_64, Int<Traits::kDSlice>>{});
     clear(tdKrdK);

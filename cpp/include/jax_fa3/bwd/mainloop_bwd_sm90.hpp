@@ -7,7 +7,9 @@
 //   dP^T = V dO^T         wgmma SS
 //   P^T  = exp2(S^T * scale_log2 - lse2),  dS^T = P^T (dP^T - D) [* (1 - tanh^2)]
 //   dV  += P^T dO         wgmma RS  (A from the accumulator registers)
-//   dK  += dS^T Q         wgmma RS  (SS from the smem dS^T at head dims 192/256)
+//   dK  += dS^T Q         wgmma RS
+//   (head dims 192/256: the two warpgroups split S/dP by query columns and
+//   dV/dK read P^T/dS^T from smem, SS)
 //   dS^T -> smem, then dQ[:, slice] = dS K[:, slice]   wgmma SS
 //   dQ tile -> smem -> (writer warp) reduce-add into the fp32 accumulator.
 #pragma once
@@ -119,12 +121,13 @@ __device__ __forceinline__ void bwd_load(const BwdMainParams<Traits>& p, typenam
 }
 
 // The MMA warpgroups' walk. Per step, each warpgroup (keys ks, dK/dV column
-// slice dsl):
+// slice dsl, S/dP query columns qs):
 //   issue S^T = K Q^T, issue dP^T = V dO^T;  wait S: P = exp2(...) under dP;
-//   issue dV += P^T dO;  wait dP: dS under dV;  dS^T -> smem (buffer t % 2);
-//   kdSReady (every warpgroup's dS^T is in smem);  issue dQ = dS K, issue
-//   dK += dS^T Q;  wait dV, dQ;  dQ -> smem tile for the writer warp (under
-//   the dK GEMM);  wait dK;  release the Q/dO stage.
+//   [registers: issue dV += P^T dO];  wait dP: dS;  dS^T [and P^T] -> smem
+//   (buffer t % 2);  kdSReady (every warpgroup's part is in smem);
+//   [smem: issue dV += P^T dO];  issue dQ = dS K, issue dK += dS^T Q;  wait dV,
+//   dQ;  dQ -> smem tile for the writer warp (under the dK GEMM);  wait dK;
+//   release the Q/dO stage.
 template <class Traits, bool kMasked, class Acc>
 __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename Traits::SharedStorage& ss,
                                         int n_block, BwdQueryRange range, int total, int mma_tid,
@@ -133,18 +136,22 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
   using BlockM = typename Traits::BlockM;
   using BlockN = typename Traits::BlockN;
   using HeadDim = typename Traits::HeadDim;
+  using SdPCols = Int<Traits::kSdPCols>;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kStages = Traits::kStages;
   constexpr int kDSlice = Traits::kDSlice, kDQSlice = Traits::kDQSlice;
+  constexpr bool kPdSInSmem = Traits::kPdSInSmem;
   using Handoff = DqHandoff<Traits>;
 
   const int wg = __shfl_sync(0xffffffffu, mma_tid / 128, 0);
   const int ks = wg % Traits::kKeySplit;
   const int dsl = wg / Traits::kKeySplit;
+  // The S/dP query columns of this warpgroup: all of them, or its half.
+  const int qs = kPdSInSmem ? dsl : 0;
+  const int q_off = qs * Traits::kSdPCols;
   const int n0 = n_block * kBlockN;
 
   typename Traits::MmaSdP mma_sdp;
-  typename Traits::MmadV mma_dv;
-  typename Traits::MmadK mma_dk;
+  typename Traits::MmadKV mma_dkv;
   typename Traits::MmadQ mma_dq;
 
   const bool partial_keys = n0 + kBlockN > p.seqlen_k;
@@ -161,31 +168,30 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
     const int m0 = m * kBlockM;
     wait_barrier(ss.full_bar[stage], (t / kStages) & 1);
 
-    // Shared-memory operands (wgmma descriptors, swizzled dS store addresses)
-    // are rebuilt every step from a base the compiler cannot see through:
-    // hoisted out of the loop they would stay live across the whole walk,
-    // which head dim 256 cannot afford.
-    Element* q_base = ss.q.data();
-    Element* do_base = ss.dout.data();
-    Element* k_base = ss.k.data();
-    Element* v_base = ss.v.data();
-    Element* ds_base = ss.ds.data();
+    // Shared-memory operands (wgmma descriptors) are rebuilt every step from a
+    // base the compiler cannot see through: hoisted out of the loop they would
+    // stay live across the whole walk, which head dim 256 cannot afford.
     // Likewise the thread's fragment coordinates (score rows/columns, dQ
     // store addresses): rederiving them from the thread index each step is a
     // few integer ops, keeping them live across the step would spill. (Only
     // the GEMM operands go through the opaque base: a store through it would
     // be a generic store with 64-bit addresses.)
+    Element* q_base = ss.q.data();
+    Element* do_base = ss.dout.data();
+    Element* k_base = ss.k.data();
+    Element* v_base = ss.v.data();
+    Element* ds_base = ss.ds.data();
+    Element* p_base = ss.p.data();
     const int tid = threadIdx.x % 128;
-    asm volatile("" : "+l"(q_base), "+l"(do_base), "+l"(k_base), "+l"(v_base), "+l"(ds_base));
+    asm volatile("" : "+l"(q_base), "+l"(do_base), "+l"(k_base), "+l"(v_base), "+l"(ds_base), "+l"(p_base));
     auto thr_sdp = mma_sdp.get_thread_slice(tid);
-    auto thr_dv = mma_dv.get_thread_slice(tid);
-    auto thr_dk = mma_dk.get_thread_slice(tid);
+    auto thr_dkv = mma_dkv.get_thread_slice(tid);
     auto thr_dq = mma_dq.get_thread_slice(tid);
     // Rows kDqPitch floats apart (BwdWorkspace::dq_pitch).
     Tensor sdQ = make_tensor(make_smem_ptr(ss.dq.data()),
                              make_layout(Shape<BlockM, HeadDim>{}, Stride<Int<Traits::kDqPitch>, _1>{}));
     Tensor tdQsdQ = thr_dq.partition_C(local_tile(sdQ, Shape<BlockM, Int<kDQSlice>>{}, make_coord(_0{}, wg)));
-    Tensor tScS = thr_sdp.partition_C(make_identity_tensor(Shape<_64, BlockM>{}));
+    Tensor tScS = thr_sdp.partition_C(make_identity_tensor(Shape<_64, SdPCols>{}));
     Tensor sQ = make_tensor(make_smem_ptr(q_base), typename Traits::SmemLayoutQ{});
     Tensor sQt = make_tensor(make_smem_ptr(q_base), typename Traits::SmemLayoutQt{});
     Tensor sdO = make_tensor(make_smem_ptr(do_base), typename Traits::SmemLayoutQ{});
@@ -195,13 +201,15 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
     Tensor sV = make_tensor(make_smem_ptr(v_base), typename Traits::SmemLayoutV{});
     Tensor sdS = make_tensor(make_smem_ptr(ds_base), typename Traits::SmemLayoutdS{})(_, _, ds_stage);
     Tensor sdSt = make_tensor(make_smem_ptr(ds_base), typename Traits::SmemLayoutdSt{})(_, _, ds_stage);
+    Tensor sPt = make_tensor(make_smem_ptr(p_base), typename Traits::SmemLayoutdSt{})(_, _, ds_stage);
     Tensor tSrK = thr_sdp.partition_fragment_A(local_tile(sK, Shape<_64, HeadDim>{}, make_coord(ks, _0{})));
     Tensor tdPrV = thr_sdp.partition_fragment_A(local_tile(sV, Shape<_64, HeadDim>{}, make_coord(ks, _0{})));
-    Tensor tSrQ = thr_sdp.partition_fragment_B(sQ(_, _, stage));
-    Tensor tdPrdO = thr_sdp.partition_fragment_B(sdO(_, _, stage));
+    Tensor tSrQ = thr_sdp.partition_fragment_B(local_tile(sQ(_, _, stage), Shape<SdPCols, HeadDim>{}, make_coord(qs, _0{})));
+    Tensor tdPrdO =
+        thr_sdp.partition_fragment_B(local_tile(sdO(_, _, stage), Shape<SdPCols, HeadDim>{}, make_coord(qs, _0{})));
 
-    Tensor tSrS = partition_fragment_C(mma_sdp, Shape<_64, BlockM>{});
-    Tensor tdPrdP = partition_fragment_C(mma_sdp, Shape<_64, BlockM>{});
+    Tensor tSrS = partition_fragment_C(mma_sdp, Shape<_64, SdPCols>{});
+    Tensor tdPrdP = partition_fragment_C(mma_sdp, Shape<_64, SdPCols>{});
     warpgroup_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_sdp, tSrK, tSrQ, tSrS);
     warpgroup_gemm<true, false>(mma_sdp, tdPrV, tdPrdO, tdPrdP);
 
@@ -209,8 +217,8 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
     // of the keys); otherwise only the key bound. Query columns past seqlen_q
     // need no mask: lse2 = +inf there, so P = 0.
     const bool need_mask = partial_keys || !p.mask.tile_inside_window(m0, m0 + kBlockM, n0, n0 + kBlockN);
-    const float* lse2 = ss.lse2.data() + stage * kBlockM;
-    const float* dpsum = ss.dpsum.data() + stage * kBlockM;
+    const float* lse2 = ss.lse2.data() + stage * kBlockM + q_off;
+    const float* dpsum = ss.dpsum.data() + stage * kBlockM + q_off;
     Tensor rP = make_tensor_like<Element>(tSrS);
     Tensor rdS = make_tensor_like<Element>(tSrS);
 
@@ -228,7 +236,7 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
       Tensor p_rc = rowcol_view(rP);
       Tensor c_rc = make_tensor(tScS.data(), acc_layout_rowcol(tScS.layout()));
       constexpr int kRows = decltype(size<0>(s_rc))::value;
-      int q_lo[kRows], q_hi[kRows];
+      int q_lo[kRows], q_hi[kRows];  // in this warpgroup's query columns
       CUTLASS_PRAGMA_UNROLL
       for (int r = 0; r < kRows; ++r) {
         const int j = n0 + ks * 64 + get<0>(c_rc(r, 0));
@@ -236,8 +244,8 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
         q_hi[r] = j < p.seqlen_k ? kBlockM : 0;
         if constexpr (kMasked) {
           if (need_mask && j < p.seqlen_k) {
-            q_lo[r] = p.mask.row_query_begin(j) - m0;
-            q_hi[r] = p.mask.row_query_end(j) - m0;
+            q_lo[r] = p.mask.row_query_begin(j) - m0 - q_off;
+            q_hi[r] = p.mask.row_query_end(j) - m0 - q_off;
           }
         }
       }
@@ -274,12 +282,16 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
       compute_p(cute::false_type{});
       convert_fragment_into(tSrS, rP);
     }
-    // dV += P^T dO right away: it runs under the dS computation.
-    Tensor tdVrP = make_tensor(rP.data(), acc_as_operand_a(tSrS.layout()));
-    Tensor tdVrdO = thr_dv.partition_fragment_B(
+    Tensor tdVrdO = thr_dkv.partition_fragment_B(
         local_tile(sdOt(_, _, stage), Shape<Int<kDSlice>, BlockM>{}, make_coord(dsl, _0{})));
-    warpgroup_gemm<false, true>(mma_dv, tdVrP, tdVrdO, tdVrdV);
-    warpgroup_wait<1>();  // dP done (dV may still run)
+    if constexpr (!kPdSInSmem) {
+      // dV += P^T dO right away, from the registers: it runs under dS.
+      Tensor tdVrP = make_tensor(rP.data(), acc_as_operand_a(tSrS.layout()));
+      warpgroup_gemm<false, true>(mma_dkv, tdVrP, tdVrdO, tdVrdV);
+      warpgroup_wait<1>();  // dP done (dV may still run)
+    } else {
+      warpgroup_wait<0>();  // dP done
+    }
     {
       Tensor s_rc = rowcol_view(tSrS);
       Tensor dp_rc = rowcol_view(tdPrdP);
@@ -293,43 +305,44 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
       }
     }
 
-
-
-    // dS^T to smem for the dQ wgmma (warpgroups of another column slice hold
-    // the same values). Ordinary stores read by wgmma: fence to the async
-    // proxy, then wait for every warpgroup's part. Buffer ds_stage was last
-    // read by the dQ GEMMs of step t - 2, which every warpgroup waited for
-    // before arriving at step t - 1's barrier.
-    if (dsl == 0) {
-      // The store addresses from a fresh read of the thread index, so they
-      // are not kept live (or spilled) through the P/dS math.
+    // dS^T (and with kPdSInSmem P^T) to smem: this warpgroup's keys x query
+    // columns. Ordinary stores read by wgmma: fence to the async proxy, then
+    // wait for every warpgroup's part. Buffer ds_stage was last read by the
+    // GEMMs of step t - 2, which every warpgroup waited for before arriving
+    // at step t - 1's barrier. The store addresses come from a fresh read of
+    // the thread index, so they are not kept live (or spilled) through the
+    // P/dS math.
+    {
       uint32_t tid_now;
       asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid_now));
-      Tensor sdSt_store = make_tensor(make_smem_ptr(ss.ds.data()), typename Traits::SmemLayoutdSt{})(_, _, ds_stage);
-      Tensor tSsdS = mma_sdp.get_thread_slice(tid_now % 128)
-                         .partition_C(local_tile(sdSt_store, Shape<_64, BlockM>{}, make_coord(ks, _0{})));
-      copy(rdS, tSsdS);
+      auto thr_store = mma_sdp.get_thread_slice(tid_now % 128);
+      auto store = [&](auto const& frag, Element* base) {
+        Tensor st = make_tensor(make_smem_ptr(base), typename Traits::SmemLayoutdSt{})(_, _, ds_stage);
+        copy(frag, thr_store.partition_C(local_tile(st, Shape<_64, SdPCols>{}, make_coord(ks, qs))));
+      };
+      store(rdS, ss.ds.data());
+      if constexpr (kPdSInSmem) store(rP, ss.p.data());
     }
     cutlass::arch::fence_view_async_shared();
     cutlass::arch::NamedBarrier::sync(Traits::kMmaThreads, barrier_id(BwdNamedBarrier::kdSReady));
 
-    // With wide column slices (kDSplit > 1: 64 x 128 dK and dV per
-    // warpgroup) P must die (dV retired) before the dQ accumulator is born,
-    // or the kernel spills.
-    if constexpr (Traits::kDSplit > 1) warpgroup_wait<0>();
+    if constexpr (kPdSInSmem) {
+      Tensor tdVsP = thr_dkv.partition_fragment_A(local_tile(sPt, Shape<_64, BlockM>{}, make_coord(ks, _0{})));
+      warpgroup_gemm</*kZeroInit=*/false, /*kARegs=*/false>(mma_dkv, tdVsP, tdVrdO, tdVrdV);
+    }
     Tensor tdQrdS = thr_dq.partition_fragment_A(sdS);
     Tensor tdQrK =
         thr_dq.partition_fragment_B(local_tile(sKt, Shape<Int<kDQSlice>, BlockN>{}, make_coord(wg, _0{})));
     Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<BlockM, Int<kDQSlice>>{});
     warpgroup_gemm<true, false>(mma_dq, tdQrdS, tdQrK, tdQrdQ);
-    Tensor tdKrQ = thr_dk.partition_fragment_B(
+    Tensor tdKrQ = thr_dkv.partition_fragment_B(
         local_tile(sQt(_, _, stage), Shape<Int<kDSlice>, BlockM>{}, make_coord(dsl, _0{})));
-    if constexpr (Traits::kdKFromSmem) {
-      Tensor tdKsdS = thr_dk.partition_fragment_A(local_tile(sdSt, Shape<_64, BlockM>{}, make_coord(ks, _0{})));
-      warpgroup_gemm</*kZeroInit=*/false, /*kARegs=*/false>(mma_dk, tdKsdS, tdKrQ, tdKrdK);
+    if constexpr (kPdSInSmem) {
+      Tensor tdKsdS = thr_dkv.partition_fragment_A(local_tile(sdSt, Shape<_64, BlockM>{}, make_coord(ks, _0{})));
+      warpgroup_gemm</*kZeroInit=*/false, /*kARegs=*/false>(mma_dkv, tdKsdS, tdKrQ, tdKrdK);
     } else {
       Tensor tdKrdS = make_tensor(rdS.data(), acc_as_operand_a(tSrS.layout()));
-      warpgroup_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_dk, tdKrdS, tdKrQ, tdKrdK);
+      warpgroup_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_dkv, tdKrdS, tdKrQ, tdKrdK);
     }
 
     // dV and dQ retired (groups retire in order), dK still running: write

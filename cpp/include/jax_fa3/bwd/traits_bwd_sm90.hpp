@@ -47,13 +47,20 @@ struct BwdTraits {
   static_assert(kProducerRegs * 128 + kMmaRegs * kMmaThreads <= 65536);
 
   // Warpgroup w owns keys [64 * (w % kKeySplit), +64) and dK/dV columns
-  // [kDSlice * (w / kKeySplit), +kDSlice); warpgroups sharing a key slice
-  // recompute the same S/dP (cheaper than exchanging them through smem).
-  // dQ = dS K is split by columns over all warpgroups: kDQSlice each.
+  // [kDSlice * (w / kKeySplit), +kDSlice). dQ = dS K is split by columns
+  // over all warpgroups: kDQSlice each.
+  // Warpgroups sharing a key slice (kDSplit > 1: head dims 192/256, where
+  // 64 keys x the whole head dim of dK and dV would not fit one warpgroup's
+  // registers) split the S/dP tile by query columns instead of both computing
+  // all of it: kSdPCols each, and the P^T/dS^T halves meet in smem, where the
+  // dV/dK GEMMs read them (kPdSInSmem). Otherwise P and dS stay in registers
+  // as the A operands of dV/dK.
   static constexpr int kKeySplit = kBlockN / 64;
   static constexpr int kDSplit = kWarpgroups / kKeySplit;
   static constexpr int kDSlice = kHeadDim / kDSplit;
   static constexpr int kDQSlice = kHeadDim / kWarpgroups;
+  static constexpr int kSdPCols = kBlockM / kDSplit;
+  static constexpr bool kPdSInSmem = kDSplit > 1;
   static_assert(kBlockM == 64, "the dQ wgmma has M = kBlockM = 64");
   static_assert(kBlockN % 64 == 0 && kWarpgroups % kKeySplit == 0, "bad BwdTile row");
   static_assert(kHeadDim % kDSplit == 0 && kDSlice % 16 == 0, "bad BwdTile row");
@@ -93,24 +100,21 @@ struct BwdTraits {
 
   // Per-warpgroup tiled MMAs (one warpgroup each, M = 64).
   using MmaSdP = decltype(make_tiled_mma(
-      GMMA::ss_op_selector<Element, Element, float, Shape<_64, BlockM, HeadDim>, GMMA::Major::K, GMMA::Major::K>(),
+      GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kSdPCols>, HeadDim>, GMMA::Major::K,
+                           GMMA::Major::K>(),
       Layout<Shape<_1, _1, _1>>{}));
-  // dV += P^T dO: A (P^T) straight from the S accumulator registers, B
-  // MN-major from smem. dK += dS^T Q likewise from the dS registers, except
-  // with wide column slices (kDSplit > 1, head dims 192/256: 128 fp32 dK/dV
-  // registers per thread), where A is the smem dS^T copy the dQ GEMM reads
-  // anyway, so the 16-bit dS registers die at the store.
-  static constexpr bool kdKFromSmem = kDSplit > 1;
-  using MmadV = decltype(make_tiled_mma(
+  // dV += P^T dO and dK += dS^T Q: A (P^T, dS^T) straight from the S/dP
+  // accumulator registers (RS), or from smem with kPdSInSmem (SS); B MN-major
+  // from smem.
+  using MmadKVRegs = decltype(make_tiled_mma(
       GMMA::rs_op_selector<Element, Element, float, Shape<_64, Int<kDSlice>, BlockM>, GMMA::Major::K,
                            GMMA::Major::MN>(),
       Layout<Shape<_1, _1, _1>>{}));
-  using MmadK = std::conditional_t<
-      kdKFromSmem,
-      decltype(make_tiled_mma(GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kDSlice>, BlockM>,
-                                                   GMMA::Major::K, GMMA::Major::MN>(),
-                              Layout<Shape<_1, _1, _1>>{})),
-      MmadV>;
+  using MmadKVSmem = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kDSlice>, BlockM>, GMMA::Major::K,
+                           GMMA::Major::MN>(),
+      Layout<Shape<_1, _1, _1>>{}));
+  using MmadKV = std::conditional_t<kPdSInSmem, MmadKVSmem, MmadKVRegs>;
   using MmadQ = decltype(make_tiled_mma(
       GMMA::ss_op_selector<Element, Element, float, Shape<BlockM, Int<kDQSlice>, BlockN>, GMMA::Major::MN,
                            GMMA::Major::MN>(),
@@ -122,6 +126,8 @@ struct BwdTraits {
     cute::array_aligned<Element, cosize_v<SmemLayoutK>, 1024> k;
     cute::array_aligned<Element, cosize_v<SmemLayoutV>, 1024> v;
     cute::array_aligned<Element, cosize_v<SmemLayoutdS>, 1024> ds;
+    // P^T, laid out like dS^T; only used with kPdSInSmem.
+    cute::array_aligned<Element, kPdSInSmem ? cosize_v<SmemLayoutdS> : 8, 1024> p;
     // fp32 dQ tile of this step, [kBlockM rows, kDqPitch]: the bytes a single
     // bulk reduce-add sends to the workspace accumulator.
     cute::array_aligned<float, kBlockM * kDqPitch, 1024> dq;
@@ -134,7 +140,8 @@ struct BwdTraits {
     alignas(8) uint64_t kv_bar;
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
-  static_assert(kSmemBytes <= 227 * 1024, "backward tile does not fit in shared memory");
+  // + 1024: the kernel aligns the storage to 1024 bytes inside its window.
+  static_assert(kSmemBytes + 1024 <= 227 * 1024, "backward tile does not fit in shared memory");
 
   static constexpr uint32_t kTmaBytesQ = kBlockM * kHeadDim * sizeof(Element);
   static constexpr uint32_t kTmaBytesKV = 2 * kBlockN * kHeadDim * sizeof(Element);
