@@ -46,7 +46,9 @@ fwd=$!
     mkdir -p "$tree/cpp/src"
     cp tools/dev/build_fwd_check.sh tools/dev/fwd_check.cu "$tree/tools/dev/"
     cp cpp/src/device_info.cu "$tree/cpp/src/"
-    cp cpp/include/jax_fa3/run.h "$tree/cpp/include/jax_fa3/run.h"
+    # This harness's parameter structs (a superset of the old ones), so the
+    # old kernels and the harness agree on them.
+    cp cpp/include/jax_fa3/run.h cpp/include/jax_fa3/params.h "$tree/cpp/include/jax_fa3/"
     (cd "$tree" && LOCK=/tmp/jax_fa3_lock_b SETS="bf16:128 bf16:64 bf16:256 fp16:64 fp16:256" tools/dev/build_fwd_check.sh)
     cp "$tree/build-dev/fwd/fwd_check" "$CARRY/fwd_check-baseline"
     git worktree remove --force "$tree"
