@@ -55,7 +55,7 @@ fwd=$!
   fi
   if [ -n "${PY312:-}" ]; then
     rm -f "$CARRY"/*.whl
-    JAX_FA3_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=1 "$PY312" -m pip wheel --no-build-isolation --no-deps -w "$CARRY" .
+    JAX_FA3_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=${WHEEL_JOBS:-1} "$PY312" -m pip wheel --no-build-isolation --no-deps -w "$CARRY" .
   fi
 ) > "$CARRY/build_bwd.log" 2>&1 &
 bwd=$!
