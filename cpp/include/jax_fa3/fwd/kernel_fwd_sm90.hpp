@@ -50,6 +50,17 @@ struct FwdKernelSm90 {
     return Params{Mainloop::to_params(p), Epilogue::to_params(p), Scheduler::to_params(order, p.workspace)};
   }
 
+  // Calls body(tile, n_min, n_max) for each tile the walk hands out, with the
+  // key blocks [n_min, n_max) it visits.
+  template <class Walk, class Body>
+  CUTE_DEVICE static void for_each_tile(Params const& params, Walk walk, Body&& body) {
+    for (int t = walk.next(); t < params.scheduler.order.num_tiles; t = walk.next()) {
+      const FwdWorkTile tile = params.scheduler.order.tile(t);
+      const auto n_range = Mainloop::n_block_range(params.mainloop, tile.m_block);
+      body(tile, cute::get<0>(n_range), cute::get<1>(n_range));
+    }
+  }
+
   CUTE_DEVICE void operator()(Params const& params, char* smem_raw) const {
     using namespace cute;
     // Swizzled TMA/wgmma tiles need 1024-byte aligned shared memory.
@@ -81,23 +92,19 @@ struct FwdKernelSm90 {
     // Both roles walk the same tile sequence (the scheduler's) and count the
     // K/V blocks and Q tiles they have passed, which gives every ring slot and
     // barrier phase.
-    const int num_tiles = params.scheduler.order.num_tiles;
     if (warpgroup == 0) {
       // Producer warpgroup: gives its registers to the consumers; one thread
       // issues all TMA copies, the other 127 threads just exit.
       cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
       if (warp == 0 && cute::elect_one_sync()) {
         int kv_count = 0, q_count = 0;
-        auto tiles = Scheduler::producer(params.scheduler, ss.scheduler);
-        for (int t = tiles.next(); t < num_tiles; t = tiles.next()) {
-          const FwdWorkTile tile = params.scheduler.order.tile(t);
-          const auto n_range = Mainloop::n_block_range(params.mainloop, tile.m_block);
-          const int n_min = get<0>(n_range), n_max = get<1>(n_range);
-          if (n_max <= n_min) continue;
+        auto load_tile = [&](FwdWorkTile const& tile, int n_min, int n_max) {
+          if (n_max <= n_min) return;
           Mainloop::load(params.mainloop, ss, tile, n_min, n_max, kv_count, q_count);
           kv_count += n_max - n_min;
           ++q_count;
-        }
+        };
+        for_each_tile(params, Scheduler::producer(params.scheduler, ss.scheduler), load_tile);
       }
     } else {
       cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
@@ -105,11 +112,7 @@ struct FwdKernelSm90 {
       const Turns turns{warpgroup - 1};
       turns.start();
       int kv_count = 0, q_count = 0;
-      auto tiles = Scheduler::consumer(params.scheduler, ss.scheduler);
-      for (int t = tiles.next(); t < num_tiles; t = tiles.next()) {
-        const FwdWorkTile tile = params.scheduler.order.tile(t);
-        const auto n_range = Mainloop::n_block_range(params.mainloop, tile.m_block);
-        const int n_min = get<0>(n_range), n_max = get<1>(n_range);
+      auto compute_tile = [&](FwdWorkTile const& tile, int n_min, int n_max) {
         typename Traits::TiledMmaPV tiled_mma_pv;
         Tensor tOrO = partition_fragment_C(tiled_mma_pv, select<0, 1>(typename Traits::TileShapePV{}));
         clear(tOrO);
@@ -127,7 +130,8 @@ struct FwdKernelSm90 {
         softmax.finalize(o_scale, lse);
         scale_rows(tOrO, o_scale);
         Epilogue::store(params.epilogue, tOrO, lse, tile, thread_idx);
-      }
+      };
+      for_each_tile(params, Scheduler::consumer(params.scheduler, ss.scheduler), compute_tile);
       turns.finish();
     }
   }
