@@ -41,10 +41,11 @@ struct BwdTraits {
   // them: the dK/dV accumulators, S/dP and their 16-bit copies live there.
   static constexpr int kMmaThreads = kWarpgroups * 128;
   static constexpr int kThreads = kMmaThreads + 128;
-  static constexpr int kProducerRegs = 32;
+  static constexpr int kProducerRegs = 24;
   static constexpr int kMmaRegs = 240;
   static_assert(kWarpgroups == 2, "register split below assumes 2 MMA warpgroups");
-  static_assert(kProducerRegs * 128 + kMmaRegs * kMmaThreads <= 65536);
+  static_assert(setmaxnreg_split_fits(kProducerRegs, 128, kMmaRegs, kMmaThreads),
+                "setmaxnreg split exceeds the registers the CTA is launched with");
 
   // Warpgroup w owns keys [64 * (w % kKeySplit), +64) and dK/dV columns
   // [kDSlice * (w / kKeySplit), +kDSlice). dQ = dS K is split by columns

@@ -13,6 +13,19 @@
 
 namespace jax_fa3 {
 
+// Warp-specialised kernels move registers between warpgroups with
+// setmaxnreg. setmaxnreg.inc only takes registers that a setmaxnreg.dec of
+// the same CTA released: the CTA keeps the count it was launched with, the
+// 64K register file over its threads (__launch_bounds__(threads, 1)) in
+// steps of 8. A split that asks for more than that waits forever.
+constexpr bool setmaxnreg_split_fits(int producer_regs, int producer_threads, int consumer_regs,
+                                     int consumer_threads) {
+  const int threads = producer_threads + consumer_threads;
+  const int launch_regs = (65536 / threads) / 8 * 8;
+  return producer_regs * producer_threads + consumer_regs * consumer_threads <=
+         (launch_regs > 255 ? 255 : launch_regs) * threads;
+}
+
 // The widest GMMA swizzle whose row fits `kContiguous` elements (the extent of
 // the contiguous dimension of the tile). Wider swizzles spread a wgmma's 8-row
 // core matrices over more banks; 96 (head dim bucket 96) cannot use 128-byte

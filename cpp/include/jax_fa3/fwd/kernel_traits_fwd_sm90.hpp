@@ -67,10 +67,11 @@ struct FwdKernelTraitsSm90 {
   static constexpr int kNumThreads = kNumProducerThreads + kNumConsumerThreads;
   // setmaxnreg moves registers from the producer (which needs almost none) to
   // the consumers, which hold the O and S accumulators and P (see the budget
-  // in tile_config.h). All must fit the 64K-register file with one CTA per SM.
+  // in tile_config.h), within the registers the CTA is launched with.
   static constexpr int kProducerRegs = kConsumerWarpgroups == 1 ? 56 : kConsumerWarpgroups == 2 ? 40 : 32;
   static constexpr int kConsumerRegs = kConsumerWarpgroups == 1 ? 256 : kConsumerWarpgroups == 2 ? 232 : 160;
-  static_assert(kProducerRegs * kNumProducerThreads + kConsumerRegs * kNumConsumerThreads <= 65536);
+  static_assert(setmaxnreg_split_fits(kProducerRegs, kNumProducerThreads, kConsumerRegs, kNumConsumerThreads),
+                "setmaxnreg split exceeds the registers the CTA is launched with");
   static_assert(kHeadDim / 2 + kBlockN / 2 + kBlockN / 4 + 24 <= kConsumerRegs,
                 "O, S and P fragments exceed the consumer register budget: shrink kBlockN");
 
