@@ -95,11 +95,17 @@ struct BwdLoader {
 
 // Step t of a CTA's walk: query head hq (of the kv head's group), query
 // block m. Producer, dQ writer and MMA warpgroups all walk the same sequence.
+// The query blocks go last to first: then, under a causal mask, the CTAs in
+// flight work on the same query block at the same step (they share its Q/dO
+// in L2), and in deterministic mode, where key block n adds its dQ part after
+// key block n - 1, CTA n finds that add done at the same step instead of
+// starting n steps late (first to last, the CTAs of a causal walk would idle
+// half the time).
 struct BwdStep {
   int hq;
   int m;
   JAX_FA3_HOST_DEVICE static BwdStep at(int t, BwdQueryRange range, int hkv, int group) {
-    return BwdStep{hkv * group + t / range.num_m, range.m_begin + t % range.num_m};
+    return BwdStep{hkv * group + t / range.num_m, range.last_m() - t % range.num_m};
   }
 };
 
@@ -159,10 +165,10 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
 
   wait_barrier(ss.kv_bar, 0);
 
-  // The query block walks m_begin .. m_begin + num_m - 1 once per query head
-  // of the group (BwdStep::at, without its division).
-  int m = range.m_begin;
-  for (int t = 0; t < total; ++t, m = m + 1 == range.m_begin + range.num_m ? range.m_begin : m + 1) {
+  // The query block walks last_m down to m_begin once per query head of the
+  // group (BwdStep::at, without its division).
+  int m = range.last_m();
+  for (int t = 0; t < total; ++t, m = m == range.m_begin ? range.last_m() : m - 1) {
     const int stage = t % kStages;
     const int ds_stage = t % Traits::kStagesdS;
     const int m0 = m * kBlockM;

@@ -47,6 +47,7 @@ struct BwdQueryRange {
     const int m_begin = q_begin / block_m;
     return BwdQueryRange{m_begin, (q_end + block_m - 1) / block_m - m_begin};
   }
+  JAX_FA3_HOST_DEVICE int last_m() const { return m_begin + num_m - 1; }
 };
 
 }  // namespace jax_fa3::bwd
