@@ -9,7 +9,9 @@
 #        elsewhere against the same jaxlib and Python, carried with the call),
 #      PYTEST_ARGS extra pytest arguments, PYTEST_WORKERS parallel pytest
 #        workers (pytest-xdist; XLA compiling the references dominates the
-#        suite's time and is CPU-bound), BENCH_ARGS benchmark arguments.
+#        suite's time and is CPU-bound), TESTS_TIMEOUT / BENCH_TIMEOUT seconds
+#        (interrupted, each still reports what it ran), BENCH_ARGS benchmark
+#        arguments.
 # Logs land in $OUT (fetched back by the device tool).
 set -uo pipefail
 steps=${1:-"build tests"}
@@ -68,7 +70,9 @@ for step in $steps; do
     tests)
       workers=""
       if [ "${PYTEST_WORKERS:-1}" -gt 1 ] && python3 -c "import xdist" 2>/dev/null; then workers="-n $PYTEST_WORKERS"; fi
-      run_step tests bash -c "cd tests && python3 -m pytest -q -m gpu -rfs $workers ${PYTEST_ARGS:-}"
+      # SIGINT at TESTS_TIMEOUT: pytest stops and still reports what ran.
+      run_step tests timeout -s INT "${TESTS_TIMEOUT:-3600}" \
+        bash -c "cd tests && python3 -m pytest -q -m gpu -rfs $workers ${PYTEST_ARGS:-}"
       ;;
     sanitize)
       for tool in memcheck racecheck; do

@@ -471,6 +471,8 @@ static int run_bench(int S) {
 }
 
 int main(int argc, char** argv) {
+  // Line-buffered even into a log file: a hung or killed run still shows how far it got.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   const std::string mode = argc > 1 ? argv[1] : "check";
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));

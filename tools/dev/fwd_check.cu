@@ -453,6 +453,8 @@ std::vector<Case> small_cases() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Line-buffered even into a log file: a hung or killed run still shows how far it got.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   const std::string mode = argc > 1 ? argv[1] : "all";
   cudaDeviceProp prop;
   CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));

@@ -13,7 +13,11 @@
 # <folder>/bwd_check            the backward: coverage (fast + deterministic),
 #                               then timings at 16k, head dim 128
 # Env: SANITIZE=1 memcheck/racecheck/synccheck on the small cases,
-#      NCU=1 one Nsight Compute report per kernel (clocks as found).
+#      NCU=1 one Nsight Compute report per kernel (clocks as found;
+#      NCU_KERNELS="fwd bwd" by default),
+#      RUN_TIMEOUT seconds per run (default 240),
+#      ONLY="fwd variants bwd sanitize ncu": the parts to run (default: the
+#      first three, plus sanitize / ncu when their switch is set).
 set -uo pipefail
 dir=${1:?binaries folder}
 OUT=${OUT:-/tmp/jax_fa3_out}
@@ -25,28 +29,33 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-16}
   echo "revision: $(cat "$dir/revision" 2>/dev/null || echo unknown)"
 } | tee "$OUT/env.txt"
 
+# Each run is killed after RUN_TIMEOUT seconds (a hung kernel must not eat
+# the whole call); the SM clock is read after it (sustained-load clocks).
 run() {  # name, command...
   local name=$1; shift
   local start=$SECONDS
-  "$@" > "$OUT/$name.log" 2>&1
-  echo "== $name: exit $?, $((SECONDS - start)) s"
+  timeout -s KILL "${RUN_TIMEOUT:-240}" "$@" > "$OUT/$name.log" 2>&1
+  echo "== $name: exit $?, $((SECONDS - start)) s, SM clock after: $(nvidia-smi --query-gpu=clocks.sm --format=csv,noheader)"
 }
 
-if [ -x "$dir/fwd_check" ]; then
+ONLY=${ONLY:-"fwd variants bwd${SANITIZE:+ sanitize}${NCU:+ ncu}"}
+want() { [[ " $ONLY " == *" $1 "* ]]; }
+
+if want fwd && [ -x "$dir/fwd_check" ]; then
   run fwd_check "$dir/fwd_check" all
   grep -E "^(FAIL|SUMMARY)" "$OUT/fwd_check.log" | head -20
 fi
 for bin in "$dir"/fwd_check-*; do
-  [ -x "$bin" ] || continue
+  want variants && [ -x "$bin" ] || continue
   v=${bin##*/fwd_check-}
   BENCH_HDIMS=${VARIANT_BENCH_HDIMS:-128,64,256} run "bench-$v" "$bin" bench
 done
-if [ -x "$dir/bwd_check" ]; then
+if want bwd && [ -x "$dir/bwd_check" ]; then
   run bwd_check "$dir/bwd_check"
   grep -E "FAIL|failed" "$OUT/bwd_check.log" | head -20
   run bwd_bench "$dir/bwd_check" bench
 fi
-if [ -n "${SANITIZE:-}" ]; then
+if want sanitize; then
   for tool in memcheck racecheck synccheck; do
     for h in fwd_check bwd_check; do
       [ -x "$dir/$h" ] || continue
@@ -55,11 +64,20 @@ if [ -n "${SANITIZE:-}" ]; then
     done
   done
 fi
-if [ -n "${NCU:-}" ]; then
-  [ -x "$dir/fwd_check" ] && BENCH_HDIMS=128 run ncu-fwd ncu --clock-control none --set full -k regex:fwd_kernel \
-    --launch-skip 1 --launch-count 1 "$dir/fwd_check" bench16k
-  [ -x "$dir/bwd_check" ] && run ncu-bwd ncu --clock-control none --set full -k regex:bwd_main --launch-skip 1 \
-    --launch-count 1 "$dir/bwd_check" bench
+if want ncu; then
+  # NCU_KERNELS: which of fwd / bwd to profile (one launch each, at 16k,
+  # head dim 128); the backward's report also goes out as per-SASS-line
+  # stall samples (bwd_check is built with -lineinfo).
+  if [[ " ${NCU_KERNELS:-fwd bwd} " == *" fwd "* && -x "$dir/fwd_check" ]]; then
+    BENCH_HDIMS=128 run ncu-fwd ncu --clock-control none --set full -k regex:fwd_kernel \
+      --launch-skip 1 --launch-count 1 "$dir/fwd_check" bench16k
+  fi
+  if [[ " ${NCU_KERNELS:-fwd bwd} " == *" bwd "* && -x "$dir/bwd_check" ]]; then
+    run ncu-bwd ncu --clock-control none --set full -k regex:bwd_main --launch-skip 1 --launch-count 1 \
+      -o "$OUT/ncu-bwd" "$dir/bwd_check" bench
+    ncu -i "$OUT/ncu-bwd.ncu-rep" --print-details all > "$OUT/ncu-bwd-details.log" 2>&1
+    ncu -i "$OUT/ncu-bwd.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu-bwd-sass.csv" 2>&1
+  fi
 fi
 # The short tables last (the device tool returns the end of the output).
 [ -f "$OUT/bwd_bench.log" ] && grep -E "^bench" "$OUT/bwd_bench.log"

@@ -68,7 +68,6 @@ struct FwdKernelSm90 {
     SharedStorage& ss = *reinterpret_cast<SharedStorage*>(smem_raw + ((1024u - (smem_addr & 1023u)) & 1023u));
 
     const int warpgroup = cutlass::canonical_warp_group_idx();
-    const int warp = cutlass::canonical_warp_idx_sync();
 
     if (threadIdx.x == 0) {
       Mainloop::prefetch_descriptors(params.mainloop);
@@ -92,48 +91,76 @@ struct FwdKernelSm90 {
     // Both roles walk the same tile sequence (the scheduler's) and count the
     // K/V blocks and Q tiles they have passed, which gives every ring slot and
     // barrier phase.
-    if (warpgroup == 0) {
-      // Producer warpgroup: gives its registers to the consumers; one thread
-      // issues all TMA copies, the other 127 threads just exit.
-      cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
-      if (warp == 0 && cute::elect_one_sync()) {
-        int kv_count = 0, q_count = 0;
-        auto load_tile = [&](FwdWorkTile const& tile, int n_min, int n_max) {
-          if (n_max <= n_min) return;
-          Mainloop::load(params.mainloop, ss, tile, n_min, n_max, kv_count, q_count);
-          kv_count += n_max - n_min;
-          ++q_count;
-        };
-        for_each_tile(params, Scheduler::producer(params.scheduler, ss.scheduler), load_tile);
+    if constexpr (Traits::kWarpSpecialized) {
+      if (warpgroup == 0) {
+        // Producer warpgroup: gives its registers to the consumers; one thread
+        // issues all TMA copies, the other 127 threads just exit.
+        cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+        if (cutlass::canonical_warp_idx_sync() == 0 && cute::elect_one_sync()) {
+          int kv_count = 0, q_count = 0;
+          auto load_tile = [&](FwdWorkTile const& tile, int n_min, int n_max) {
+            if (n_max <= n_min) return;
+            Mainloop::load(params.mainloop, ss, tile, n_min, n_max, kv_count, q_count);
+            kv_count += n_max - n_min;
+            ++q_count;
+          };
+          for_each_tile(params, Scheduler::producer(params.scheduler, ss.scheduler), load_tile);
+        }
+      } else {
+        cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
+        consume(params, ss, warpgroup - 1, threadIdx.x - Traits::kNumProducerThreads);
       }
     } else {
-      cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
-      const int thread_idx = threadIdx.x - Traits::kNumProducerThreads;
-      const Turns turns{warpgroup - 1};
-      turns.start();
-      int kv_count = 0, q_count = 0;
-      auto compute_tile = [&](FwdWorkTile const& tile, int n_min, int n_max) {
-        typename Traits::TiledMmaPV tiled_mma_pv;
-        Tensor tOrO = partition_fragment_C(tiled_mma_pv, select<0, 1>(typename Traits::TileShapePV{}));
-        clear(tOrO);
-        OnlineSoftmax<Traits::kRowsPerThread> softmax(params.mainloop.scale_log2);
-        if (n_max > n_min) {
-          Mainloop::mma(params.mainloop, ss, tile, n_min, n_max, kv_count, q_count, thread_idx, tOrO, softmax,
-                        turns);
-          kv_count += n_max - n_min;
-          ++q_count;
-        }
-        // Rows that saw no key (empty range or fully masked) get scale 0, so
-        // O = 0, and LSE = -inf.
-        float o_scale[Traits::kRowsPerThread];
-        float lse[Traits::kRowsPerThread];
-        softmax.finalize(o_scale, lse);
-        scale_rows(tOrO, o_scale);
-        Epilogue::store(params.epilogue, tOrO, lse, tile, thread_idx);
-      };
-      for_each_tile(params, Scheduler::consumer(params.scheduler, ss.scheduler), compute_tile);
-      turns.finish();
+      consume(params, ss, warpgroup, threadIdx.x);
     }
+  }
+
+  // Consumer warpgroup `consumer_wg` (thread `thread_idx` of the consumers):
+  // the tiles' math and epilogue. Without warp specialization (an ablation
+  // build) its thread 0 also issues the tile's loads, one load step ahead of
+  // the math (TileLoads).
+  CUTE_DEVICE void consume(Params const& params, SharedStorage& ss, int consumer_wg, int thread_idx) const {
+    using namespace cute;
+    const Turns turns{consumer_wg};
+    turns.start();
+    int kv_count = 0, q_count = 0;
+    auto compute_tile = [&](FwdWorkTile const& tile, int n_min, int n_max) {
+      typename Traits::TiledMmaPV tiled_mma_pv;
+      Tensor tOrO = partition_fragment_C(tiled_mma_pv, select<0, 1>(typename Traits::TileShapePV{}));
+      clear(tOrO);
+      OnlineSoftmax<Traits::kRowsPerThread> softmax(params.mainloop.scale_log2);
+      if (n_max > n_min) {
+        const typename Mainloop::template TileLoads<SharedStorage> loads{params.mainloop, ss, tile, n_min,
+                                                                         n_max, kv_count, q_count};
+        // The warp reconverges before the named barriers that follow.
+        if constexpr (!Traits::kWarpSpecialized) {
+          if (thread_idx == 0) {
+            loads.issue(0);
+            loads.issue(1);
+          }
+          __syncwarp();
+        }
+        auto prefetch = [&](int iter) {
+          if constexpr (!Traits::kWarpSpecialized) {
+            if (thread_idx == 0) loads.issue(iter + 1);
+            __syncwarp();
+          }
+        };
+        Mainloop::mma(params.mainloop, ss, tile, n_min, n_max, kv_count, q_count, thread_idx, tOrO, softmax,
+                      turns, prefetch);
+        kv_count += n_max - n_min;
+        ++q_count;
+      }
+      // Rows that saw no key (empty range or fully masked) get scale 0, so
+      // O = 0, and LSE = -inf.
+      float o_scale[Traits::kRowsPerThread];
+      float lse[Traits::kRowsPerThread];
+      softmax.finalize(o_scale, lse);
+      scale_rows(tOrO, o_scale);
+      Epilogue::store(params.epilogue, tOrO, lse, tile, thread_idx);
+    };
+    for_each_tile(params, Scheduler::consumer(params.scheduler, ss.scheduler), compute_tile);
+    turns.finish();
   }
 };
 

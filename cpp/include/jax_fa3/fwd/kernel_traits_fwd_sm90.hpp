@@ -29,6 +29,11 @@ namespace jax_fa3 {
 #ifndef JAX_FA3_FWD_ABLATE_PERSISTENT
 #define JAX_FA3_FWD_ABLATE_PERSISTENT 0
 #endif
+// Unmasked kernels only (the masked ones' dynamic scheduler needs the
+// producer); the harness reports the masked ones as not built.
+#ifndef JAX_FA3_FWD_ABLATE_WARPSPEC
+#define JAX_FA3_FWD_ABLATE_WARPSPEC 0
+#endif
 
 template <class Element_, int kHeadDim_, bool kMasked_>
 struct FwdKernelTraitsSm90 {
@@ -59,10 +64,11 @@ struct FwdKernelTraitsSm90 {
   // thread issues every copy), the consumer warpgroups only do math. A wgmma is
   // issued per warpgroup over 64 rows, so each consumer warpgroup owns 64 query
   // rows of the block.
+  static constexpr bool kWarpSpecialized = !(JAX_FA3_FWD_ABLATE_WARPSPEC && !kMasked);
   static_assert(kBlockM == 64 * kConsumerWarpgroups, "each consumer warpgroup owns 64 query rows");
   static_assert(kBlockN % 16 == 0 && kHeadDim % 16 == 0, "wgmma K slices are 16 wide");
   static_assert(kConsumerWarpgroups >= 1 && kConsumerWarpgroups <= 3, "register budget below covers 1-3 consumers");
-  static constexpr int kNumProducerThreads = cutlass::NumThreadsPerWarpGroup;
+  static constexpr int kNumProducerThreads = kWarpSpecialized ? cutlass::NumThreadsPerWarpGroup : 0;
   static constexpr int kNumConsumerThreads = kConsumerWarpgroups * cutlass::NumThreadsPerWarpGroup;
   static constexpr int kNumThreads = kNumProducerThreads + kNumConsumerThreads;
   // setmaxnreg moves registers from the producer (which needs almost none) to

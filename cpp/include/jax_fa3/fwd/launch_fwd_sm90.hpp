@@ -22,6 +22,7 @@ template <class Element, int kHeadDim, bool kMasked>
 cudaError_t run_fwd_sm90(const FwdParams& params, cudaStream_t stream) {
   using Traits = FwdKernelTraitsSm90<Element, kHeadDim, kMasked>;
   using Kernel = FwdKernelSm90<Traits>;
+  if constexpr (JAX_FA3_FWD_ABLATE_WARPSPEC && kMasked) return cudaErrorNotSupported;
   AttnShape const& s = params.problem.shape;
   if (s.head_dim <= 0 || s.head_dim > kHeadDim || s.head_dim % 8 != 0 || s.heads_kv <= 0 ||
       s.heads_q % s.heads_kv != 0 || s.batch < 0 || s.seqlen_q < 0 || s.seqlen_k < 0) {
