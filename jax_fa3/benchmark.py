@@ -22,7 +22,10 @@ forward time), fwd+bwd (3.5× forward FLOPs over the fwd+bwd time) and bwd
 Each timed sample dispatches back-to-back calls (rotating among a few sets of
 random inputs; as many as fill about ``--min-sample-ms``, judged from one timed
 call), then waits for the device; the per-call time of a sample is its elapsed
-time over its call count. Reported: the median and the minimum over ``--iters``
+time over its call count. The default 20 ms keeps the dispatch of the first
+call and the wait after the last one to a few percent of a sample: with 1 ms
+samples (one call each at long sequences) they added ~8% to the time at 16k on an
+H200, up to 30% at 4k (benchmarks/notes.md). Reported: the median and the minimum over ``--iters``
 samples, after ``--warmup`` calls (the first one compiles; its time is logged
 and saved as ``*_first_call_s``). Ctrl-C stops the grid and still writes the
 reports for the points done.
@@ -136,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("timing")
     t.add_argument("--iters", type=int, default=30, help="timed samples per measurement")
     t.add_argument("--warmup", type=int, default=3, help="untimed calls first (the first one compiles)")
-    t.add_argument("--min-sample-ms", type=float, default=1.0,
-                   help="each sample runs back-to-back calls for at least this long; 0: one call per sample")
+    t.add_argument("--min-sample-ms", type=float, default=20.0,
+                   help="each sample runs back-to-back calls for at least this long (long enough that the host's "
+                        "dispatch and the final wait are a small part of it); 0: one call per sample")
     t.add_argument("--input-sets", type=int, default=3, help="sets of random inputs the calls rotate among")
     t.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     c = p.add_argument_group("correctness")
