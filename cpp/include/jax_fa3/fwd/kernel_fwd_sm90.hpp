@@ -118,7 +118,7 @@ struct FwdKernelSm90 {
   // Consumer warpgroup `consumer_wg` (thread `thread_idx` of the consumers):
   // the tiles' math and epilogue. Without warp specialization (an ablation
   // build) its thread 0 also issues the tile's loads, one load step ahead of
-  // the math (TileLoads).
+  // the math (Mainloop::tile_loads).
   CUTE_DEVICE void consume(Params const& params, SharedStorage& ss, int consumer_wg, int thread_idx) const {
     using namespace cute;
     const Turns turns{consumer_wg};
@@ -130,24 +130,26 @@ struct FwdKernelSm90 {
       clear(tOrO);
       OnlineSoftmax<Traits::kRowsPerThread> softmax(params.mainloop.scale_log2);
       if (n_max > n_min) {
-        const typename Mainloop::template TileLoads<SharedStorage> loads{params.mainloop, ss, tile, n_min,
-                                                                         n_max, kv_count, q_count};
-        // The warp reconverges before the named barriers that follow.
-        if constexpr (!Traits::kWarpSpecialized) {
+        auto run_mma = [&](auto&& prefetch) {
+          Mainloop::mma(params.mainloop, ss, tile, n_min, n_max, kv_count, q_count, thread_idx, tOrO, softmax,
+                        turns, prefetch);
+        };
+        if constexpr (Traits::kWarpSpecialized) {
+          run_mma([](int) {});
+        } else {
+          // The warp reconverges before the named barriers that follow.
+          auto loads = Mainloop::tile_loads(params.mainloop, ss, tile, n_max, kv_count, q_count);
+          const int n_iters = n_max - n_min;
           if (thread_idx == 0) {
-            loads.issue(0);
-            loads.issue(1);
+            Mainloop::load_step(loads, 0, n_iters);
+            Mainloop::load_step(loads, 1, n_iters);
           }
           __syncwarp();
-        }
-        auto prefetch = [&](int iter) {
-          if constexpr (!Traits::kWarpSpecialized) {
-            if (thread_idx == 0) loads.issue(iter + 1);
+          run_mma([&](int iter) {
+            if (thread_idx == 0) Mainloop::load_step(loads, iter + 1, n_iters);
             __syncwarp();
-          }
-        };
-        Mainloop::mma(params.mainloop, ss, tile, n_min, n_max, kv_count, q_count, thread_idx, tOrO, softmax,
-                      turns, prefetch);
+          });
+        }
         kv_count += n_max - n_min;
         ++q_count;
       }

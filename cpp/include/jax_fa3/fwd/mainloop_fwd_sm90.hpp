@@ -147,74 +147,91 @@ struct FwdMainloopSm90 {
   // the stage's bytes) and an `empty` one (completes when every consumer thread
   // has finished reading it), so loads run kStages blocks ahead of the math.
   // `kv_count` / `q_count`: K/V blocks and Q tiles loaded by earlier tiles.
-  // The copies go in the order the consumers use them, in load steps
-  // 0..n_iters: step 0 is K(0) and Q (K first: the previous tile may still be
-  // reading Q, but K's stage frees earlier), step s is K(s) and V(s - 1), the
-  // last one V(n_iters - 1).
+  // The tile's loads as load(kind, block): Q, or K/V block `block` of the
+  // tile's walk into its ring slot. The tile's tensor views are built once,
+  // here; `kind` is a constant at every call, so each call site compiles to
+  // one straight copy.
+  enum class Load { kQ, kK, kV };
   template <class SharedStorage>
-  struct TileLoads {
-    Params const& params;
-    SharedStorage& ss;
-    WorkTile const& tile;
-    int n_min, n_max, kv_count, q_count;
+  CUTE_DEVICE static auto tile_loads(Params const& params, SharedStorage& ss, WorkTile const& tile, int n_max,
+                                     int kv_count, int q_count) {
+    using namespace cute;
+    Tensor mQ = params.tma_q.get_tma_tensor(params.shape_q);
+    Tensor mK = params.tma_k.get_tma_tensor(params.shape_k);
+    Tensor mVt = params.tma_v.get_tma_tensor(params.shape_vt);
+    const int head_kv = tile.head / params.head_group;
+    Tensor gQ = local_tile(mQ(_, _, tile.head, tile.batch), Shape<Int<kBlockM>, Int<kHeadDim>>{},
+                           make_coord(tile.m_block, _0{}));                                  // (M, D)
+    Tensor gK = local_tile(mK(_, _, head_kv, tile.batch), Shape<Int<kBlockN>, Int<kHeadDim>>{},
+                           make_coord(_, _0{}));                                             // (N, D, n)
+    Tensor gVt = local_tile(mVt(_, _, head_kv, tile.batch), Shape<Int<kHeadDim>, Int<kBlockN>>{},
+                            make_coord(_0{}, _));                                            // (D, N, n)
+    Tensor sQ = make_tensor(make_smem_ptr(ss.smem_q.data()), typename Traits::SmemLayoutQ{});
+    Tensor sK = make_tensor(make_smem_ptr(ss.smem_k.data()), typename Traits::SmemLayoutK{});
+    Tensor sVt = make_tensor(make_smem_ptr(ss.smem_v.data()), typename Traits::SmemLayoutVt{});
+    auto cta_tma_q = params.tma_q.get_slice(_0{});
+    auto cta_tma_k = params.tma_k.get_slice(_0{});
+    auto cta_tma_v = params.tma_v.get_slice(_0{});
+    Tensor tQgQ = cta_tma_q.partition_S(gQ);
+    Tensor tQsQ = cta_tma_q.partition_D(sQ);
+    Tensor tKgK = cta_tma_k.partition_S(gK);   // (TMA, _, _, n)
+    Tensor tKsK = cta_tma_k.partition_D(sK);   // (TMA, _, _, stage)
+    Tensor tVgV = cta_tma_v.partition_S(gVt);  // (TMA, _, _, n)
+    Tensor tVsV = cta_tma_v.partition_D(sVt);  // (TMA, _, _, stage)
 
-    CUTE_DEVICE int num_steps() const { return n_max - n_min + 1; }
-
-    CUTE_DEVICE void issue(int step) const {
-      using namespace cute;
+    return [=, &params, &ss](Load kind, int block) mutable {
       using Barrier = cutlass::arch::ClusterTransactionBarrier;
-      const int head_kv = tile.head / params.head_group;
-      auto cta_tma_k = params.tma_k.get_slice(_0{});
-      auto cta_tma_v = params.tma_v.get_slice(_0{});
-      // One K or V block into its ring slot. The first pass over a ring waits
-      // on parity 1 of fresh barriers, which counts as already completed;
-      // hence the ^ 1.
-      auto load_block = [&](auto const& tma, auto const& src, auto const& dst, uint64_t* full, uint64_t* empty,
-                            uint32_t bytes, int iter) {
-        const RingSlot slot{kv_count + iter};
-        cutlass::arch::ClusterBarrier::wait(&empty[slot.stage()], slot.phase() ^ 1);
-        Barrier::arrive_and_expect_tx(&full[slot.stage()], bytes);
-        copy(tma.with(full[slot.stage()]), src(_, _, _, n_block_at(iter, n_max)), dst(_, _, _, slot.stage()));
-      };
-      auto load_k = [&](int iter) {
-        Tensor mK = params.tma_k.get_tma_tensor(params.shape_k);
-        Tensor gK = local_tile(mK(_, _, head_kv, tile.batch), Shape<Int<kBlockN>, Int<kHeadDim>>{},
-                               make_coord(_, _0{}));  // (N, D, n)
-        Tensor sK = make_tensor(make_smem_ptr(ss.smem_k.data()), typename Traits::SmemLayoutK{});
-        load_block(params.tma_k, cta_tma_k.partition_S(gK), cta_tma_k.partition_D(sK), ss.full_k, ss.empty_k,
-                   Traits::kBytesKStage, iter);
-      };
-      auto load_v = [&](int iter) {
-        Tensor mVt = params.tma_v.get_tma_tensor(params.shape_vt);
-        Tensor gVt = local_tile(mVt(_, _, head_kv, tile.batch), Shape<Int<kHeadDim>, Int<kBlockN>>{},
-                                make_coord(_0{}, _));  // (D, N, n)
-        Tensor sVt = make_tensor(make_smem_ptr(ss.smem_v.data()), typename Traits::SmemLayoutVt{});
-        load_block(params.tma_v, cta_tma_v.partition_S(gVt), cta_tma_v.partition_D(sVt), ss.full_v, ss.empty_v,
-                   Traits::kBytesVStage, iter);
-      };
-      const int n_iters = n_max - n_min;
-      if (step == 0) {
-        load_k(0);
-        Tensor mQ = params.tma_q.get_tma_tensor(params.shape_q);
-        Tensor gQ = local_tile(mQ(_, _, tile.head, tile.batch), Shape<Int<kBlockM>, Int<kHeadDim>>{},
-                               make_coord(tile.m_block, _0{}));  // (M, D)
-        Tensor sQ = make_tensor(make_smem_ptr(ss.smem_q.data()), typename Traits::SmemLayoutQ{});
-        auto cta_tma_q = params.tma_q.get_slice(_0{});
+      if (kind == Load::kQ) {
         cutlass::arch::ClusterBarrier::wait(&ss.empty_q, (q_count & 1) ^ 1);
         Barrier::arrive_and_expect_tx(&ss.full_q, Traits::kBytesQ);
-        copy(params.tma_q.with(ss.full_q), cta_tma_q.partition_S(gQ), cta_tma_q.partition_D(sQ));
+        copy(params.tma_q.with(ss.full_q), tQgQ, tQsQ);
         return;
       }
-      if (step < n_iters) load_k(step);
-      load_v(step - 1);
-    }
-  };
+      // The first pass over a ring waits on parity 1 of fresh barriers, which
+      // counts as already completed; hence the ^ 1.
+      auto load_block = [&](auto const& tma, auto const& src, auto const& dst, uint64_t* full, uint64_t* empty,
+                            uint32_t bytes) {
+        const RingSlot slot{kv_count + block};
+        cutlass::arch::ClusterBarrier::wait(&empty[slot.stage()], slot.phase() ^ 1);
+        Barrier::arrive_and_expect_tx(&full[slot.stage()], bytes);
+        copy(tma.with(full[slot.stage()]), src(_, _, _, n_block_at(block, n_max)), dst(_, _, _, slot.stage()));
+      };
+      if (kind == Load::kK) {
+        load_block(params.tma_k, tKgK, tKsK, ss.full_k, ss.empty_k, Traits::kBytesKStage);
+      } else {
+        load_block(params.tma_v, tVgV, tVsV, ss.full_v, ss.empty_v, Traits::kBytesVStage);
+      }
+    };
+  }
 
+  // Load step `step` of a tile of n_iters blocks, in the order the consumers
+  // use the data: step 0 is K(0) then Q (K first: the previous tile may still
+  // be reading Q, but K's stage frees earlier), step s is K(s) and V(s - 1),
+  // step n_iters the last V.
+  template <class Loads>
+  CUTE_DEVICE static void load_step(Loads& loads, int step, int n_iters) {
+    if (step == 0) {
+      loads(Load::kK, 0);
+      loads(Load::kQ, 0);
+      return;
+    }
+    if (step < n_iters) loads(Load::kK, step);
+    loads(Load::kV, step - 1);
+  }
+
+  // The producer: all load steps of the tile in a row.
   template <class SharedStorage>
   CUTE_DEVICE static void load(Params const& params, SharedStorage& ss, WorkTile const& tile, int n_min,
                                int n_max, int kv_count, int q_count) {
-    const TileLoads<SharedStorage> loads{params, ss, tile, n_min, n_max, kv_count, q_count};
-    for (int step = 0; step < loads.num_steps(); ++step) loads.issue(step);
+    auto loads = tile_loads(params, ss, tile, n_max, kv_count, q_count);
+    const int n_iters = n_max - n_min;
+    loads(Load::kK, 0);
+    loads(Load::kQ, 0);
+    for (int iter = 1; iter < n_iters; ++iter) {
+      loads(Load::kK, iter);
+      loads(Load::kV, iter - 1);
+    }
+    loads(Load::kV, n_iters - 1);
   }
 
   // Scores outside the window or beyond the end of the keys become -inf, so
