@@ -204,19 +204,32 @@ struct FwdMainloopSm90 {
     };
   }
 
-  // Load step `step` of a tile of n_iters blocks, in the order the consumers
-  // use the data: step 0 is K(0) then Q (K first: the previous tile may still
-  // be reading Q, but K's stage frees earlier), step s is K(s) and V(s - 1),
-  // step n_iters the last V.
+  // The load steps of a tile of n_iters blocks, in the order the consumers use
+  // the data: first K(0) then Q (K first: the previous tile may still be
+  // reading Q, but K's stage frees earlier), then step s = 1..n_iters-1 is K(s)
+  // and V(s - 1), last the last V.
+  template <class Loads>
+  CUTE_DEVICE static void load_first(Loads& loads) {
+    loads(Load::kK, 0);
+    loads(Load::kQ, 0);
+  }
+  template <class Loads>
+  CUTE_DEVICE static void load_middle(Loads& loads, int step) {
+    loads(Load::kK, step);
+    loads(Load::kV, step - 1);
+  }
+  template <class Loads>
+  CUTE_DEVICE static void load_last(Loads& loads, int n_iters) { loads(Load::kV, n_iters - 1); }
+  // Step `step` of 0..n_iters, for a caller that interleaves them with math.
   template <class Loads>
   CUTE_DEVICE static void load_step(Loads& loads, int step, int n_iters) {
     if (step == 0) {
-      loads(Load::kK, 0);
-      loads(Load::kQ, 0);
-      return;
+      load_first(loads);
+    } else if (step < n_iters) {
+      load_middle(loads, step);
+    } else {
+      load_last(loads, n_iters);
     }
-    if (step < n_iters) loads(Load::kK, step);
-    loads(Load::kV, step - 1);
   }
 
   // The producer: all load steps of the tile in a row.
@@ -225,13 +238,9 @@ struct FwdMainloopSm90 {
                                int n_max, int kv_count, int q_count) {
     auto loads = tile_loads(params, ss, tile, n_max, kv_count, q_count);
     const int n_iters = n_max - n_min;
-    loads(Load::kK, 0);
-    loads(Load::kQ, 0);
-    for (int iter = 1; iter < n_iters; ++iter) {
-      loads(Load::kK, iter);
-      loads(Load::kV, iter - 1);
-    }
-    loads(Load::kV, n_iters - 1);
+    load_first(loads);
+    for (int step = 1; step < n_iters; ++step) load_middle(loads, step);
+    load_last(loads, n_iters);
   }
 
   // Scores outside the window or beyond the end of the keys become -inf, so
