@@ -8,7 +8,7 @@
 #                             harness, for before/after in the same run
 #   bwd_check                 every backward kernel
 #   revision                  git describe of this tree
-#   *.whl                     with PY312 set: jax_fa3 built by that Python
+#   wheel/*.whl               with PY312 set: jax_fa3 built by that Python
 #                             (which must have the device's jax/jaxlib, nanobind
 #                             and scikit-build-core), for the GPU test suite and
 #                             the benchmark against cuDNN
@@ -26,7 +26,7 @@ git describe --always --dirty > "$CARRY/revision"
 (
   LOCK=/tmp/jax_fa3_lock_a tools/dev/build_fwd_check.sh all
   cp build-dev/fwd/fwd_check "$CARRY/fwd_check"
-  for v in pingpong:PINGPONG overlap:OVERLAP persistent:PERSISTENT; do
+  for v in pingpong:PINGPONG overlap:OVERLAP persistent:PERSISTENT warpspec:WARPSPEC; do
     VARIANT=no_${v%%:*} FLAGS=-DJAX_FA3_FWD_ABLATE_${v#*:}=1 LOCK=/tmp/jax_fa3_lock_a SETS="bf16:128 bf16:64" \
       tools/dev/build_fwd_check.sh
     cp "build-dev/fwd-no_${v%%:*}/fwd_check" "$CARRY/fwd_check-no_${v%%:*}"
@@ -54,8 +54,8 @@ fwd=$!
     git worktree remove --force "$tree"
   fi
   if [ -n "${PY312:-}" ]; then
-    rm -f "$CARRY"/*.whl
-    JAX_FA3_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=${WHEEL_JOBS:-1} "$PY312" -m pip wheel --no-build-isolation --no-deps -w "$CARRY" .
+    rm -rf "$CARRY/wheel"
+    JAX_FA3_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=${WHEEL_JOBS:-1} "$PY312" -m pip wheel --no-build-isolation --no-deps -w "$CARRY/wheel" .
   fi
 ) > "$CARRY/build_bwd.log" 2>&1 &
 bwd=$!
