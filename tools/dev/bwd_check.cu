@@ -3,7 +3,8 @@
 //
 //   bwd_check            full coverage list (exit code 1 on any failure)
 //   bwd_check small      one small causal GQA shape, both modes (for compute-sanitizer)
-//   bwd_check bench [S]  b=1, seqlen S (default 16384), 16 heads, d=128, bf16, causal and not
+//   bwd_check bench [S,S,..]  seqlens (default 16384) x BENCH_HDIMS (default 128), 16k tokens,
+//                        hidden 2048, bf16, causal and not, fast and deterministic
 //
 // The harness allocates its own workspace (bwd_workspace_bytes) and computes
 // out/lse with its own float64 forward, so it does not depend on the forward
@@ -420,10 +421,24 @@ static int run_checks(bool small) {
   return failed ? 1 : 0;
 }
 
-static int run_bench(int S) {
-  const int H = 16, D = 128;
+// Head dims from BENCH_HDIMS (default 128), sequence lengths from the
+// argument list (default 16384); total tokens 16k (batch = 16384 / S) and
+// hidden size 2048 (heads = 2048 / d), like the project's benchmark.
+static std::vector<int> int_list(const char* text, std::vector<int> fallback) {
+  if (!text || !*text) return fallback;
+  std::vector<int> out;
+  for (const char* c = text; *c;) {
+    out.push_back(std::atoi(c));
+    while (*c && *c != ',') ++c;
+    if (*c) ++c;
+  }
+  return out;
+}
+
+static void bench_one(int S, int D) {
+  const int B = std::max(1, 16384 / S), H = 2048 / D;
   const Dtype dt = Dtype::kBFloat16;
-  const size_t n = size_t(S) * H * D;
+  const size_t n = size_t(B) * S * H * D;
   std::vector<uint16_t> host(n);
   Rng r(7);
   for (auto& x : host) x = to_bits(r.normal() * 0.5f, dt);
@@ -433,12 +448,12 @@ static int run_bench(int S) {
     CK(cudaMalloc(p, n * 2));
     CK(cudaMemcpy(*p, host.data(), n * 2, cudaMemcpyHostToDevice));
   }
-  std::vector<float> lh(size_t(H) * S, std::log(float(S)) + 1.f);
+  std::vector<float> lh(size_t(B) * H * S, std::log(float(S)) + 1.f);
   CK(cudaMalloc(&lse, lh.size() * 4));
   CK(cudaMalloc(&dlse, lh.size() * 4));
   CK(cudaMemcpy(lse, lh.data(), lh.size() * 4, cudaMemcpyHostToDevice));
   CK(cudaMemset(dlse, 0, lh.size() * 4));
-  AttnProblem prob{AttnShape{1, S, S, H, H, D}, dt, float(1.0 / std::sqrt(double(D))), 0.f, AttnMask{2 * S, 2 * S}};
+  AttnProblem prob{AttnShape{B, S, S, H, H, D}, dt, float(1.0 / std::sqrt(double(D))), 0.f, AttnMask{2 * S, 2 * S}};
   const size_t wsb = std::max(bwd_workspace_bytes(prob.shape, true), bwd_workspace_bytes(prob.shape, false));
   CK(cudaMalloc(&ws, wsb));
   cudaEvent_t e0, e1;
@@ -448,24 +463,46 @@ static int run_bench(int S) {
     for (int det = 0; det < 2; ++det) {
       prob.mask = AttnMask{2 * S, causal ? 0 : 2 * S};
       BwdParams p{prob, bool(det), q, k, v, o, dO, lse, dlse, dq, dk, dv, ws};
+      // Each sample runs the whole backward (preprocess, main, convert)
+      // enough times to last >= ~20 ms, so launch gaps do not dominate.
+      CK(launch(p, 0));
+      CK(cudaEventRecord(e0));
+      CK(launch(p, 0));
+      CK(cudaEventRecord(e1));
+      CK(cudaEventSynchronize(e1));
+      float once;
+      CK(cudaEventElapsedTime(&once, e0, e1));
+      const int reps = std::max(1, int(20.f / std::max(once, 1e-3f)));
       std::vector<float> ms;
-      for (int it = 0; it < 12; ++it) {
+      for (int it = 0; it < 7; ++it) {
         CK(cudaEventRecord(e0));
-        CK(launch(p, 0));
+        for (int rep = 0; rep < reps; ++rep) CK(launch(p, 0));
         CK(cudaEventRecord(e1));
         CK(cudaEventSynchronize(e1));
         float t;
         CK(cudaEventElapsedTime(&t, e0, e1));
-        if (it >= 2) ms.push_back(t);
+        if (it >= 1) ms.push_back(t / reps);
       }
       std::sort(ms.begin(), ms.end());
       const double med = ms[ms.size() / 2];
-      double flops = 2.5 * 4.0 * 1 * double(S) * S * H * D;
+      double flops = 2.5 * 4.0 * B * double(S) * S * H * D;
       if (causal) flops *= 0.5;
-      std::printf("bench bf16 b=1 s=%d h=%d d=%d %-6s %-4s: median %.3f ms  %.1f TFLOP/s (min %.3f max %.3f)\n", S,
-                  H, D, causal ? "causal" : "full", det ? "det" : "fast", med, flops / (med * 1e-3) / 1e12,
+      std::printf("bench bf16 b=%d s=%d h=%d d=%d %-6s %-4s: median %.3f ms  %.1f TFLOP/s (min %.3f max %.3f)\n", B,
+                  S, H, D, causal ? "causal" : "full", det ? "det" : "fast", med, flops / (med * 1e-3) / 1e12,
                   ms.front(), ms.back());
     }
+  }
+  for (void* p : {q, k, v, o, dO, dq, dk, dv, ws}) CK(cudaFree(p));
+  CK(cudaFree(lse));
+  CK(cudaFree(dlse));
+  CK(cudaEventDestroy(e0));
+  CK(cudaEventDestroy(e1));
+}
+
+static int run_bench(const std::vector<int>& seqlens) {
+  for (int D : int_list(std::getenv("BENCH_HDIMS"), {128})) {
+    if (BWD_CHECK_ONLY_HDIM != 0 && D != BWD_CHECK_ONLY_HDIM) continue;
+    for (int S : seqlens) bench_one(S, D);
   }
   return 0;
 }
@@ -477,6 +514,6 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
-  if (mode == "bench") return run_bench(argc > 2 ? std::atoi(argv[2]) : 16384);
+  if (mode == "bench") return run_bench(int_list(argc > 2 ? argv[2] : nullptr, {16384}));
   return run_checks(mode == "small");
 }

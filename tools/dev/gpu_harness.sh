@@ -11,13 +11,16 @@
 #                               ablations): grid timings only, head dims
 #                               VARIANT_BENCH_HDIMS (default 128,64,256)
 # <folder>/bwd_check            the backward: coverage (fast + deterministic),
-#                               then timings at 16k, head dim 128
-# Env: SANITIZE=1 memcheck/racecheck/synccheck on the small cases,
+#                               then timings (BWD_BENCH_SEQLENS, default
+#                               16384; BWD_BENCH_HDIMS, default 128)
+# <folder>/bwd_check-<variant>  other backward builds: the same timings only
+# Env: SANITIZE=1 memcheck/racecheck/synccheck on the small cases (of
+#      SANITIZE_HARNESSES, default "fwd_check bwd_check"),
 #      NCU=1 one Nsight Compute report per kernel (clocks as found;
 #      NCU_KERNELS="fwd bwd" by default),
 #      RUN_TIMEOUT seconds per run (default 240),
-#      ONLY="fwd variants bwd sanitize ncu": the parts to run (default: the
-#      first three, plus sanitize / ncu when their switch is set).
+#      ONLY="fwd variants bwd bwd_variants sanitize ncu": the parts to run
+#      (default: the first four, plus sanitize / ncu when their switch is set).
 set -uo pipefail
 dir=${1:?binaries folder}
 OUT=${OUT:-/tmp/jax_fa3_out}
@@ -38,7 +41,7 @@ run() {  # name, command...
   echo "== $name: exit $?, $((SECONDS - start)) s, SM clock after: $(nvidia-smi --query-gpu=clocks.sm --format=csv,noheader)"
 }
 
-ONLY=${ONLY:-"fwd variants bwd${SANITIZE:+ sanitize}${NCU:+ ncu}"}
+ONLY=${ONLY:-"fwd variants bwd bwd_variants${SANITIZE:+ sanitize}${NCU:+ ncu}"}
 want() { [[ " $ONLY " == *" $1 "* ]]; }
 
 if want fwd && [ -x "$dir/fwd_check" ]; then
@@ -53,11 +56,15 @@ done
 if want bwd && [ -x "$dir/bwd_check" ]; then
   run bwd_check "$dir/bwd_check"
   grep -E "FAIL|failed" "$OUT/bwd_check.log" | head -20
-  run bwd_bench "$dir/bwd_check" bench
+  BENCH_HDIMS=${BWD_BENCH_HDIMS:-128} run bwd_bench "$dir/bwd_check" bench ${BWD_BENCH_SEQLENS:-16384}
 fi
+for bin in "$dir"/bwd_check-*; do
+  want bwd_variants && [ -x "$bin" ] || continue
+  BENCH_HDIMS=${BWD_BENCH_HDIMS:-128} run "bwd_bench-${bin##*/bwd_check-}" "$bin" bench ${BWD_BENCH_SEQLENS:-16384}
+done
 if want sanitize; then
   for tool in memcheck racecheck synccheck; do
-    for h in fwd_check bwd_check; do
+    for h in ${SANITIZE_HARNESSES:-fwd_check bwd_check}; do
       [ -x "$dir/$h" ] || continue
       run "sanitize-$tool-$h" compute-sanitizer --tool "$tool" --error-exitcode 1 "$dir/$h" small
       tail -n 1 "$OUT/sanitize-$tool-$h.log"
@@ -80,7 +87,11 @@ if want ncu; then
   fi
 fi
 # The short tables last (the device tool returns the end of the output).
-[ -f "$OUT/bwd_bench.log" ] && grep -E "^bench" "$OUT/bwd_bench.log"
+for f in "$OUT"/bwd_bench*.log; do
+  [ -f "$f" ] || continue
+  echo "--- ${f##*/}"
+  grep -E "^bench" "$f" | sed -E 's/^bench bf16 //; s/ \(min.*//'
+done
 for f in "$OUT"/fwd_check.log "$OUT"/bench-*.log; do
   [ -f "$f" ] || continue
   echo "--- ${f##*/}"
