@@ -13,93 +13,117 @@
 namespace jax_fa3::bwd {
 
 // Named barriers of the backward (cutlass offsets the ids past its reserved
-// ones). Counts: kdSReady the MMA threads; kdQEmpty / kdQFull the MMA threads
-// plus the dQ writer warp.
+// ones). kdSReady counts the MMA threads; kdQEmpty + w / kdQFull + w one MMA
+// warpgroup w plus the dQ writer warp.
 enum class BwdNamedBarrier : uint32_t {
   kdSReady = 0,  // every MMA warpgroup has written its dS^T of the step to smem
-  kdQEmpty = 1,  // writer -> MMA: the smem dQ tile may be overwritten
-  kdQFull = 2,   // MMA -> writer: the smem dQ tile of the step is complete
+  kdQEmpty = 1,  // + w, writer -> warpgroup w: its part of the smem dQ tile may be overwritten
+  kdQFull = 3,   // + w, warpgroup w -> writer: its part of the step's dQ tile is complete
 };
 
 JAX_FA3_HOST_DEVICE uint32_t barrier_id(BwdNamedBarrier b) { return static_cast<uint32_t>(b); }
 
-// Sends one step's fp32 dQ tile (smem, [kBlockM, kDqPitch], written and
-// fenced for the async proxy by the MMA threads) into the workspace
-// accumulator of (batch b, query head hq, query block m). Called by one
-// thread of the dQ writer warp; returns once the smem tile may be reused.
-//
-// Default: a bulk reduce-add (cp.reduce.async.bulk .add.f32, the fp32 adds done
-// at L2 by the copy engine).
+// The dQ writer's side of one step: each MMA warpgroup's part of the fp32 dQ
+// tile (smem, contiguous, written and fenced for the async proxy by that
+// warpgroup) goes into the workspace accumulator of (batch b, query head hq,
+// query block m) with a bulk reduce-add (cp.reduce.async.bulk .add.f32, the
+// fp32 adds done at L2 by the copy engine). One thread of the writer warp
+// calls these.
 //
 // Deterministic: the key blocks visiting (b, hq, m) add in increasing n_block
 // order, serialised by a counter per (b, hq, m) in the workspace. CTAs are
 // dispatched in linear block order and a CTA only waits for lower n_block of
 // its own (kv head, batch), which has a lower linear index in the grid (key
-// block fastest), so the wait always ends. The same bulk reduce-add does the
-// sum, but each waits for its turn and for the previous add to have fully
-// landed (not just for its source read), with proxy fences ordering the
-// counter's acquire/release (generic proxy) around the add (async proxy).
+// block fastest), so the wait always ends. The same bulk reduce-adds do the
+// sum, but each CTA waits for its turn before its first part and, after its
+// last, for its adds to have fully landed (not just for their source reads),
+// with proxy fences ordering the counter's acquire/release (generic proxy)
+// around the adds (async proxy). The parts are disjoint columns, so the order
+// per element is fixed either way.
 template <class Traits>
-__device__ __forceinline__ void reduce_dq_tile(const BwdMainParams<Traits>& params, const float* smem_dq, int b,
-                                               int hq, int m, int n_block) {
-  constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN;
-  constexpr uint32_t kTileBytes = kBlockM * Traits::kDqPitch * sizeof(float);
-  const int64_t tile = (int64_t(b) * params.heads_q + hq) * params.rows + int64_t(m) * kBlockM;
-  float* gdq = params.dq_accum + tile * Traits::kDqPitch;
-  const uint32_t smem_addr = cute::cast_smem_ptr_to_uint(smem_dq);
-  int* sem = nullptr;
-  if (params.deterministic) {
-    sem = params.dq_sem + (int64_t(b) * params.heads_q + hq) * params.m_blocks + m;
-    const int rank = n_block - params.mask.key_begin(m * kBlockM) / kBlockN;
+struct DqReducer {
+  static constexpr int kPartFloats = Traits::kBlockM * Traits::kDQSlice;
+
+  const BwdMainParams<Traits>& params;
+  float* gdq;  // the query block's accumulator tile
+  int* sem;    // its turn counter (deterministic mode)
+
+  CUTE_DEVICE static DqReducer at(const BwdMainParams<Traits>& params, int b, int hq, int m) {
+    const int64_t tile = (int64_t(b) * params.heads_q + hq) * params.rows + int64_t(m) * Traits::kBlockM;
+    int* sem = params.deterministic ? params.dq_sem + (int64_t(b) * params.heads_q + hq) * params.m_blocks + m
+                                    : nullptr;
+    return DqReducer{params, params.dq_accum + tile * Traits::kHeadDim, sem};
+  }
+
+  CUTE_DEVICE void wait_turn(int m, int n_block) const {
+    if (!sem) return;
+    const int rank = n_block - params.mask.key_begin(m * Traits::kBlockM) / Traits::kBlockN;
     int seen;
     do {
       asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(seen) : "l"(sem) : "memory");
     } while (seen != rank);
     asm volatile("fence.proxy.async.global;\n" ::: "memory");
   }
-  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n"
-               :: "l"(gdq), "r"(smem_addr), "r"(kTileBytes)
-               : "memory");
-  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-  if (params.deterministic) {
+
+  // Part w; returns once its smem source has been read.
+  CUTE_DEVICE void add_part(const float* smem_dq, int w) const {
+    const uint32_t smem_addr = cute::cast_smem_ptr_to_uint(smem_dq + w * kPartFloats);
+    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n"
+                 :: "l"(gdq + w * kPartFloats), "r"(smem_addr), "r"(uint32_t(kPartFloats * sizeof(float)))
+                 : "memory");
+    asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+    asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+  }
+
+  CUTE_DEVICE void pass_turn() const {
+    if (!sem) return;
     asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
     asm volatile("fence.proxy.async.global;\n" ::: "memory");
     asm volatile("red.release.gpu.global.add.s32 [%0], 1;\n" :: "l"(sem) : "memory");
-  } else {
-    asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
   }
-}
+};
 
-// The dQ hand-off between the MMA warpgroups and the writer warp (warp 1 of
-// the producer warpgroup), through one smem tile and two named barriers. The
-// MMA threads never wait for the reduce itself, only (kdQEmpty) for the
-// previous tile's source read.
+// The dQ hand-off between each MMA warpgroup and the writer warp (warp 1 of
+// the producer warpgroup), through that warpgroup's part of one smem tile and
+// two named barriers per warpgroup: the warpgroups never wait for each other
+// here, nor for the reduce itself, only (kdQEmpty + w) for the source read of
+// their previous part.
 template <class Traits>
 struct DqHandoff {
-  static constexpr uint32_t kThreads = Traits::kMmaThreads + cutlass::NumThreadsPerWarp;
+  static constexpr uint32_t kThreads = cutlass::NumThreadsPerWarpGroup + cutlass::NumThreadsPerWarp;
+  static constexpr int kParts = Traits::kWarpgroups;
 
-  // MMA side, around the write of the step's tile.
-  CUTE_DEVICE static void wait_empty() {
-    cutlass::arch::NamedBarrier::sync(kThreads, barrier_id(BwdNamedBarrier::kdQEmpty));
+  // MMA side (warpgroup wg), around the write of its part of the step's tile.
+  CUTE_DEVICE static void wait_empty(int wg) {
+    cutlass::arch::NamedBarrier::sync(kThreads, barrier_id(BwdNamedBarrier::kdQEmpty) + wg);
   }
-  CUTE_DEVICE static void mark_full() {
-    cutlass::arch::NamedBarrier::arrive(kThreads, barrier_id(BwdNamedBarrier::kdQFull));
+  CUTE_DEVICE static void mark_full(int wg) {
+    cutlass::arch::NamedBarrier::arrive(kThreads, barrier_id(BwdNamedBarrier::kdQFull) + wg);
   }
 
-  // Writer warp (all 32 lanes: named barriers count whole warps): one reduce
-  // per step of the CTA's walk, in the MMA warpgroups' order. The MMA side
-  // syncs kdQEmpty once per step; the writer arrives once up front and after
-  // every tile but the last, so no arrival is left pending.
+  // Writer warp (all 32 lanes: named barriers count whole warps): per step of
+  // the CTA's walk, in the MMA warpgroups' order, the parts in warpgroup
+  // order. Each warpgroup syncs kdQEmpty + w once per step; the writer
+  // arrives once up front and after every part but the last step's, so no
+  // arrival is left pending.
   template <class StepAt>
   CUTE_DEVICE static void run(const BwdMainParams<Traits>& params, const float* smem_dq, int b, int n_block,
                               int total, StepAt step_at) {
-    cutlass::arch::NamedBarrier::arrive(kThreads, barrier_id(BwdNamedBarrier::kdQEmpty));
+    for (int w = 0; w < kParts; ++w) cutlass::arch::NamedBarrier::arrive(kThreads, barrier_id(BwdNamedBarrier::kdQEmpty) + w);
     for (int t = 0; t < total; ++t) {
       const auto step = step_at(t);
-      cutlass::arch::NamedBarrier::sync(kThreads, barrier_id(BwdNamedBarrier::kdQFull));
-      if (cute::elect_one_sync()) reduce_dq_tile<Traits>(params, smem_dq, b, step.hq, step.m, n_block);
-      __syncwarp();
-      if (t + 1 < total) cutlass::arch::NamedBarrier::arrive(kThreads, barrier_id(BwdNamedBarrier::kdQEmpty));
+      const auto reducer = DqReducer<Traits>::at(params, b, step.hq, step.m);
+      const bool leader = cute::elect_one_sync();
+      for (int w = 0; w < kParts; ++w) {
+        cutlass::arch::NamedBarrier::sync(kThreads, barrier_id(BwdNamedBarrier::kdQFull) + w);
+        if (leader) {
+          if (w == 0) reducer.wait_turn(step.m, n_block);
+          reducer.add_part(smem_dq, w);
+          if (w == kParts - 1) reducer.pass_turn();
+        }
+        __syncwarp();
+        if (t + 1 < total) cutlass::arch::NamedBarrier::arrive(kThreads, barrier_id(BwdNamedBarrier::kdQEmpty) + w);
+      }
     }
   }
 };

@@ -43,7 +43,7 @@ bwd_main_kernel(const __grid_constant__ BwdMainParams<Traits> params) {
 
   // Key blocks fastest in the grid: the CTAs in flight share one head's Q/dO
   // in L2, and in deterministic mode a CTA only ever waits for CTAs of lower
-  // linear index (see reduce_dq_tile).
+  // linear index (see DqReducer).
   const int n_block = blockIdx.x;
   const int hkv = blockIdx.y;
   const int b = blockIdx.z;
@@ -54,7 +54,8 @@ bwd_main_kernel(const __grid_constant__ BwdMainParams<Traits> params) {
   auto walk = [&] {
     const int n0 = n_block * Traits::kBlockN;
     const int n1 = min(n0 + Traits::kBlockN, params.seqlen_k);
-    return BwdQueryRange::make(params.mask, n0, n1, Traits::kBlockM);
+    const BwdQueryRange range = BwdQueryRange::make(params.mask, n0, n1, Traits::kBlockM);
+    return params.deterministic ? range : range.shifted(n_block);  // see BwdStep
   };
 
   if (threadIdx.x == 0) {

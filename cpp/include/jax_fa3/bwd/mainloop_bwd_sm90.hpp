@@ -11,7 +11,7 @@
 //   (head dims 192/256: the two warpgroups split S/dP by query columns and
 //   dV/dK read P^T/dS^T from smem, SS)
 //   dS^T -> smem, then dQ[:, slice] = dS K[:, slice]   wgmma SS
-//   dQ tile -> smem -> (writer warp) reduce-add into the fp32 accumulator.
+//   dQ part -> smem -> (writer warp) reduce-add into the fp32 accumulator.
 #pragma once
 
 #include "jax_fa3/common/arch.h"
@@ -19,12 +19,13 @@
 #include <cute/tensor.hpp>
 #include <cute/arch/copy_sm90_desc.hpp>
 #include <cute/arch/copy_sm90_tma.hpp>
+#include <cute/atom/copy_traits_sm90.hpp>
 #include <cutlass/arch/barrier.h>
-#include <math_constants.h>
 
 #include "jax_fa3/bwd/epilogue_bwd_sm90.hpp"
 #include "jax_fa3/bwd/params_bwd_sm90.hpp"
 #include "jax_fa3/bwd/traits_bwd_sm90.hpp"
+#include "jax_fa3/common/softmax.hpp"
 #include "jax_fa3/common/utils.hpp"
 
 namespace jax_fa3::bwd {
@@ -94,18 +95,22 @@ struct BwdLoader {
 };
 
 // Step t of a CTA's walk: query head hq (of the kv head's group), query
-// block m. Producer, dQ writer and MMA warpgroups all walk the same sequence.
-// The query blocks go last to first: then, under a causal mask, the CTAs in
-// flight work on the same query block at the same step (they share its Q/dO
-// in L2), and in deterministic mode, where key block n adds its dQ part after
-// key block n - 1, CTA n finds that add done at the same step instead of
-// starting n steps late (first to last, the CTAs of a causal walk would idle
-// half the time).
+// block m. Producer, dQ writer and MMA warpgroups all walk the same sequence:
+// per query head, the blocks downwards from range.start_m, wrapping around.
+// Deterministic mode starts every CTA at the last block: under a causal mask
+// the CTAs in flight then work on the same query block at the same step, and
+// key block n, which adds its dQ part after key block n - 1, finds that add
+// done at the same step instead of starting n steps late (walking upwards,
+// the CTAs of a causal walk would idle half the time). The fast mode starts
+// CTA n at n blocks below the last one, so that the CTAs in flight add their
+// dQ parts into different query blocks instead of all into the same one
+// (same-address reduce-adds serialise at L2); Q/dO of a head still fit L2.
 struct BwdStep {
   int hq;
   int m;
   JAX_FA3_HOST_DEVICE static BwdStep at(int t, BwdQueryRange range, int hkv, int group) {
-    return BwdStep{hkv * group + t / range.num_m, range.last_m() - t % range.num_m};
+    const int m = range.start_m - t % range.num_m;
+    return BwdStep{hkv * group + t / range.num_m, m < range.m_begin ? m + range.num_m : m};
   }
 };
 
@@ -165,9 +170,9 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
 
   wait_barrier(ss.kv_bar, 0);
 
-  // The query block walks last_m down to m_begin once per query head of the
-  // group (BwdStep::at, without its division).
-  int m = range.last_m();
+  // The query block walks down from start_m, wrapping around, once per query
+  // head of the group (BwdStep::at, without its division).
+  int m = range.start_m;
   for (int t = 0; t < total; ++t, m = m == range.m_begin ? range.last_m() : m - 1) {
     const int stage = t % kStages;
     const int ds_stage = t % Traits::kStagesdS;
@@ -193,10 +198,6 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
     auto thr_sdp = mma_sdp.get_thread_slice(tid);
     auto thr_dkv = mma_dkv.get_thread_slice(tid);
     auto thr_dq = mma_dq.get_thread_slice(tid);
-    // Rows kDqPitch floats apart (BwdWorkspace::dq_pitch).
-    Tensor sdQ = make_tensor(make_smem_ptr(ss.dq.data()),
-                             make_layout(Shape<BlockM, HeadDim>{}, Stride<Int<Traits::kDqPitch>, _1>{}));
-    Tensor tdQsdQ = thr_dq.partition_C(local_tile(sdQ, Shape<BlockM, Int<kDQSlice>>{}, make_coord(_0{}, wg)));
     Tensor tScS = thr_sdp.partition_C(make_identity_tensor(Shape<_64, SdPCols>{}));
     Tensor sQ = make_tensor(make_smem_ptr(q_base), typename Traits::SmemLayoutQ{});
     Tensor sQt = make_tensor(make_smem_ptr(q_base), typename Traits::SmemLayoutQt{});
@@ -219,10 +220,12 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
     warpgroup_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_sdp, tSrK, tSrQ, tSrS);
     warpgroup_gemm<true, false>(mma_sdp, tdPrV, tdPrdO, tdPrdP);
 
-    // kMasked: the window test only on tiles it cuts (or that cross the end
-    // of the keys); otherwise only the key bound. Query columns past seqlen_q
-    // need no mask: lse2 = +inf there, so P = 0.
-    const bool need_mask = partial_keys || !p.mask.tile_inside_window(m0, m0 + kBlockM, n0, n0 + kBlockN);
+    // The mask test only on tiles that cross the end of the keys (zero-filled
+    // K rows, whose P must not be exp2(-lse2): it can overflow) or, with
+    // kMasked, that the window cuts. Query columns past seqlen_q need none:
+    // lse2 = +inf there, so P = 0.
+    const bool need_mask =
+        partial_keys || (kMasked && !p.mask.tile_inside_window(m0, m0 + kBlockM, n0, n0 + kBlockN));
     const float* lse2 = ss.lse2.data() + stage * kBlockM + q_off;
     const float* dpsum = ss.dpsum.data() + stage * kBlockM + q_off;
     Tensor rP = make_tensor_like<Element>(tSrS);
@@ -230,12 +233,16 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
 
     // P (under the dP GEMM), then dS. P goes to rP in 16 bits for the dV
     // GEMM and stays in tSrS in fp32, times d(softcap)/d(score) = 1 - tanh^2
-    // when capped, which is all dS = P (dP - D) [* (1 - tanh^2)] needs. The
-    // loop is straight-line per softcap variant: a branch inside the unrolled
-    // loop costs registers.
+    // when capped, which is all dS = P (dP - D) [* (1 - tanh^2)] needs.
+    // P = ex2.approx(s * scale_log2 - lse2), one FFMA + one MUFU per element
+    // like the forward's softmax (flushing P < 2^-126 to 0). The loop is
+    // straight-line per (softcap, mask) variant, chosen once per tile: a
+    // branch inside the unrolled loop costs registers, and most tiles need no
+    // mask test at all.
     warpgroup_wait<1>();
-    auto compute_p = [&](auto softcap_tag) {
+    auto compute_p = [&](auto softcap_tag, auto mask_tag) {
       constexpr bool kSoftcap = decltype(softcap_tag)::value;
+      constexpr bool kMaskTile = decltype(mask_tag)::value;
       // (keys, queries) views: per key row the visible queries are one range,
       // computed once; per query column one lse2 load serves both rows.
       Tensor s_rc = rowcol_view(tSrS);
@@ -243,35 +250,38 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
       Tensor c_rc = make_tensor(tScS.data(), acc_layout_rowcol(tScS.layout()));
       constexpr int kRows = decltype(size<0>(s_rc))::value;
       int q_lo[kRows], q_hi[kRows];  // in this warpgroup's query columns
-      CUTLASS_PRAGMA_UNROLL
-      for (int r = 0; r < kRows; ++r) {
-        const int j = n0 + ks * 64 + get<0>(c_rc(r, 0));
-        q_lo[r] = 0;
-        q_hi[r] = j < p.seqlen_k ? kBlockM : 0;
-        if constexpr (kMasked) {
-          if (need_mask && j < p.seqlen_k) {
-            q_lo[r] = p.mask.row_query_begin(j) - m0 - q_off;
-            q_hi[r] = p.mask.row_query_end(j) - m0 - q_off;
+      if constexpr (kMaskTile) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int r = 0; r < kRows; ++r) {
+          const int j = n0 + ks * 64 + get<0>(c_rc(r, 0));
+          q_lo[r] = 0;
+          q_hi[r] = j < p.seqlen_k ? kBlockM : 0;
+          if constexpr (kMasked) {
+            if (j < p.seqlen_k) {
+              q_lo[r] = p.mask.row_query_begin(j) - m0 - q_off;
+              q_hi[r] = p.mask.row_query_end(j) - m0 - q_off;
+            }
           }
         }
       }
       CUTLASS_PRAGMA_UNROLL
       for (int c = 0; c < size<1>(s_rc); ++c) {
         const int col = get<1>(c_rc(0, c));
-        const float lse = lse2[col];
+        const float neg_lse = -lse2[col];
         CUTLASS_PRAGMA_UNROLL
         for (int r = 0; r < kRows; ++r) {
           const float x = s_rc(r, c);
-          float s2, dcap = 1.f;
+          float prob, dcap = 1.f;
           if constexpr (kSoftcap) {
             const float th = tanhf(x * p.softcap_in);
-            s2 = th * p.softcap_log2;
+            prob = fast_exp2(fmaf(th, p.softcap_log2, neg_lse));
             dcap = 1.f - th * th;
           } else {
-            s2 = x * p.scale_log2;
+            prob = fast_exp2(fmaf(x, p.scale_log2, neg_lse));
           }
-          if (col < q_lo[r] || col >= q_hi[r]) s2 = -CUDART_INF_F;
-          const float prob = exp2f(s2 - lse);
+          if constexpr (kMaskTile) {
+            if (col < q_lo[r] || col >= q_hi[r]) prob = 0.f;
+          }
           if constexpr (kSoftcap) {
             p_rc(r, c) = Element(prob);
             s_rc(r, c) = prob * dcap;
@@ -281,11 +291,18 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
         }
       }
     };
+    auto compute_p_tile = [&](auto softcap_tag) {
+      if (need_mask) {
+        compute_p(softcap_tag, cute::true_type{});
+      } else {
+        compute_p(softcap_tag, cute::false_type{});
+      }
+    };
     if (softcap) {
-      compute_p(cute::true_type{});
+      compute_p_tile(cute::true_type{});
     } else {
       // Converted after the loop (packed cvt), so the loop holds one copy.
-      compute_p(cute::false_type{});
+      compute_p_tile(cute::false_type{});
       convert_fragment_into(tSrS, rP);
     }
     Tensor tdVrdO = thr_dkv.partition_fragment_B(
@@ -312,19 +329,23 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
     }
 
     // dS^T (and with kPdSInSmem P^T) to smem: this warpgroup's keys x query
-    // columns. Ordinary stores read by wgmma: fence to the async proxy, then
-    // wait for every warpgroup's part. Buffer ds_stage was last read by the
-    // GEMMs of step t - 2, which every warpgroup waited for before arriving
-    // at step t - 1's barrier. The store addresses come from a fresh read of
-    // the thread index, so they are not kept live (or spilled) through the
-    // P/dS math.
+    // columns, by stmatrix (each 8x8 block of the accumulator is one
+    // stmatrix matrix; 32 bytes per thread and instruction, shared-space
+    // addresses). Read by wgmma: fence to the async proxy, then wait for
+    // every warpgroup's part. Buffer ds_stage was last read by the GEMMs of
+    // step t - 2, which every warpgroup waited for before arriving at step
+    // t - 1's barrier. The store addresses come from a fresh read of the
+    // thread index, so they are not kept live (or spilled) through the P/dS
+    // math.
     {
       uint32_t tid_now;
       asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid_now));
-      auto thr_store = mma_sdp.get_thread_slice(tid_now % 128);
+      auto r2s = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_sdp);
+      auto thr_store = r2s.get_thread_slice(tid_now % 128);
       auto store = [&](auto const& frag, Element* base) {
         Tensor st = make_tensor(make_smem_ptr(base), typename Traits::SmemLayoutdSt{})(_, _, ds_stage);
-        copy(frag, thr_store.partition_C(local_tile(st, Shape<_64, SdPCols>{}, make_coord(ks, qs))));
+        copy(r2s, thr_store.retile_S(frag),
+             thr_store.partition_D(local_tile(st, Shape<_64, SdPCols>{}, make_coord(ks, qs))));
       };
       store(rdS, ss.ds.data());
       if constexpr (kPdSInSmem) store(rP, ss.p.data());
@@ -354,10 +375,22 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
     // dV and dQ retired (groups retire in order), dK still running: write
     // the dQ tile under it.
     warpgroup_wait<1>();
-    Handoff::wait_empty();
-    copy(tdQrdQ, tdQsdQ);
+    Handoff::wait_empty(wg);
+    {
+      // Element pairs (row, col), (row, col + 1) of the accumulator, one
+      // 64-bit store each, at BwdWorkspace::dq_tile_offset.
+      uint32_t tid_now;
+      asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid_now));
+      Tensor cdQ = mma_dq.get_thread_slice(tid_now % 128).partition_C(make_identity_tensor(Shape<BlockM, Int<kDQSlice>>{}));
+      float* sdq = ss.dq.data();
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(tdQrdQ); i += 2) {
+        const int offset = BwdWorkspace::dq_tile_offset(kBlockM, get<0>(cdQ(i)), wg * kDQSlice + get<1>(cdQ(i)));
+        *reinterpret_cast<float2*>(sdq + offset) = make_float2(tdQrdQ(i), tdQrdQ(i + 1));
+      }
+    }
     cutlass::arch::fence_view_async_shared();
-    Handoff::mark_full();
+    Handoff::mark_full(wg);
 
     warpgroup_wait<0>();
     // Every GEMM reading this stage's Q/dO is done: hand it back.

@@ -37,17 +37,25 @@ struct BwdMainParams {
 // The query blocks a CTA of key block n_block visits, for each query head of
 // its group: [m_begin, m_begin + num_m). Exact (WindowMask's bounds are
 // tight), so every visited block has at least one visible (query, key) pair.
+// They are walked downwards from start_m, wrapping from m_begin to the last
+// block (BwdStep).
 struct BwdQueryRange {
   int m_begin;
   int num_m;
+  int start_m;
   JAX_FA3_HOST_DEVICE static BwdQueryRange make(const WindowMask& mask, int n0, int n1, int block_m) {
     const int q_begin = mask.query_begin(n0);
     const int q_end = mask.query_end(n1);
-    if (q_end <= q_begin) return BwdQueryRange{0, 0};
+    if (q_end <= q_begin) return BwdQueryRange{0, 0, 0};
     const int m_begin = q_begin / block_m;
-    return BwdQueryRange{m_begin, (q_end + block_m - 1) / block_m - m_begin};
+    const int m_end = (q_end + block_m - 1) / block_m;
+    return BwdQueryRange{m_begin, m_end - m_begin, m_end - 1};
   }
   JAX_FA3_HOST_DEVICE int last_m() const { return m_begin + num_m - 1; }
+  // The same blocks, the walk starting `shift` blocks below the last one.
+  JAX_FA3_HOST_DEVICE BwdQueryRange shifted(int shift) const {
+    return num_m == 0 ? *this : BwdQueryRange{m_begin, num_m, last_m() - shift % num_m};
+  }
 };
 
 }  // namespace jax_fa3::bwd

@@ -1,5 +1,6 @@
-// Last stage of the backward: the fp32 dq accumulator (workspace, one padded
-// [rows, head_dim bucket] matrix per batch and query head) becomes dq in the
+// Last stage of the backward: the fp32 dq accumulator (workspace: per batch,
+// query head and query block one tile of kBlockM rows x head_dim bucket,
+// laid out by BwdWorkspace::dq_tile_offset) becomes dq in the
 // caller's dtype, scaled by softmax_scale, bounded by seqlen_q and the real
 // head_dim.
 #pragma once
@@ -10,13 +11,15 @@
 #include <cstdint>
 
 #include "jax_fa3/bwd/workspace_bwd.h"
+#include "jax_fa3/tile_config.h"
 
 namespace jax_fa3::bwd {
 
 constexpr int kConvertThreads = 256;
 
-// One thread per 8 output elements: 2 x 16-byte loads, 1 x 16-byte store,
-// consecutive threads on consecutive columns then heads (coalesced stores).
+// One thread per 8 output elements: 2 x 16-byte loads (one 32-byte chunk
+// row of the tile), 1 x 16-byte store, consecutive threads on consecutive
+// columns then heads (coalesced stores).
 template <class Element, int kHeadDim>
 __global__ void __launch_bounds__(kConvertThreads)
 bwd_convert_dq_kernel(const float* __restrict__ dq_accum, Element* __restrict__ dq, int seqlen_q, int heads_q,
@@ -30,8 +33,10 @@ bwd_convert_dq_kernel(const float* __restrict__ dq_accum, Element* __restrict__ 
   t /= heads_q;
   const int64_t i = t % seqlen_q;
   const int64_t b = t / seqlen_q;
-  constexpr int kPitch = BwdWorkspace::dq_pitch(kHeadDim);
-  const float* src = dq_accum + ((b * heads_q + h) * rows + i) * kPitch + c * 8;
+  constexpr int kBlockM = BwdTile<kHeadDim>::kBlockM;
+  const int r = int(i % kBlockM);
+  const float* src = dq_accum + ((b * heads_q + h) * rows + (i - r)) * kHeadDim +
+                     BwdWorkspace::dq_tile_offset(kBlockM, r, c * 8);
   const float4 lo = *reinterpret_cast<const float4*>(src);
   const float4 hi = *reinterpret_cast<const float4*>(src + 4);
   alignas(16) Element v[8] = {Element(lo.x * scale), Element(lo.y * scale), Element(lo.z * scale),

@@ -66,7 +66,6 @@ struct BwdTraits {
   static_assert(kBlockN % 64 == 0 && kWarpgroups % kKeySplit == 0, "bad BwdTile row");
   static_assert(kHeadDim % kDSplit == 0 && kDSlice % 16 == 0, "bad BwdTile row");
   static_assert(kHeadDim % kWarpgroups == 0 && kDQSlice % 8 == 0, "bad BwdTile row");
-  static constexpr int kDqPitch = BwdWorkspace::dq_pitch(kHeadDim);
 
   using BlockM = Int<kBlockM>;
   using BlockN = Int<kBlockN>;
@@ -129,9 +128,10 @@ struct BwdTraits {
     cute::array_aligned<Element, cosize_v<SmemLayoutdS>, 1024> ds;
     // P^T, laid out like dS^T; only used with kPdSInSmem.
     cute::array_aligned<Element, kPdSInSmem ? cosize_v<SmemLayoutdS> : 8, 1024> p;
-    // fp32 dQ tile of this step, [kBlockM rows, kDqPitch]: the bytes a single
-    // bulk reduce-add sends to the workspace accumulator.
-    cute::array_aligned<float, kBlockM * kDqPitch, 1024> dq;
+    // fp32 dQ tile of this step (BwdWorkspace::dq_tile_offset), one
+    // contiguous kBlockM x kDQSlice part per MMA warpgroup: the bytes the
+    // writer's bulk reduce-adds send to the workspace accumulator.
+    cute::array_aligned<float, kBlockM * kHeadDim, 1024> dq;
     cute::array_aligned<float, kStages * kBlockM, 16> lse2;
     cute::array_aligned<float, kStages * kBlockM, 16> dpsum;
     // Q/dO/row-term ring: full (TMA transaction count) and empty (every MMA

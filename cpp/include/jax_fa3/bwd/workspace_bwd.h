@@ -18,7 +18,7 @@ struct BwdWorkspace {
   int64_t rows;
   size_t lse2_offset;      // float [batch, heads_q, rows]: lse * log2(e); +inf where P must be 0
   size_t dpsum_offset;     // float [batch, heads_q, rows]: D = rowsum(dO * O) - dlse
-  size_t dq_accum_offset;  // float [batch, heads_q, rows, dq_pitch(bucket)]: fp32 dq sums
+  size_t dq_accum_offset;  // float [batch, heads_q, m_blocks, tile (dq_tile_offset)]: fp32 dq sums
   size_t dq_sem_offset;    // int [batch, heads_q, m_blocks]: deterministic dq order (0 bytes otherwise)
   size_t dq_accum_bytes;
   size_t dq_sem_bytes;
@@ -26,12 +26,18 @@ struct BwdWorkspace {
 
   static constexpr size_t kAlign = 256;
 
-  // Row pitch (floats) of the fp32 dq accumulator and of the main kernel's
-  // smem dQ tile, which is reduced into the accumulator byte for byte.
-  // (Padding it to bucket + 8 would put consecutive smem rows 8 banks apart
-  // and make the dQ accumulator stores conflict-free; that variant compiles
-  // spill-free but has not been verified on the GPU yet.)
-  JAX_FA3_HOST_DEVICE static constexpr int dq_pitch(int head_dim_bucket) { return head_dim_bucket; }
+  // Offset (floats) of row `row`, column `col` inside one query block's fp32
+  // dq tile (block_m rows x head-dim-bucket columns), the same in the main
+  // kernel's smem tile and in the workspace accumulator, which receives the
+  // tile byte for byte: chunks of 8 columns, each chunk's block_m rows
+  // contiguous ([bucket / 8][block_m][8]). A warp stores its part of a wgmma
+  // accumulator as 8 consecutive rows of one chunk per instruction, 256
+  // contiguous bytes (no bank conflicts), and each MMA warpgroup's column
+  // slice (a multiple of 8 columns) is one contiguous range that the dQ
+  // writer reduces as soon as that warpgroup is done.
+  JAX_FA3_HOST_DEVICE static constexpr int dq_tile_offset(int block_m, int row, int col) {
+    return (col / 8) * (block_m * 8) + row * 8 + col % 8;
+  }
   JAX_FA3_HOST_DEVICE static size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
   JAX_FA3_HOST_DEVICE static BwdWorkspace make(const AttnShape& s, bool deterministic, int block_m,
@@ -46,7 +52,7 @@ struct BwdWorkspace {
     w.dpsum_offset = off;
     off = align_up(off + row_terms * sizeof(float));
     w.dq_accum_offset = off;
-    w.dq_accum_bytes = row_terms * dq_pitch(head_dim_bucket) * sizeof(float);
+    w.dq_accum_bytes = row_terms * head_dim_bucket * sizeof(float);
     off = align_up(off + w.dq_accum_bytes);
     w.dq_sem_offset = off;
     w.dq_sem_bytes = deterministic ? static_cast<size_t>(s.batch) * s.heads_q * w.m_blocks * sizeof(int) : 0;
