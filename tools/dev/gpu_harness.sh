@@ -56,7 +56,12 @@ done
 if want bwd && [ -x "$dir/bwd_check" ]; then
   run bwd_check "$dir/bwd_check"
   grep -E "FAIL|failed" "$OUT/bwd_check.log" | head -20
+  # SM clock and power every 200 ms while the timings run (sustained-load
+  # clocks differ from the profiler's).
+  nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu --format=csv -lms 200 > "$OUT/bwd_clocks.csv" &
+  smi=$!
   BENCH_HDIMS=${BWD_BENCH_HDIMS:-128} run bwd_bench "$dir/bwd_check" bench ${BWD_BENCH_SEQLENS:-16384}
+  kill $smi
 fi
 for bin in "$dir"/bwd_check-*; do
   want bwd_variants && [ -x "$bin" ] || continue
@@ -84,6 +89,10 @@ if want ncu; then
       -o "$OUT/ncu-bwd" "$dir/bwd_check" bench
     ncu -i "$OUT/ncu-bwd.ncu-rep" --print-details all > "$OUT/ncu-bwd-details.log" 2>&1
     ncu -i "$OUT/ncu-bwd.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu-bwd-sass.csv" 2>&1
+    # Every kernel of one whole backward (row terms, main, dq convert):
+    # where the time outside the main kernel goes.
+    run ncu-bwd-stages ncu --clock-control none --metrics gpu__time_duration.sum,sm__cycles_elapsed.avg.per_second \
+      -k regex:bwd_ --launch-skip 3 --launch-count 3 "$dir/bwd_check" bench
   fi
 fi
 # The short tables last (the device tool returns the end of the output).
