@@ -77,7 +77,8 @@ def check_rule(got, ref, base, dtype=BF16, normalize_qk=False):
         if _is_key_bias(name) and not normalize_qk:
             _check_key_bias(name, grads, grads_r)
             continue
-        assert_within_rule(f"d{name}", grads[name], grads_r[name], grads_b[name], dtype)
+        terms_scale = _key_bias_terms_scale(name, grads_r) if _is_key_bias(name) else None
+        assert_within_rule(f"d{name}", grads[name], grads_r[name], grads_b[name], dtype, terms_scale=terms_scale)
 
 
 def _is_key_bias(name):
@@ -94,6 +95,16 @@ def _check_key_bias(name, grads, grads_r):
     scale = float(jnp.max(jnp.abs(grads_r[value_bias])))
     assert float(jnp.max(jnp.abs(grads_r[name]))) <= 1e-4 * scale, "reference key-bias gradient should be ~0"
     assert float(jnp.max(jnp.abs(grads[name]))) <= 0.1 * scale, f"d{name} is not noise-sized"
+
+
+def _key_bias_terms_scale(name, grads_r):
+    """With qk normalisation the key bias gradient is no longer 0, but it is still a sum over the tokens of
+    per-token terms that nearly cancel (the softmax cancels what the bias adds to every key; only the
+    normalisation breaks that): |result| is several times smaller than the terms, so the rounding of the sum is
+    set by the terms. The key kernel's gradient sums the same per-token terms weighted by the (random) inputs,
+    without the cancellation: its magnitude is their scale. (Measured on CPU over 12 seeds: |d key kernel| 13-23
+    against |d key bias| 2.5-5.6; our error and XLA's 3e-2 to 8e-2 each.)"""
+    return float(jnp.max(jnp.abs(grads_r[name.replace("['bias']", "['kernel']")])))
 
 
 # (options of the module, module dtype, Lq, Lk, kv input features)
