@@ -63,7 +63,7 @@ bwd=$!
 status=0
 wait $fwd || { echo "forward builds failed: $CARRY/build_fwd.log"; status=1; }
 wait $bwd || { echo "backward/baseline/wheel builds failed: $CARRY/build_bwd.log"; status=1; }
-grep -hE "spill stores [1-9]|C7508" "$CARRY"/build_*.log && { echo "spills or ignored setmaxnreg"; status=1; }
+grep -hE "[1-9][0-9]* bytes spill stores|C7508" "$CARRY"/build_*.log && { echo "spills or ignored setmaxnreg"; status=1; }
 ls -la "$CARRY"
 du -sh "$CARRY"
 exit $status

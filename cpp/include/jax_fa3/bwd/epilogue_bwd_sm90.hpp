@@ -102,27 +102,39 @@ struct DqHandoff {
   }
 
   // Writer warp (all 32 lanes: named barriers count whole warps): per step of
-  // the CTA's walk, in the MMA warpgroups' order, the parts in warpgroup
-  // order. Each warpgroup syncs kdQEmpty + w once per step; the writer
-  // arrives once up front and after every part but the last step's, so no
-  // arrival is left pending.
+  // the CTA's walk, in the MMA warpgroups' order, each part as soon as its
+  // warpgroup has written it. Deterministic mode takes its turn once every
+  // part is ready, so a CTA holds the turn (which the next key block waits
+  // for) only while its adds land. Each warpgroup syncs kdQEmpty + w once per
+  // step; the writer arrives once up front and after every step but the
+  // last, so no arrival is left pending.
   template <class StepAt>
   CUTE_DEVICE static void run(const BwdMainParams<Traits>& params, const float* smem_dq, int b, int n_block,
                               int total, StepAt step_at) {
-    for (int w = 0; w < kParts; ++w) cutlass::arch::NamedBarrier::arrive(kThreads, barrier_id(BwdNamedBarrier::kdQEmpty) + w);
+    auto release = [](int w) { cutlass::arch::NamedBarrier::arrive(kThreads, barrier_id(BwdNamedBarrier::kdQEmpty) + w); };
+    auto wait_full = [](int w) { cutlass::arch::NamedBarrier::sync(kThreads, barrier_id(BwdNamedBarrier::kdQFull) + w); };
+    for (int w = 0; w < kParts; ++w) release(w);
     for (int t = 0; t < total; ++t) {
       const auto step = step_at(t);
       const auto reducer = DqReducer<Traits>::at(params, b, step.hq, step.m);
       const bool leader = cute::elect_one_sync();
-      for (int w = 0; w < kParts; ++w) {
-        cutlass::arch::NamedBarrier::sync(kThreads, barrier_id(BwdNamedBarrier::kdQFull) + w);
+      const bool more = t + 1 < total;
+      if (params.deterministic) {
+        for (int w = 0; w < kParts; ++w) wait_full(w);
         if (leader) {
-          if (w == 0) reducer.wait_turn(step.m, n_block);
-          reducer.add_part(smem_dq, w);
-          if (w == kParts - 1) reducer.pass_turn();
+          reducer.wait_turn(step.m, n_block);
+          for (int w = 0; w < kParts; ++w) reducer.add_part(smem_dq, w);
+          reducer.pass_turn();
         }
         __syncwarp();
-        if (t + 1 < total) cutlass::arch::NamedBarrier::arrive(kThreads, barrier_id(BwdNamedBarrier::kdQEmpty) + w);
+        for (int w = 0; more && w < kParts; ++w) release(w);
+      } else {
+        for (int w = 0; w < kParts; ++w) {
+          wait_full(w);
+          if (leader) reducer.add_part(smem_dq, w);
+          __syncwarp();
+          if (more) release(w);
+        }
       }
     }
   }
