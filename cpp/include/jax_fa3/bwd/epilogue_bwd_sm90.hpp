@@ -35,18 +35,20 @@ JAX_FA3_HOST_DEVICE uint32_t barrier_id(BwdNamedBarrier b) { return static_cast<
 // dispatched in linear block order and a CTA only waits for lower n_block of
 // its own (kv head, batch), which has a lower linear index in the grid (key
 // block fastest), so the wait always ends. The same bulk reduce-adds do the
-// sum, but each CTA waits for its turn before its first part and, after its
-// last, for its adds to have fully landed (not just for their source reads),
-// with proxy fences ordering the counter's acquire/release (generic proxy)
-// around the adds (async proxy). The parts are disjoint columns, so the order
-// per element is fixed either way.
+// sum, but each CTA waits for its turn before them (wait_turn) and, after
+// them, for its adds to have fully landed, not just for their source reads
+// (pass_turn), with proxy fences ordering the counter's acquire/release
+// (generic proxy) around the adds (async proxy). wait_turn and pass_turn are
+// only called in this mode (their null checks are redundant, but removing them
+// changes ptxas's register allocation enough to bring back 4-8 byte spills at
+// head dims 192/256).
 template <class Traits>
 struct DqReducer {
   static constexpr int kPartFloats = Traits::kBlockM * Traits::kDQSlice;
 
   const BwdMainParams<Traits>& params;
   float* gdq;  // the query block's accumulator tile
-  int* sem;    // its turn counter (deterministic mode)
+  int* sem;    // its turn counter (deterministic mode; nullptr otherwise)
 
   CUTE_DEVICE static DqReducer at(const BwdMainParams<Traits>& params, int b, int hq, int m) {
     const int64_t tile = (int64_t(b) * params.heads_q + hq) * params.rows + int64_t(m) * Traits::kBlockM;
