@@ -22,7 +22,10 @@ forward time), fwd+bwd (3.5× forward FLOPs over the fwd+bwd time) and bwd
 Each timed sample dispatches back-to-back calls (rotating among a few sets of
 random inputs; as many as fill about ``--min-sample-ms``, judged from one timed
 call), then waits for the device; the per-call time of a sample is its elapsed
-time over its call count. The default 20 ms keeps the dispatch of the first
+time over its call count. At each grid point and mode the implementations are
+sampled in turns (A B C, B C A, ...), so that they see the same device state
+(sustained-load clocks, temperature, power) rather than one running after the
+other. The default 20 ms keeps the dispatch of the first
 call and the wait after the last one to a few percent of a sample: with 1 ms
 samples (one call each at long sequences) they added ~8% to the time at 16k on an
 H200, up to 30% at 4k (benchmarks/notes.md). Reported: the median and the minimum over ``--iters``
@@ -291,34 +294,53 @@ class Timing:
     first_call_s: float  # compilation included
 
 
-def time_fn(fn: Callable, input_sets: Sequence[tuple], *, iters: int, warmup: int, min_sample_ms: float) -> Timing:
-    """Median and minimum per-call time of fn over iters samples, with device synchronization.
+class Timer:
+    """Times one jit-compiled function sample by sample, so several can be interleaved.
 
-    A sample dispatches `calls_per_sample` calls back to back, rotating among
-    the input sets, then blocks on the last result (one device executes them
-    in order), so host dispatch overlaps device work as in a training step.
+    ``Timer(fn, ...)`` compiles and warms fn up and sizes its samples; each
+    :meth:`sample` dispatches ``calls_per_sample`` calls back to back, rotating
+    among the input sets, then blocks on the last result (one device executes
+    them in order), so host dispatch overlaps device work as in a training step.
     """
-    n = len(input_sets)
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*input_sets[0]))
-    first_call_s = time.perf_counter() - start
-    for i in range(1, warmup):
-        jax.block_until_ready(fn(*input_sets[i % n]))
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*input_sets[0]))
-    one_call_s = time.perf_counter() - start
-    calls = max(1, min(1000, math.ceil(min_sample_ms * 1e-3 / max(one_call_s, 1e-7))))
-    samples = []
-    call = 0
-    for _ in range(iters):
+
+    def __init__(self, fn: Callable, input_sets: Sequence[tuple], *, warmup: int, min_sample_ms: float):
+        self.fn, self.input_sets = fn, input_sets
+        n = len(input_sets)
         start = time.perf_counter()
-        for _ in range(calls):
-            out = fn(*input_sets[call % n])
-            call += 1
+        jax.block_until_ready(fn(*input_sets[0]))
+        self.first_call_s = time.perf_counter() - start
+        for i in range(1, warmup):
+            jax.block_until_ready(fn(*input_sets[i % n]))
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*input_sets[0]))
+        one_call_s = time.perf_counter() - start
+        self.calls = max(1, min(1000, math.ceil(min_sample_ms * 1e-3 / max(one_call_s, 1e-7))))
+        self.samples: list[float] = []
+        self._call = 0
+
+    def sample(self) -> None:
+        n = len(self.input_sets)
+        start = time.perf_counter()
+        for _ in range(self.calls):
+            out = self.fn(*self.input_sets[self._call % n])
+            self._call += 1
         jax.block_until_ready(out)
-        samples.append((time.perf_counter() - start) / calls * 1e3)
-        del out
-    return Timing(float(np.median(samples)), float(np.min(samples)), calls, first_call_s)
+        self.samples.append((time.perf_counter() - start) / self.calls * 1e3)
+
+    def timing(self) -> Timing:
+        return Timing(float(np.median(self.samples)), float(np.min(self.samples)), self.calls, self.first_call_s)
+
+
+def time_interleaved(timers: Sequence[Timer], iters: int) -> None:
+    """iters samples of every timer, taken in turns (round i starts at timer i mod len).
+
+    The implementations compared at a grid point then share the device's state
+    (clocks under sustained load, temperature, power) sample for sample,
+    instead of one being timed after the other.
+    """
+    for i in range(iters):
+        for j in range(len(timers)):
+            timers[(i + j) % len(timers)].sample()
 
 
 def short_error(exc: BaseException, limit: int = 200) -> str:
@@ -409,28 +431,37 @@ def finish_record(rec: dict) -> None:
         rec["bwd_tflops"] = tflops(BWD_FLOP_RATIO * flops, rec["bwd_ms"])
 
 
-def measure(rec: dict, mode: str, point: Point, inputs: Sequence[tuple], args: argparse.Namespace,
-            outputs: dict, log: Callable[[str], None]) -> None:
-    """Times one implementation in one mode into rec; a failure becomes n/a with its reason."""
+def prepare(rec: dict, mode: str, point: Point, inputs: Sequence[tuple], args: argparse.Namespace,
+            outputs: dict, log: Callable[[str], None]) -> Timer | None:
+    """Compiles and warms up one implementation in one mode; a failure becomes n/a with its reason."""
     impl = rec["impl"]
     try:
         step = make_step(impl, point.causal, mode)
-        timing = time_fn(step, inputs, iters=args.iters, warmup=args.warmup, min_sample_ms=args.min_sample_ms)
+        timer = Timer(step, inputs, warmup=args.warmup, min_sample_ms=args.min_sample_ms)
         if args.check:
             outputs[(impl, mode)] = step(*inputs[0])
+        return timer
     except Exception as exc:  # noqa: BLE001 - any failure is a result, not a crash
         rec[f"{mode}_status"], rec[f"{mode}_note"] = NA, short_error(exc)
         log(f"    {impl:8s} {mode:7s} n/a: {rec[f'{mode}_note']}")
-        return
+        return None
+
+
+def record_timing(rec: dict, mode: str, point: Point, timer: Timer, log: Callable[[str], None]) -> None:
+    timing = timer.timing()
     rec.update({f"{mode}_status": "ok", f"{mode}_ms": timing.median_ms, f"{mode}_ms_min": timing.min_ms,
                 f"{mode}_calls_per_sample": timing.calls_per_sample, f"{mode}_first_call_s": timing.first_call_s})
     flops = fwd_flops(point) * (1 if mode == "fwd" else 1 + BWD_FLOP_RATIO)
-    log(f"    {impl:8s} {mode:7s} {timing.median_ms:9.3f} ms (min {timing.min_ms:.3f})"
+    log(f"    {rec['impl']:8s} {mode:7s} {timing.median_ms:9.3f} ms (min {timing.min_ms:.3f})"
         f" {_fmt_tflops(tflops(flops, timing.median_ms)):>8s} TFLOP/s  (first call {timing.first_call_s:.1f} s)")
 
 
 def run_point(point: Point, args: argparse.Namespace, key, device, log: Callable[[str], None]) -> list[dict]:
-    """Times every requested implementation and mode at one grid point, then checks them against jax_fa3."""
+    """Times every requested implementation and mode at one grid point, then checks them against jax_fa3.
+
+    All implementations of a mode are compiled and warmed up first, then
+    sampled in turns (:func:`time_interleaved`).
+    """
     records = {impl: empty_record(point, impl) for impl in args.impls}
     try:
         inputs = make_inputs(point, key, args.input_sets)
@@ -442,15 +473,27 @@ def run_point(point: Point, args: argparse.Namespace, key, device, log: Callable
                 rec[f"{mode}_status"], rec[f"{mode}_note"] = NA, reason
         return list(records.values())
     outputs: dict[tuple[str, str], object] = {}  # (impl, mode) -> result on inputs[0], for the check
-    for impl, rec in records.items():
-        skip = xla_skip_reason(point, args, device) if impl == "xla" else None
-        if skip:
-            log(f"    {impl:8s} n/a: {skip}")
-        for mode in args.modes:
+    for mode in args.modes:
+        timers: dict[str, Timer] = {}
+        for impl, rec in records.items():
+            skip = xla_skip_reason(point, args, device) if impl == "xla" else None
             if skip:
                 rec[f"{mode}_status"], rec[f"{mode}_note"] = NA, skip
-            else:
-                measure(rec, mode, point, inputs, args, outputs, log)
+                log(f"    {impl:8s} {mode:7s} n/a: {skip}")
+                continue
+            timer = prepare(rec, mode, point, inputs, args, outputs, log)
+            if timer is not None:
+                timers[impl] = timer
+        try:
+            time_interleaved(list(timers.values()), args.iters)
+        except Exception as exc:  # noqa: BLE001 - a failure while timing: n/a for the mode
+            for impl in timers:
+                records[impl][f"{mode}_status"], records[impl][f"{mode}_note"] = NA, short_error(exc)
+            log(f"    {mode:7s} timing failed: {short_error(exc)}")
+            continue
+        for impl, timer in timers.items():
+            record_timing(records[impl], mode, point, timer, log)
+    for rec in records.values():
         finish_record(rec)
     if args.check and "jax_fa3" in records:
         try:
@@ -781,7 +824,8 @@ def markdown_report(points, records, args, meta) -> str:
         f"- Grid: total tokens {args.total_tokens} (batch = {args.total_tokens} // seqlen), hidden {args.hidden} "
         f"(heads = {args.hidden} // head_dim)",
         f"- Timing: {args.warmup} warm-up call(s), median (min) of {args.iters} samples of >= {args.min_sample_ms} ms "
-        f"of back-to-back calls over {args.input_sets} random input sets",
+        f"of back-to-back calls over {args.input_sets} random input sets; at each point and mode the "
+        "implementations' samples are taken in turns",
         "- FLOPs: fwd 4·b·s²·h·d (halved when causal); fwd+bwd TF/s = 3.5× fwd FLOPs / fwd+bwd time; "
         "bwd TF/s = 2.5× fwd FLOPs / (fwd+bwd time − fwd time)",
     ]

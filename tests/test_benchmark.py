@@ -145,3 +145,34 @@ def test_check_flags_wrong_results():
     assert records["jax_fa3"]["check"] == "non-finite fwd" and records["xla"]["check"] == "MISMATCH out"
     verdict, suspicious = benchmark.check_summary(list(records.values()), 0.05)
     assert verdict.startswith("SUSPICIOUS") and len(suspicious) == 2
+
+
+def test_samples_interleaved():
+    """Every implementation gets iters samples, taken in turns with a rotating start."""
+    order = []
+
+    class FakeTimer:
+        def __init__(self, name):
+            self.name = name
+
+        def sample(self):
+            order.append(self.name)
+
+    benchmark.time_interleaved([FakeTimer("a"), FakeTimer("b"), FakeTimer("c")], 3)
+    assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+
+
+def test_timer_samples_rotate_inputs():
+    calls = []
+
+    def fn(x):
+        calls.append(x)
+        return jax.numpy.asarray(x)
+
+    timer = benchmark.Timer(fn, [(0,), (1,)], warmup=2, min_sample_ms=0)
+    assert timer.calls == 1 and calls == [0, 1, 0]  # first call, warm-up, one timed call
+    timer.sample()
+    timer.sample()
+    assert calls[3:] == [0, 1]
+    timing = timer.timing()
+    assert len(timer.samples) == 2 and 0 < timing.min_ms <= timing.median_ms
