@@ -383,10 +383,18 @@ static int run_checks(bool small) {
   std::vector<Case> cases;
   if (small) {
     cases.push_back({"small causal gqa2", bf, 1, 113, 113, 4, 2, 128, -1, 0, 0.f, false});
+    cases.push_back({"small d64 causal softcap gqa2", bf, 1, 300, 300, 4, 2, 64, -1, 0, 30.f, false});
   } else {
     cases = {
         {"d64 full b2", bf, 2, 113, 113, 4, 4, 64, -1, -1, 0.f, false},
         {"d64 fp16 causal gqa2", fp, 1, 1000, 1000, 4, 2, 64, -1, 0, 0.f, false},
+        {"d64 softcap30 causal gqa2", bf, 1, 1000, 1000, 4, 2, 64, -1, 0, 30.f, false},
+        {"d64 softcap30 full sq<sk", fp, 2, 113, 1000, 2, 1, 64, -1, -1, 30.f, false},
+        {"d64 local(37,5) sq>sk", bf, 2, 1000, 500, 4, 1, 64, 37, 5, 0.f, false},
+        {"d64 causal sq<sk dlse=0", bf, 1, 113, 1000, 2, 2, 64, -1, 0, 0.f, true},
+        {"d64 sq=17 sk=17 full", bf, 2, 17, 17, 2, 2, 64, -1, -1, 0.f, false},
+        {"d64 sq=1 sk=1000 causal", bf, 1, 1, 1000, 2, 2, 64, -1, 0, 0.f, false},
+        {"d40 (bucket 64) causal sq>sk (empty rows)", bf, 1, 1000, 113, 2, 2, 40, -1, 0, 0.f, false},
         {"d96 causal gqa2", bf, 1, 1000, 1000, 2, 1, 96, -1, 0, 0.f, false},
         {"d72 (bucket 96) causal", bf, 1, 17, 17, 2, 2, 72, -1, 0, 0.f, false},
         {"d72 (bucket 96) full sq!=sk", bf, 2, 113, 1000, 2, 2, 72, -1, -1, 0.f, false},

@@ -45,8 +45,11 @@ namespace {
 
 // Returns cudaErrorNotSupported when the combination was not compiled into
 // this harness.
+// FWD_CHECK_FORCE_MASKED=1 runs every shape on the masked kernels (their
+// narrower key blocks, dynamic schedule), to time them on unmasked shapes.
 cudaError_t launch(const jax_fa3::FwdParams& p, cudaStream_t stream) {
-  const bool masked = jax_fa3::mask_cuts(p.problem.shape, p.problem.mask);
+  static const bool force_masked = std::getenv("FWD_CHECK_FORCE_MASKED") != nullptr;
+  const bool masked = force_masked || jax_fa3::mask_cuts(p.problem.shape, p.problem.mask);
   const int bucket = jax_fa3::head_dim_bucket(p.problem.shape.head_dim);
 #define X(Element, tag, hd, m)                                   \
   if (p.problem.dtype == Dtype::tag && bucket == hd && masked == m) \
@@ -490,8 +493,12 @@ int main(int argc, char** argv) {
                                                          : list("BENCH_SEQLENS", {512, 1024, 2048, 4096, 8192, 16384});
     const char* dts = std::getenv("BENCH_DTYPES");
     const bool fp16_too = dts && std::string(dts).find("fp16") != std::string::npos;
+    // BENCH_MASKS=full or causal: only that half of the grid.
+    const char* masks = std::getenv("BENCH_MASKS");
+    const std::string only_mask = masks ? masks : "";
     for (int fp16 = 0; fp16 <= int(fp16_too); ++fp16) {
       for (int causal = 0; causal < 2; ++causal) {
+        if (!only_mask.empty() && only_mask != (causal ? "causal" : "full")) continue;
         for (int d : hdims) {
           for (int s : seqlens) fails += !bench(fp16 ? Dtype::kFloat16 : Dtype::kBFloat16, d, s, causal);
         }
