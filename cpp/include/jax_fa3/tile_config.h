@@ -28,11 +28,13 @@ template <bool kMasked> struct FwdTile<256, kMasked> { static constexpr int kBlo
 // Each consumer warpgroup owns 64 keys x (kHeadDim / (kConsumerWarpgroups /
 // (kBlockN / 64))) columns of dK/dV: with kBlockN = 128 the two warpgroups split
 // the keys; with kBlockN = 64 they split head_dim (dK/dV of 64 x 256 would not
-// fit one warpgroup's registers). kBlockM must be 64 (the dQ wgmma's M).
+// fit one warpgroup's registers). kBlockM is a multiple of 64 (the dQ wgmma's
+// M); 128 at head dim 64 halves the steps (and their fixed costs: barriers,
+// row terms, dQ hand-offs) where the registers allow it.
 // Head dim 256 has one stage: two would need 270 KB of shared memory.
 template <int kHeadDim>
 struct BwdTile;
-template <> struct BwdTile<64>  { static constexpr int kBlockM = 64, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 2; };
+template <> struct BwdTile<64>  { static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 2; };
 template <> struct BwdTile<96>  { static constexpr int kBlockM = 64, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 2; };
 template <> struct BwdTile<128> { static constexpr int kBlockM = 64, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 2; };
 template <> struct BwdTile<192> { static constexpr int kBlockM = 64, kBlockN = 64,  kStages = 2, kConsumerWarpgroups = 2; };

@@ -133,7 +133,8 @@ __device__ __forceinline__ void bwd_load(const BwdMainParams<Traits>& p, typenam
 
 // The MMA warpgroups' walk. Per step, each warpgroup (keys ks, dK/dV column
 // slice dsl, S/dP query columns qs):
-//   issue S^T = K Q^T, issue dP^T = V dO^T;  wait S: P = exp2(...) under dP;
+//   issue S^T = K Q^T, issue dP^T = V dO^T;  wait S: P = exp2(...) under dP
+//   (kSoftcapDPAfterP with softcap: dP issued after P);
 //   [registers: issue dV += P^T dO];  wait dP: dS;  dS^T [and P^T] -> smem
 //   (buffer t % 2);  kdSReady (every warpgroup's part is in smem);
 //   [smem: issue dV += P^T dO];  issue dQ = dS K, issue dK += dS^T Q;  wait dV,
@@ -217,8 +218,13 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
 
     Tensor tSrS = partition_fragment_C(mma_sdp, Shape<_64, SdPCols>{});
     Tensor tdPrdP = partition_fragment_C(mma_sdp, Shape<_64, SdPCols>{});
+    auto issue_dp = [&] { warpgroup_gemm<true, false>(mma_sdp, tdPrV, tdPrdO, tdPrdP); };
     warpgroup_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_sdp, tSrK, tSrQ, tSrS);
-    warpgroup_gemm<true, false>(mma_sdp, tdPrV, tdPrdO, tdPrdP);
+    // P is computed under the dP GEMM, except with softcap where the
+    // registers are tight (kSoftcapDPAfterP): there the dP accumulators and
+    // tanh's temporaries would not fit together, so dP is issued after P.
+    const bool dp_after_p = Traits::kSoftcapDPAfterP && softcap;
+    if (!dp_after_p) issue_dp();
 
     // The mask test only on tiles that cross the end of the keys (zero-filled
     // K rows, whose P must not be exp2(-lse2): it can overflow) or, with
@@ -239,7 +245,6 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
     // straight-line per (softcap, mask) variant, chosen once per tile: a
     // branch inside the unrolled loop costs registers, and most tiles need no
     // mask test at all.
-    warpgroup_wait<1>();
     auto compute_p = [&](auto softcap_tag, auto mask_tag) {
       constexpr bool kSoftcap = decltype(softcap_tag)::value;
       constexpr bool kMaskTile = decltype(mask_tag)::value;
@@ -299,10 +304,18 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
       }
     };
     if (softcap) {
-      compute_p_tile(cute::true_type{});
+      if (dp_after_p) {
+        warpgroup_wait<0>();
+        compute_p_tile(cute::true_type{});
+        issue_dp();
+      } else {
+        warpgroup_wait<1>();
+        compute_p_tile(cute::true_type{});
+      }
     } else {
-      // Converted after the loop (packed cvt), so the loop holds one copy.
+      warpgroup_wait<1>();
       compute_p_tile(cute::false_type{});
+      // Converted after the loop (packed cvt), so the loop holds one copy.
       convert_fragment_into(tSrS, rP);
     }
     Tensor tdVrdO = thr_dkv.partition_fragment_B(

@@ -62,7 +62,11 @@ struct BwdTraits {
   static constexpr int kDQSlice = kHeadDim / kWarpgroups;
   static constexpr int kSdPCols = kBlockM / kDSplit;
   static constexpr bool kPdSInSmem = kDSplit > 1;
-  static_assert(kBlockM == 64, "the dQ wgmma has M = kBlockM = 64");
+  // S and dP of 64 x 128 (kBlockM = 128) take 128 of the 240 registers: with
+  // softcap, tanh's temporaries do not fit beside them, so dP is issued only
+  // once P is computed (bwd_mma).
+  static constexpr bool kSoftcapDPAfterP = kSdPCols > 64;
+  static_assert(kBlockM % 64 == 0, "the dQ wgmma tiles kBlockM by its M = 64");
   static_assert(kBlockN % 64 == 0 && kWarpgroups % kKeySplit == 0, "bad BwdTile row");
   static_assert(kHeadDim % kDSplit == 0 && kDSlice % 16 == 0, "bad BwdTile row");
   static_assert(kHeadDim % kWarpgroups == 0 && kDQSlice % 8 == 0, "bad BwdTile row");
