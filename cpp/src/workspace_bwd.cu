@@ -9,7 +9,7 @@ namespace jax_fa3 {
 namespace {
 template <int kHeadDim>
 size_t workspace_bytes_for(const AttnShape& shape, bool deterministic) {
-  return BwdWorkspace::make(shape, deterministic, BwdTile<kHeadDim>::kBlockM, kHeadDim).total_bytes;
+  return BwdWorkspace::make(shape, deterministic, bwd_block_m<kHeadDim>(deterministic), kHeadDim).total_bytes;
 }
 }  // namespace
 

@@ -443,6 +443,43 @@ static std::vector<int> int_list(const char* text, std::vector<int> fallback) {
   return out;
 }
 
+// dq of 16 sampled (batch, head, row) triples of the last timed launch against
+// float64, for the bench's inputs (q = k = v = out = dout = `host`, constant
+// lse, dlse = 0): dq_i = scale * sum_j P_ij (dP_ij - D_i) k_j with
+// P_ij = exp(scale q_i.k_j - lse_i), dP_ij = dout_i.v_j, D_i = dout_i.out_i.
+// Returns the largest error over the largest |reference| element (a timed
+// kernel must also be a correct one).
+static double spot_check_dq(const std::vector<uint16_t>& host, const void* dq_dev, const float* lse_dev, int B,
+                            int S, int H, int D, float scale, bool causal) {
+  const Dtype dt = Dtype::kBFloat16;
+  std::vector<uint16_t> dq(host.size());
+  std::vector<float> lse(size_t(B) * H * S);
+  CK(cudaMemcpy(dq.data(), dq_dev, dq.size() * 2, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(lse.data(), lse_dev, lse.size() * 4, cudaMemcpyDeviceToHost));
+  auto x = [&](int b, int i, int h, int d) { return from_bits(host[((size_t(b) * S + i) * H + h) * D + d], dt); };
+  Rng pick(5);
+  double max_err = 0, max_ref = 0;
+  for (int t = 0; t < 16; ++t) {
+    const int b = pick.next() % B, h = pick.next() % H, i = t < 2 ? t * (S - 1) : int(pick.next() % S);
+    double Di = 0;
+    for (int d = 0; d < D; ++d) Di += x(b, i, h, d) * x(b, i, h, d);
+    std::vector<double> ref(D, 0.0);
+    for (int j = 0; j <= (causal ? i : S - 1); ++j) {
+      double qk = 0;
+      for (int d = 0; d < D; ++d) qk += x(b, i, h, d) * x(b, j, h, d);  // q_i.k_j = dout_i.v_j here
+      const double p = std::exp(scale * qk - lse[(size_t(b) * H + h) * S + i]);
+      const double ds = p * (qk - Di);
+      for (int d = 0; d < D; ++d) ref[d] += ds * x(b, j, h, d);
+    }
+    for (int d = 0; d < D; ++d) {
+      const double r = scale * ref[d], g = from_bits(dq[((size_t(b) * S + i) * H + h) * D + d], dt);
+      max_ref = std::max(max_ref, std::fabs(r));
+      max_err = std::max(max_err, std::isnan(g) ? INFINITY : std::fabs(g - r));
+    }
+  }
+  return max_err / std::max(max_ref, 1e-30);
+}
+
 static void bench_one(int S, int D) {
   const int B = std::max(1, 16384 / S), H = 2048 / D;
   const Dtype dt = Dtype::kBFloat16;
@@ -495,9 +532,10 @@ static void bench_one(int S, int D) {
       const double med = ms[ms.size() / 2];
       double flops = 2.5 * 4.0 * B * double(S) * S * H * D;
       if (causal) flops *= 0.5;
-      std::printf("bench bf16 b=%d s=%d h=%d d=%d %-6s %-4s: median %.3f ms  %.1f TFLOP/s (min %.3f max %.3f)\n", B,
-                  S, H, D, causal ? "causal" : "full", det ? "det" : "fast", med, flops / (med * 1e-3) / 1e12,
-                  ms.front(), ms.back());
+      const double err = spot_check_dq(host, dq, lse, B, S, H, D, prob.softmax_scale, causal);
+      std::printf("bench bf16 b=%d s=%d h=%d d=%d %-6s %-4s: median %.3f ms  %.1f TFLOP/s (min %.3f max %.3f) | "
+                  "dq spot check %.1e %s\n", B, S, H, D, causal ? "causal" : "full", det ? "det" : "fast", med,
+                  flops / (med * 1e-3) / 1e12, ms.front(), ms.back(), err, err < 2e-2 ? "PASS" : "FAIL");
     }
   }
   for (void* p : {q, k, v, o, dO, dq, dk, dv, ws}) CK(cudaFree(p));

@@ -29,15 +29,22 @@ template <bool kMasked> struct FwdTile<256, kMasked> { static constexpr int kBlo
 // (kBlockN / 64))) columns of dK/dV: with kBlockN = 128 the two warpgroups split
 // the keys; with kBlockN = 64 they split head_dim (dK/dV of 64 x 256 would not
 // fit one warpgroup's registers). kBlockM is a multiple of 64 (the dQ wgmma's
-// M); 128 at head dim 64 halves the steps (and their fixed costs: barriers,
-// row terms, dQ hand-offs) where the registers allow it.
+// M). kBlockMDeterministic is the deterministic mode's: there every step of a
+// CTA waits for its turn on a dQ tile, so fewer, larger steps pay. At head
+// dim 64, 128-query blocks ran the deterministic mode 1-10% faster but the
+// fast mode 4-9% slower than 64 (benchmarks/notes.md, 2026-12-02).
 // Head dim 256 has one stage: two would need 270 KB of shared memory.
 template <int kHeadDim>
 struct BwdTile;
-template <> struct BwdTile<64>  { static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 2; };
-template <> struct BwdTile<96>  { static constexpr int kBlockM = 64, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 2; };
-template <> struct BwdTile<128> { static constexpr int kBlockM = 64, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 2; };
-template <> struct BwdTile<192> { static constexpr int kBlockM = 64, kBlockN = 64,  kStages = 2, kConsumerWarpgroups = 2; };
-template <> struct BwdTile<256> { static constexpr int kBlockM = 64, kBlockN = 64,  kStages = 1, kConsumerWarpgroups = 2; };
+template <> struct BwdTile<64>  { static constexpr int kBlockM = 64, kBlockMDeterministic = 128, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 2; };
+template <> struct BwdTile<96>  { static constexpr int kBlockM = 64, kBlockMDeterministic = 64, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 2; };
+template <> struct BwdTile<128> { static constexpr int kBlockM = 64, kBlockMDeterministic = 64, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 2; };
+template <> struct BwdTile<192> { static constexpr int kBlockM = 64, kBlockMDeterministic = 64, kBlockN = 64,  kStages = 2, kConsumerWarpgroups = 2; };
+template <> struct BwdTile<256> { static constexpr int kBlockM = 64, kBlockMDeterministic = 64, kBlockN = 64,  kStages = 1, kConsumerWarpgroups = 2; };
+
+template <int kHeadDim>
+constexpr int bwd_block_m(bool deterministic) {
+  return deterministic ? BwdTile<kHeadDim>::kBlockMDeterministic : BwdTile<kHeadDim>::kBlockM;
+}
 
 }  // namespace jax_fa3

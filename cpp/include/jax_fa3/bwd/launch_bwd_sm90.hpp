@@ -21,27 +21,14 @@
 
 namespace jax_fa3 {
 
-template <class Element, int kHeadDim, bool kMasked>
-cudaError_t run_bwd_sm90(const BwdParams& params, cudaStream_t stream) {
-  using Traits = bwd::BwdTraits<Element, kHeadDim>;
+namespace bwd {
+
+// Steps 1-4 with kBlockM-query blocks; the problem is validated and not empty.
+template <class Element, int kHeadDim, int kBlockM, bool kMasked>
+cudaError_t run_bwd_pipeline(const BwdParams& params, cudaStream_t stream) {
+  using Traits = BwdTraits<Element, kHeadDim, kBlockM>;
   const AttnProblem& prob = params.problem;
   const AttnShape& s = prob.shape;
-  if (s.head_dim <= 0 || s.head_dim > kHeadDim || s.head_dim % 8 != 0 || s.heads_kv <= 0 ||
-      s.heads_q % s.heads_kv != 0) {
-    return cudaErrorInvalidValue;
-  }
-  const size_t q_bytes = size_t(s.batch) * s.seqlen_q * s.heads_q * s.head_dim * sizeof(Element);
-  const size_t k_bytes = size_t(s.batch) * s.seqlen_k * s.heads_kv * s.head_dim * sizeof(Element);
-  if (s.batch == 0 || s.seqlen_q == 0 || s.seqlen_k == 0 || s.heads_q == 0) {
-    // Nothing attends: every gradient is zero.
-    if (q_bytes) { if (cudaError_t e = cudaMemsetAsync(params.dq, 0, q_bytes, stream)) return e; }
-    if (k_bytes) {
-      if (cudaError_t e = cudaMemsetAsync(params.dk, 0, k_bytes, stream)) return e;
-      if (cudaError_t e = cudaMemsetAsync(params.dv, 0, k_bytes, stream)) return e;
-    }
-    return cudaSuccess;
-  }
-
   const BwdWorkspace ws = BwdWorkspace::make(s, params.deterministic, Traits::kBlockM, kHeadDim);
   char* base = static_cast<char*>(params.workspace);
   float* lse2 = reinterpret_cast<float*>(base + ws.lse2_offset);
@@ -57,8 +44,8 @@ cudaError_t run_bwd_sm90(const BwdParams& params, cudaStream_t stream) {
 
   // 2. Row terms.
   {
-    const dim3 grid(unsigned((ws.rows + bwd::kPreprocessWarps - 1) / bwd::kPreprocessWarps), s.heads_q, s.batch);
-    bwd::bwd_preprocess_kernel<Element><<<grid, bwd::kPreprocessWarps * 32, 0, stream>>>(
+    const dim3 grid(unsigned((ws.rows + kPreprocessWarps - 1) / kPreprocessWarps), s.heads_q, s.batch);
+    bwd_preprocess_kernel<Element><<<grid, kPreprocessWarps * 32, 0, stream>>>(
         static_cast<const Element*>(params.out), static_cast<const Element*>(params.dout), params.lse, params.dlse,
         lse2, dpsum, s.seqlen_q, s.heads_q, s.head_dim, ws.rows);
     if (cudaError_t e = cudaGetLastError()) return e;
@@ -67,12 +54,11 @@ cudaError_t run_bwd_sm90(const BwdParams& params, cudaStream_t stream) {
   // 3. Main kernel.
   {
     constexpr float kLog2e = 1.4426950408889634f;
-    const bwd::BwdMainParams<Traits> mp{
-        bwd::make_tma_q<Traits>(static_cast<const Element*>(params.q), s.seqlen_q, s.head_dim, s.heads_q, s.batch),
-        bwd::make_tma_q<Traits>(static_cast<const Element*>(params.dout), s.seqlen_q, s.head_dim, s.heads_q,
-                                s.batch),
-        bwd::make_tma_k<Traits>(static_cast<const Element*>(params.k), s.seqlen_k, s.head_dim, s.heads_kv, s.batch),
-        bwd::make_tma_v<Traits>(static_cast<const Element*>(params.v), s.seqlen_k, s.head_dim, s.heads_kv, s.batch),
+    const BwdMainParams<Traits> mp{
+        make_tma_q<Traits>(static_cast<const Element*>(params.q), s.seqlen_q, s.head_dim, s.heads_q, s.batch),
+        make_tma_q<Traits>(static_cast<const Element*>(params.dout), s.seqlen_q, s.head_dim, s.heads_q, s.batch),
+        make_tma_k<Traits>(static_cast<const Element*>(params.k), s.seqlen_k, s.head_dim, s.heads_kv, s.batch),
+        make_tma_v<Traits>(static_cast<const Element*>(params.v), s.seqlen_k, s.head_dim, s.heads_kv, s.batch),
         WindowMask::make(s, prob.mask),
         s.batch,
         s.seqlen_q,
@@ -95,8 +81,8 @@ cudaError_t run_bwd_sm90(const BwdParams& params, cudaStream_t stream) {
         params.dv,
         params.deterministic};
 
-    auto kernel = bwd::bwd_main_kernel<Traits, kMasked>;
-    constexpr int kSmem = bwd::bwd_main_smem_bytes<Traits>();
+    auto kernel = bwd_main_kernel<Traits, kMasked>;
+    constexpr int kSmem = bwd_main_smem_bytes<Traits>();
     if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem)) return e;
     const dim3 grid((s.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, s.heads_kv, s.batch);
     kernel<<<grid, Traits::kThreads, kSmem, stream>>>(mp);
@@ -106,13 +92,47 @@ cudaError_t run_bwd_sm90(const BwdParams& params, cudaStream_t stream) {
   // 4. dq.
   {
     const int64_t chunks = int64_t(s.batch) * s.seqlen_q * s.heads_q * (s.head_dim / 8);
-    const unsigned blocks = unsigned((chunks + bwd::kConvertThreads - 1) / bwd::kConvertThreads);
-    bwd::bwd_convert_dq_kernel<Element, kHeadDim><<<blocks, bwd::kConvertThreads, 0, stream>>>(
+    const unsigned blocks = unsigned((chunks + kConvertThreads - 1) / kConvertThreads);
+    bwd_convert_dq_kernel<Element, kHeadDim, kBlockM><<<blocks, kConvertThreads, 0, stream>>>(
         dq_accum, static_cast<Element*>(params.dq), s.seqlen_q, s.heads_q, s.head_dim, ws.rows,
         prob.softmax_scale, chunks);
     if (cudaError_t e = cudaGetLastError()) return e;
   }
   return cudaSuccess;
+}
+
+}  // namespace bwd
+
+template <class Element, int kHeadDim, bool kMasked>
+cudaError_t run_bwd_sm90(const BwdParams& params, cudaStream_t stream) {
+  const AttnProblem& prob = params.problem;
+  const AttnShape& s = prob.shape;
+  if (s.head_dim <= 0 || s.head_dim > kHeadDim || s.head_dim % 8 != 0 || s.heads_kv <= 0 ||
+      s.heads_q % s.heads_kv != 0) {
+    return cudaErrorInvalidValue;
+  }
+  const size_t q_bytes = size_t(s.batch) * s.seqlen_q * s.heads_q * s.head_dim * sizeof(Element);
+  const size_t k_bytes = size_t(s.batch) * s.seqlen_k * s.heads_kv * s.head_dim * sizeof(Element);
+  if (s.batch == 0 || s.seqlen_q == 0 || s.seqlen_k == 0 || s.heads_q == 0) {
+    // Nothing attends: every gradient is zero.
+    if (q_bytes) { if (cudaError_t e = cudaMemsetAsync(params.dq, 0, q_bytes, stream)) return e; }
+    if (k_bytes) {
+      if (cudaError_t e = cudaMemsetAsync(params.dk, 0, k_bytes, stream)) return e;
+      if (cudaError_t e = cudaMemsetAsync(params.dv, 0, k_bytes, stream)) return e;
+    }
+    return cudaSuccess;
+  }
+
+  // The deterministic mode's query block may differ (BwdTile): the one
+  // runtime choice of the backward made here rather than in dispatch.cu,
+  // since it exists only where a head dim's two block sizes differ.
+  using Tile = BwdTile<kHeadDim>;
+  if constexpr (Tile::kBlockMDeterministic != Tile::kBlockM) {
+    if (params.deterministic) {
+      return bwd::run_bwd_pipeline<Element, kHeadDim, Tile::kBlockMDeterministic, kMasked>(params, stream);
+    }
+  }
+  return bwd::run_bwd_pipeline<Element, kHeadDim, Tile::kBlockM, kMasked>(params, stream);
 }
 
 }  // namespace jax_fa3

@@ -11,7 +11,6 @@
 #include <cstdint>
 
 #include "jax_fa3/bwd/workspace_bwd.h"
-#include "jax_fa3/tile_config.h"
 
 namespace jax_fa3::bwd {
 
@@ -20,7 +19,7 @@ constexpr int kConvertThreads = 256;
 // One thread per 8 output elements: 2 x 16-byte loads (one 32-byte chunk
 // row of the tile), 1 x 16-byte store, consecutive threads on consecutive
 // columns then heads (coalesced stores).
-template <class Element, int kHeadDim>
+template <class Element, int kHeadDim, int kBlockM>
 __global__ void __launch_bounds__(kConvertThreads)
 bwd_convert_dq_kernel(const float* __restrict__ dq_accum, Element* __restrict__ dq, int seqlen_q, int heads_q,
                       int head_dim, int64_t rows, float scale, int64_t chunks) {
@@ -33,7 +32,6 @@ bwd_convert_dq_kernel(const float* __restrict__ dq_accum, Element* __restrict__ 
   t /= heads_q;
   const int64_t i = t % seqlen_q;
   const int64_t b = t / seqlen_q;
-  constexpr int kBlockM = BwdTile<kHeadDim>::kBlockM;
   const int r = int(i % kBlockM);
   const float* src = dq_accum + ((b * heads_q + h) * rows + (i - r)) * kHeadDim +
                      BwdWorkspace::dq_tile_offset(kBlockM, r, c * 8);

@@ -26,12 +26,12 @@ using namespace cute;
 // read K-major by one wgmma and MN-major by another (Q is the K-major B of
 // S = K Q^T and the MN-major B of dK = dS^T Q), so each buffer has a K-major
 // atom view and an MN-major atom view of one layout.
-template <class Element_, int kHeadDim_>
+template <class Element_, int kHeadDim_, int kBlockM_>
 struct BwdTraits {
   using Element = Element_;
   using Tile = BwdTile<kHeadDim_>;
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kBlockM = Tile::kBlockM;
+  static constexpr int kBlockM = kBlockM_;  // BwdTile's kBlockM or kBlockMDeterministic
   static constexpr int kBlockN = Tile::kBlockN;
   static constexpr int kStages = Tile::kStages;
   static constexpr int kWarpgroups = Tile::kConsumerWarpgroups;  // MMA warpgroups
@@ -63,8 +63,8 @@ struct BwdTraits {
   static constexpr int kSdPCols = kBlockM / kDSplit;
   static constexpr bool kPdSInSmem = kDSplit > 1;
   // S and dP of 64 x 128 (kBlockM = 128) take 128 of the 240 registers: with
-  // softcap, tanh's temporaries do not fit beside them, so dP is issued only
-  // once P is computed (bwd_mma).
+  // softcap, tanh's temporaries do not fit beside them (12-52 bytes of
+  // spills), so dP is issued only once P is computed (bwd_mma).
   static constexpr bool kSoftcapDPAfterP = kSdPCols > 64;
   static_assert(kBlockM % 64 == 0, "the dQ wgmma tiles kBlockM by its M = 64");
   static_assert(kBlockN % 64 == 0 && kWarpgroups % kKeySplit == 0, "bad BwdTile row");
