@@ -2,9 +2,11 @@
 // float64 CPU reference (forward and backward), determinism, timing.
 //
 //   bwd_check            full coverage list (exit code 1 on any failure)
-//   bwd_check small      one small causal GQA shape, both modes (for compute-sanitizer)
+//   bwd_check small      two small causal GQA shapes (d128; d64 with softcap), both modes
+//                        (for compute-sanitizer)
 //   bwd_check bench [S,S,..]  seqlens (default 16384) x BENCH_HDIMS (default 128), 16k tokens,
-//                        hidden 2048, bf16, causal and not, fast and deterministic
+//                        hidden 2048, bf16, causal and not, fast and deterministic; each
+//                        timing's dq spot-checked against float64 (PASS/FAIL on its line)
 //
 // The harness allocates its own workspace (bwd_workspace_bytes) and computes
 // out/lse with its own float64 forward, so it does not depend on the forward
