@@ -448,6 +448,7 @@ def prepare(rec: dict, mode: str, point: Point, inputs: Sequence[tuple], args: a
 
 
 def record_timing(rec: dict, mode: str, point: Point, timer: Timer, log: Callable[[str], None]) -> None:
+    """Stores a sampled timer's median/min time (and its calls per sample) in rec and logs its throughput."""
     timing = timer.timing()
     rec.update({f"{mode}_status": "ok", f"{mode}_ms": timing.median_ms, f"{mode}_ms_min": timing.min_ms,
                 f"{mode}_calls_per_sample": timing.calls_per_sample, f"{mode}_first_call_s": timing.first_call_s})

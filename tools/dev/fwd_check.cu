@@ -44,9 +44,9 @@ using jax_fa3::Dtype;
 namespace {
 
 // Returns cudaErrorNotSupported when the combination was not compiled into
-// this harness.
-// FWD_CHECK_FORCE_MASKED=1 runs every shape on the masked kernels (their
-// narrower key blocks, dynamic schedule), to time them on unmasked shapes.
+// this harness. FWD_CHECK_FORCE_MASKED=1 runs every shape on the masked
+// kernels (narrower key blocks, dynamic schedule), to time them on unmasked
+// shapes.
 cudaError_t launch(const jax_fa3::FwdParams& p, cudaStream_t stream) {
   static const bool force_masked = std::getenv("FWD_CHECK_FORCE_MASKED") != nullptr;
   const bool masked = force_masked || jax_fa3::mask_cuts(p.problem.shape, p.problem.mask);
