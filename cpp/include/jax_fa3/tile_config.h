@@ -24,27 +24,40 @@ template <bool kMasked> struct FwdTile<128, kMasked> { static constexpr int kBlo
 template <bool kMasked> struct FwdTile<192, kMasked> { static constexpr int kBlockM = 128, kBlockN = kMasked ? 96 : 112, kStages = 2, kConsumerWarpgroups = 2; static constexpr bool kPingPong = false; };
 template <bool kMasked> struct FwdTile<256, kMasked> { static constexpr int kBlockM = 128, kBlockN = kMasked ? 64 : 80, kStages = 2, kConsumerWarpgroups = 2; static constexpr bool kPingPong = false; };
 
-// Backward: one CTA per kBlockN keys, walking the queries kBlockM at a time.
-// Each consumer warpgroup owns 64 keys x (kHeadDim / (kConsumerWarpgroups /
-// (kBlockN / 64))) columns of dK/dV: with kBlockN = 128 the two warpgroups split
-// the keys; with kBlockN = 64 they split head_dim (dK/dV of 64 x 256 would not
-// fit one warpgroup's registers). kBlockM is a multiple of 64 (the dQ wgmma's
-// M). kBlockMDeterministic is the deterministic mode's: there every step of a
-// CTA waits for its turn on a dQ tile, so fewer, larger steps pay. At head
-// dim 64, 128-query blocks ran the deterministic mode 1-10% faster but the
-// fast mode 4-9% slower than 64 (benchmarks/notes.md, 2026-12-02).
-// Head dim 256 has one stage: two would need 270 KB of shared memory.
+// Backward: one CTA per kBlockN keys, walking the queries. Each consumer
+// warpgroup owns 64 keys x (kHeadDim / (kConsumerWarpgroups / (kBlockN / 64)))
+// columns of dK/dV: with kBlockN = 128 the two warpgroups split the keys; with
+// kBlockN = 64 they split head_dim (dK/dV of 64 x 256 would not fit one
+// warpgroup's registers).
+//
+// How a CTA walks the queries differs by mode (BwdWalk): Fast and
+// Deterministic. kBlockM queries per step (a multiple of 64, the dQ wgmma's M),
+// a kStages-deep Q/dO ring, and where each step's dQ part goes:
+//   kDQFromRegs: the MMA warpgroups add it into the fp32 accumulator straight
+//     from their registers (red.global.add.v2.f32; fast mode only);
+//   otherwise: through an fp32 smem tile that a writer warp bulk-reduces
+//     (the deterministic mode enforces its order there).
+// The deterministic mode waits for its turn on every dQ tile, so fewer,
+// larger steps pay: at head dim 64, 128-query blocks ran it 1-10% faster but
+// the fast mode 4-9% slower than 64 (benchmarks/notes.md, 2026-12-02).
+// Head dim 256 keeps two Q/dO stages only without the 64 KB dQ tile (with it
+// they would need 288 KB of shared memory).
+template <int kBlockM_, int kStages_, bool kDQFromRegs_>
+struct BwdWalk {
+  static constexpr int kBlockM = kBlockM_, kStages = kStages_;
+  static constexpr bool kDQFromRegs = kDQFromRegs_;
+};
 template <int kHeadDim>
 struct BwdTile;
-template <> struct BwdTile<64>  { static constexpr int kBlockM = 64, kBlockMDeterministic = 128, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 2; };
-template <> struct BwdTile<96>  { static constexpr int kBlockM = 64, kBlockMDeterministic = 64, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 2; };
-template <> struct BwdTile<128> { static constexpr int kBlockM = 64, kBlockMDeterministic = 64, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 2; };
-template <> struct BwdTile<192> { static constexpr int kBlockM = 64, kBlockMDeterministic = 64, kBlockN = 64,  kStages = 2, kConsumerWarpgroups = 2; };
-template <> struct BwdTile<256> { static constexpr int kBlockM = 64, kBlockMDeterministic = 64, kBlockN = 64,  kStages = 1, kConsumerWarpgroups = 2; };
+template <> struct BwdTile<64>  { static constexpr int kBlockN = 128, kConsumerWarpgroups = 2; using Fast = BwdWalk<64, 2, false>; using Deterministic = BwdWalk<128, 2, false>; };
+template <> struct BwdTile<96>  { static constexpr int kBlockN = 128, kConsumerWarpgroups = 2; using Fast = BwdWalk<64, 2, false>; using Deterministic = Fast; };
+template <> struct BwdTile<128> { static constexpr int kBlockN = 128, kConsumerWarpgroups = 2; using Fast = BwdWalk<64, 2, false>; using Deterministic = Fast; };
+template <> struct BwdTile<192> { static constexpr int kBlockN = 64,  kConsumerWarpgroups = 2; using Fast = BwdWalk<64, 2, false>; using Deterministic = Fast; };
+template <> struct BwdTile<256> { static constexpr int kBlockN = 64,  kConsumerWarpgroups = 2; using Fast = BwdWalk<64, 2, true>;  using Deterministic = BwdWalk<64, 1, false>; };
 
 template <int kHeadDim>
 constexpr int bwd_block_m(bool deterministic) {
-  return deterministic ? BwdTile<kHeadDim>::kBlockMDeterministic : BwdTile<kHeadDim>::kBlockM;
+  return deterministic ? BwdTile<kHeadDim>::Deterministic::kBlockM : BwdTile<kHeadDim>::Fast::kBlockM;
 }
 
 }  // namespace jax_fa3

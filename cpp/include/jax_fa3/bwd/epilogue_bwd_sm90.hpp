@@ -110,14 +110,13 @@ struct DqHandoff {
   // for) only while its adds land. Each warpgroup syncs kdQEmpty + w once per
   // step; the writer arrives once up front and after every step but the
   // last, so no arrival is left pending.
-  template <class StepAt>
+  template <class Step, class Range>
   CUTE_DEVICE static void run(const BwdMainParams<Traits>& params, const float* smem_dq, int b, int n_block,
-                              int total, StepAt step_at) {
+                              int total, Step step, Range range) {
     auto release = [](int w) { cutlass::arch::NamedBarrier::arrive(kThreads, barrier_id(BwdNamedBarrier::kdQEmpty) + w); };
     auto wait_full = [](int w) { cutlass::arch::NamedBarrier::sync(kThreads, barrier_id(BwdNamedBarrier::kdQFull) + w); };
     for (int w = 0; w < kParts; ++w) release(w);
-    for (int t = 0; t < total; ++t) {
-      const auto step = step_at(t);
+    for (int t = 0; t < total; ++t, step.advance(range)) {
       const auto reducer = DqReducer<Traits>::at(params, b, step.hq, step.m);
       const bool leader = cute::elect_one_sync();
       const bool more = t + 1 < total;

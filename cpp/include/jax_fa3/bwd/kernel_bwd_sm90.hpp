@@ -2,7 +2,8 @@
 // batch). It loops over the query heads of its GQA group itself, so dK/dV of
 // the whole group accumulate in registers and leave the SM once, with no
 // cross-CTA reduction; dQ is the only cross-CTA sum (fp32, workspace).
-// Warp-specialised: a producer warpgroup (TMA loads; dQ reduce-adds) and
+// Warp-specialised: a producer warpgroup (TMA loads; dQ reduce-adds, or the
+// MMA warpgroups add dQ from registers: Traits::kDQFromRegs) and
 // kWarpgroups MMA warpgroups, synchronised through mbarriers (the Q/dO
 // ring) and named barriers (dS exchange, dQ hand-off).
 #pragma once
@@ -74,17 +75,17 @@ bwd_main_kernel(const __grid_constant__ BwdMainParams<Traits> params) {
 
   const int warpgroup = cutlass::canonical_warp_group_idx();
   if (warpgroup == 0) {
-    // Producer warpgroup: warp 0 loads, warp 1 writes dQ, warps 2-3 exit.
+    // Producer warpgroup: warp 0 loads, warp 1 writes dQ (unless the MMA
+    // warpgroups add it themselves, kDQFromRegs), warps 2-3 exit.
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     const int warp = cutlass::canonical_warp_idx_sync();
     const BwdQueryRange range = walk();
     const int total = range.num_m * group;
     if (total > 0) {
       if (warp == 0) {
-        if (cute::elect_one_sync()) bwd_load<Traits>(params, ss, n_block, hkv, b, range, total);
-      } else if (warp == 1) {
-        DqHandoff<Traits>::run(params, ss.dq.data(), b, n_block, total,
-                               [&](int t) { return BwdStep::at(t, range, hkv, group); });
+        if (cute::elect_one_sync()) bwd_load<Traits>(params, ss, n_block, hkv, b, range);
+      } else if (warp == 1 && !Traits::kDQFromRegs) {
+        DqHandoff<Traits>::run(params, ss.dq.data(), b, n_block, total, BwdStep::first(range, hkv, group), range);
       }
     }
   } else {
@@ -98,7 +99,7 @@ bwd_main_kernel(const __grid_constant__ BwdMainParams<Traits> params) {
     clear(tdVrdV);
     const BwdQueryRange range = walk();
     const int total = range.num_m * group;
-    if (total > 0) bwd_mma<Traits, kMasked>(params, ss, n_block, range, total, mma_tid, tdKrdK, tdVrdV);
+    if (total > 0) bwd_mma<Traits, kMasked>(params, ss, n_block, hkv, b, range, total, mma_tid, tdKrdK, tdVrdV);
     // Keys that no query sees get zero dK/dV, written like any other.
     store_dkv<Traits>(params, tdKrdK, tdVrdV, n_block, hkv, b, mma_tid % 128, wg % Traits::kKeySplit,
                       wg / Traits::kKeySplit);

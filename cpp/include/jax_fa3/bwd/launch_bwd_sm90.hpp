@@ -9,6 +9,8 @@
 
 #include "jax_fa3/common/arch.h"
 
+#include <type_traits>
+
 #include <cuda_runtime_api.h>
 #include <cutlass/numeric_types.h>
 
@@ -23,10 +25,11 @@ namespace jax_fa3 {
 
 namespace bwd {
 
-// Steps 1-4 with kBlockM-query blocks; the problem is validated and not empty.
-template <class Element, int kHeadDim, int kBlockM, bool kMasked>
+// Steps 1-4 with one of BwdTile's walks; the problem is validated and not
+// empty.
+template <class Element, int kHeadDim, class Walk, bool kMasked>
 cudaError_t run_bwd_pipeline(const BwdParams& params, cudaStream_t stream) {
-  using Traits = BwdTraits<Element, kHeadDim, kBlockM>;
+  using Traits = BwdTraits<Element, kHeadDim, Walk>;
   const AttnProblem& prob = params.problem;
   const AttnShape& s = prob.shape;
   const BwdWorkspace ws = BwdWorkspace::make(s, params.deterministic, Traits::kBlockM, kHeadDim);
@@ -93,7 +96,7 @@ cudaError_t run_bwd_pipeline(const BwdParams& params, cudaStream_t stream) {
   {
     const int64_t chunks = int64_t(s.batch) * s.seqlen_q * s.heads_q * (s.head_dim / 8);
     const unsigned blocks = unsigned((chunks + kConvertThreads - 1) / kConvertThreads);
-    bwd_convert_dq_kernel<Element, kHeadDim, kBlockM><<<blocks, kConvertThreads, 0, stream>>>(
+    bwd_convert_dq_kernel<Element, kHeadDim, Traits::kBlockM><<<blocks, kConvertThreads, 0, stream>>>(
         dq_accum, static_cast<Element*>(params.dq), s.seqlen_q, s.heads_q, s.head_dim, ws.rows,
         prob.softmax_scale, chunks);
     if (cudaError_t e = cudaGetLastError()) return e;
@@ -123,16 +126,17 @@ cudaError_t run_bwd_sm90(const BwdParams& params, cudaStream_t stream) {
     return cudaSuccess;
   }
 
-  // The deterministic mode's query block may differ (BwdTile): the one
-  // runtime choice of the backward made here rather than in dispatch.cu,
-  // since it exists only where a head dim's two block sizes differ.
+  // The deterministic mode's walk may differ from the fast one (BwdTile):
+  // the one runtime choice of the backward made here rather than in
+  // dispatch.cu, since a second kernel exists only where the walks differ.
   using Tile = BwdTile<kHeadDim>;
-  if constexpr (Tile::kBlockMDeterministic != Tile::kBlockM) {
+  static_assert(!Tile::Deterministic::kDQFromRegs, "the deterministic order is kept by the dQ writer warp");
+  if constexpr (!std::is_same_v<typename Tile::Deterministic, typename Tile::Fast>) {
     if (params.deterministic) {
-      return bwd::run_bwd_pipeline<Element, kHeadDim, Tile::kBlockMDeterministic, kMasked>(params, stream);
+      return bwd::run_bwd_pipeline<Element, kHeadDim, typename Tile::Deterministic, kMasked>(params, stream);
     }
   }
-  return bwd::run_bwd_pipeline<Element, kHeadDim, Tile::kBlockM, kMasked>(params, stream);
+  return bwd::run_bwd_pipeline<Element, kHeadDim, typename Tile::Fast, kMasked>(params, stream);
 }
 
 }  // namespace jax_fa3

@@ -11,7 +11,8 @@
 //   (head dims 192/256: the two warpgroups split S/dP by query columns and
 //   dV/dK read P^T/dS^T from smem, SS)
 //   dS^T -> smem, then dQ[:, slice] = dS K[:, slice]   wgmma SS
-//   dQ part -> smem -> (writer warp) reduce-add into the fp32 accumulator.
+//   dQ part -> smem -> (writer warp) reduce-add into the fp32 accumulator,
+//   or (kDQFromRegs) red.global.add from the registers into it.
 #pragma once
 
 #include "jax_fa3/common/arch.h"
@@ -94,9 +95,11 @@ struct BwdLoader {
   }
 };
 
-// Step t of a CTA's walk: query head hq (of the kv head's group), query
+// A step of a CTA's walk: query head hq (of the kv head's group), query
 // block m. Producer, dQ writer and MMA warpgroups all walk the same sequence:
 // per query head, the blocks downwards from range.start_m, wrapping around.
+// Followed step by step (no divisions: the producer warpgroup runs on 24
+// registers).
 // Deterministic mode starts every CTA at the last block: under a causal mask
 // the CTAs in flight then work on the same query block at the same step, and
 // key block n, which adds its dQ part after key block n - 1, finds that add
@@ -108,9 +111,13 @@ struct BwdLoader {
 struct BwdStep {
   int hq;
   int m;
-  JAX_FA3_HOST_DEVICE static BwdStep at(int t, BwdQueryRange range, int hkv, int group) {
-    const int m = range.start_m - t % range.num_m;
-    return BwdStep{hkv * group + t / range.num_m, m < range.m_begin ? m + range.num_m : m};
+  JAX_FA3_HOST_DEVICE static BwdStep first(BwdQueryRange range, int hkv, int group) {
+    return BwdStep{hkv * group, range.start_m};
+  }
+  // Back at start_m: the walk has been through every block of this head.
+  JAX_FA3_HOST_DEVICE void advance(BwdQueryRange range) {
+    m = m == range.m_begin ? range.last_m() : m - 1;
+    hq += m == range.start_m;
   }
 };
 
@@ -118,15 +125,18 @@ struct BwdStep {
 // kStages ring, each stage refilled once every MMA thread has released it.
 template <class Traits>
 __device__ __forceinline__ void bwd_load(const BwdMainParams<Traits>& p, typename Traits::SharedStorage& ss,
-                                         int n_block, int hkv, int b, BwdQueryRange range, int total) {
+                                         int n_block, int hkv, int b, BwdQueryRange range) {
   constexpr int kStages = Traits::kStages;
   const int group = p.heads_q / p.heads_kv;
   BwdLoader<Traits>::load_kv(p, ss, n_block, hkv, b);
-  for (int t = 0; t < total; ++t) {
+  // Until the walk reaches the next kv head's first query head (no step
+  // count: a register fewer, which the 24 of the producer need).
+  BwdStep step = BwdStep::first(range, hkv, group);
+  const int hq_end = (hkv + 1) * group;
+  for (int t = 0; step.hq < hq_end; ++t, step.advance(range)) {
     const int stage = t % kStages;
     // Fresh barriers: waiting on parity 1 returns at once (first pass).
     wait_barrier(ss.empty_bar[stage], ((t / kStages) & 1) ^ 1);
-    const BwdStep step = BwdStep::at(t, range, hkv, group);
     BwdLoader<Traits>::load_step(p, ss, stage, step.hq, b, step.m);
   }
 }
@@ -138,11 +148,11 @@ __device__ __forceinline__ void bwd_load(const BwdMainParams<Traits>& p, typenam
 //   [registers: issue dV += P^T dO];  wait dP: dS;  dS^T [and P^T] -> smem
 //   (buffer t % 2);  kdSReady (every warpgroup's part is in smem);
 //   [smem: issue dV += P^T dO];  issue dQ = dS K, issue dK += dS^T Q;  wait dV,
-//   dQ;  dQ -> smem tile for the writer warp (under the dK GEMM);  wait dK;
-//   release the Q/dO stage.
+//   dQ;  dQ -> smem tile for the writer warp, or into the accumulator
+//   (kDQFromRegs), under the dK GEMM;  wait dK;  release the Q/dO stage.
 template <class Traits, bool kMasked, class Acc>
 __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename Traits::SharedStorage& ss,
-                                        int n_block, BwdQueryRange range, int total, int mma_tid,
+                                        int n_block, int hkv, int b, BwdQueryRange range, int total, int mma_tid,
                                         Acc& tdKrdK, Acc& tdVrdV) {
   using Element = typename Traits::Element;
   using BlockM = typename Traits::BlockM;
@@ -172,7 +182,8 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
   wait_barrier(ss.kv_bar, 0);
 
   // The query block walks down from start_m, wrapping around, once per query
-  // head of the group (BwdStep::at, without its division).
+  // head of the group (BwdStep, without the head: the step's head is needed
+  // only with kDQFromRegs, and then derived by a division).
   int m = range.start_m;
   for (int t = 0; t < total; ++t, m = m == range.m_begin ? range.last_m() : m - 1) {
     const int stage = t % kStages;
@@ -385,25 +396,35 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
       warpgroup_gemm</*kZeroInit=*/false, /*kARegs=*/true>(mma_dkv, tdKrdS, tdKrQ, tdKrdK);
     }
 
-    // dV and dQ retired (groups retire in order), dK still running: write
-    // the dQ tile under it.
+    // dV and dQ retired (groups retire in order), dK still running: send
+    // the dQ part under it. Element pairs (row, col), (row, col + 1) of the
+    // accumulator go to BwdWorkspace::dq_tile_offset, 64 bits each: a warp's
+    // instruction covers 8 rows of one 8-column chunk, 256 contiguous bytes.
     warpgroup_wait<1>();
-    Handoff::wait_empty(wg);
-    {
-      // Element pairs (row, col), (row, col + 1) of the accumulator, one
-      // 64-bit store each, at BwdWorkspace::dq_tile_offset.
-      uint32_t tid_now;
-      asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid_now));
-      Tensor cdQ = mma_dq.get_thread_slice(tid_now % 128).partition_C(make_identity_tensor(Shape<BlockM, Int<kDQSlice>>{}));
-      float* sdq = ss.dq.data();
+    uint32_t tid_now;
+    asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid_now));
+    Tensor cdQ = mma_dq.get_thread_slice(tid_now % 128).partition_C(make_identity_tensor(Shape<BlockM, Int<kDQSlice>>{}));
+    auto for_each_pair = [&](auto&& send) {
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < size(tdQrdQ); i += 2) {
-        const int offset = BwdWorkspace::dq_tile_offset(kBlockM, get<0>(cdQ(i)), wg * kDQSlice + get<1>(cdQ(i)));
-        *reinterpret_cast<float2*>(sdq + offset) = make_float2(tdQrdQ(i), tdQrdQ(i + 1));
+        send(BwdWorkspace::dq_tile_offset(kBlockM, get<0>(cdQ(i)), wg * kDQSlice + get<1>(cdQ(i))),
+             make_float2(tdQrdQ(i), tdQrdQ(i + 1)));
       }
+    };
+    if constexpr (Traits::kDQFromRegs) {
+      // Straight into the accumulator (fp32 adds at L2, red.global.add.v2.f32;
+      // the result is unused, so no atomic round trip). The fast walk's
+      // rotation keeps the CTAs in flight on different query blocks.
+      float* gdq = DqReducer<Traits>::at(p, b, hkv * (p.heads_q / p.heads_kv) + t / range.num_m, m).gdq;
+      for_each_pair([&](int offset, float2 v) { atomicAdd(reinterpret_cast<float2*>(gdq + offset), v); });
+    } else {
+      // Into this warpgroup's part of the smem tile, for the writer warp.
+      Handoff::wait_empty(wg);
+      float* sdq = ss.dq.data();
+      for_each_pair([&](int offset, float2 v) { *reinterpret_cast<float2*>(sdq + offset) = v; });
+      cutlass::arch::fence_view_async_shared();
+      Handoff::mark_full(wg);
     }
-    cutlass::arch::fence_view_async_shared();
-    Handoff::mark_full(wg);
 
     warpgroup_wait<0>();
     // Every GEMM reading this stage's Q/dO is done: hand it back.

@@ -26,17 +26,20 @@ using namespace cute;
 // read K-major by one wgmma and MN-major by another (Q is the K-major B of
 // S = K Q^T and the MN-major B of dK = dS^T Q), so each buffer has a K-major
 // atom view and an MN-major atom view of one layout.
-template <class Element_, int kHeadDim_, int kBlockM_>
+// Walk: BwdTile's Fast or Deterministic walk (tile_config.h).
+template <class Element_, int kHeadDim_, class Walk>
 struct BwdTraits {
   using Element = Element_;
   using Tile = BwdTile<kHeadDim_>;
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kBlockM = kBlockM_;  // BwdTile's kBlockM or kBlockMDeterministic
+  static constexpr int kBlockM = Walk::kBlockM;
   static constexpr int kBlockN = Tile::kBlockN;
-  static constexpr int kStages = Tile::kStages;
+  static constexpr int kStages = Walk::kStages;
+  static constexpr bool kDQFromRegs = Walk::kDQFromRegs;
   static constexpr int kWarpgroups = Tile::kConsumerWarpgroups;  // MMA warpgroups
   // Warp specialisation: warpgroup 0 is the producer (warp 0 issues the TMA
-  // loads, warp 1 sends the dQ tiles to the fp32 accumulator); warpgroups
+  // loads, warp 1 sends the dQ tiles to the fp32 accumulator unless
+  // kDQFromRegs); warpgroups
   // 1..kWarpgroups do the math. setmaxnreg gives the producer's registers to
   // them: the dK/dV accumulators, S/dP and their 16-bit copies live there.
   static constexpr int kMmaThreads = kWarpgroups * 128;
@@ -134,8 +137,9 @@ struct BwdTraits {
     cute::array_aligned<Element, kPdSInSmem ? cosize_v<SmemLayoutdS> : 8, 1024> p;
     // fp32 dQ tile of this step (BwdWorkspace::dq_tile_offset), one
     // contiguous kBlockM x kDQSlice part per MMA warpgroup: the bytes the
-    // writer's bulk reduce-adds send to the workspace accumulator.
-    cute::array_aligned<float, kBlockM * kHeadDim, 1024> dq;
+    // writer's bulk reduce-adds send to the workspace accumulator. Unused
+    // with kDQFromRegs.
+    cute::array_aligned<float, kDQFromRegs ? 4 : kBlockM * kHeadDim, kDQFromRegs ? 16 : 1024> dq;
     cute::array_aligned<float, kStages * kBlockM, 16> lse2;
     cute::array_aligned<float, kStages * kBlockM, 16> dpsum;
     // Q/dO/row-term ring: full (TMA transaction count) and empty (every MMA
