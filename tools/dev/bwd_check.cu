@@ -2,7 +2,7 @@
 // float64 CPU reference (forward and backward), determinism, timing.
 //
 //   bwd_check            full coverage list (exit code 1 on any failure)
-//   bwd_check small      two small causal GQA shapes (d128; d64 with softcap), both modes
+//   bwd_check small      three small causal GQA shapes (d128; d64 with softcap; d256), both modes
 //                        (for compute-sanitizer)
 //   bwd_check bench [S,S,..]  seqlens (default 16384) x BENCH_HDIMS (default 128), 16k tokens,
 //                        hidden 2048, bf16, causal and not, fast and deterministic; each
@@ -386,6 +386,7 @@ static int run_checks(bool small) {
   if (small) {
     cases.push_back({"small causal gqa2", bf, 1, 113, 113, 4, 2, 128, -1, 0, 0.f, false});
     cases.push_back({"small d64 causal softcap gqa2", bf, 1, 300, 300, 4, 2, 64, -1, 0, 30.f, false});
+    cases.push_back({"small d256 causal gqa2", bf, 1, 200, 200, 4, 2, 256, -1, 0, 0.f, false});
   } else {
     cases = {
         {"d64 full b2", bf, 2, 113, 113, 4, 4, 64, -1, -1, 0.f, false},

@@ -332,17 +332,21 @@ bool bench(Dtype dtype, int head_dim, int seqlen, bool causal) {
     CUDA_CHECK(cudaMemcpy(hl.data(), dlse, nlse * 4, cudaMemcpyDeviceToHost));
     for (int i = 0; i < 3; ++i) CUDA_CHECK(launch(p, 0));
     CUDA_CHECK(cudaDeviceSynchronize());
-    // Each sample: back-to-back launches filling >= ~2 ms, so launch gaps and
-    // event resolution stay out of the number.
+    // Each sample: back-to-back launches filling >= BENCH_SAMPLE_MS (default
+    // 2 ms), so launch gaps and event resolution stay out of the number;
+    // BENCH_SAMPLES (default 15) of them. Longer runs show sustained-load
+    // clocks (the library's benchmark samples for seconds).
+    static const float sample_ms = std::getenv("BENCH_SAMPLE_MS") ? std::atof(std::getenv("BENCH_SAMPLE_MS")) : 2.f;
+    static const int samples = std::getenv("BENCH_SAMPLES") ? std::atoi(std::getenv("BENCH_SAMPLES")) : 15;
     CUDA_CHECK(cudaEventRecord(e0));
     CUDA_CHECK(launch(p, 0));
     CUDA_CHECK(cudaEventRecord(e1));
     CUDA_CHECK(cudaEventSynchronize(e1));
     float once;
     CUDA_CHECK(cudaEventElapsedTime(&once, e0, e1));
-    const int reps = std::max(1, int(2.0f / std::max(once, 1e-3f)));
+    const int reps = std::max(1, int(sample_ms / std::max(once, 1e-3f)));
     std::vector<float> ms;
-    for (int i = 0; i < 15; ++i) {
+    for (int i = 0; i < std::max(samples, 1); ++i) {
       CUDA_CHECK(cudaEventRecord(e0));
       for (int r = 0; r < reps; ++r) CUDA_CHECK(launch(p, 0));
       CUDA_CHECK(cudaEventRecord(e1));

@@ -1,0 +1,92 @@
+"""Where the forward's time goes when JAX runs it (GPU machine, wheel installed).
+
+The harness (fwd_check) times the kernel at ~675 TFLOP/s (head dim 128, bf16,
+16k tokens) where the library's benchmark measured ~595 through JAX. This
+times the same call three ways and traces it:
+  1. the benchmark's Timer (20 ms samples), jax_fa3 and cuDNN in turns;
+  2. 300 back-to-back calls, one wait at the end;
+  3. the JAX profiler (CUPTI): each device activity of 5 calls, with the gaps.
+
+  python tools/dev/jax_gap.py [--head-dim 128] [--causal] [--trace-dir DIR]
+  python tools/dev/jax_gap.py --calls-only N   (N calls, for ncu)
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import gzip
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+
+import jax_fa3
+from jax_fa3.benchmark import Timer, time_interleaved
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--causal", action="store_true")
+    ap.add_argument("--trace-dir", default="/tmp/jax_gap_trace")
+    ap.add_argument("--calls-only", type=int, default=0)
+    args = ap.parse_args()
+    d = args.head_dim
+    shape = (1, 16384, 2048 // d, d)
+    q, k, v = (jax.random.normal(key, shape, jnp.bfloat16) for key in jax.random.split(jax.random.key(0), 3))
+    flops = 4.0 * shape[0] * shape[1] ** 2 * shape[2] * d / (2 if args.causal else 1)
+    ours = jax.jit(lambda q, k, v: jax_fa3.flash_attention(q, k, v, causal=args.causal))
+    cudnn = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=args.causal,
+                                                                 implementation="cudnn"))
+    if args.calls_only:
+        for _ in range(args.calls_only):
+            out = ours(q, k, v)
+        out.block_until_ready()
+        return
+
+    def tflops(ms):
+        return flops / (ms * 1e-3) / 1e12
+
+    timers = {name: Timer(lambda q, k, v, _, fn=fn: fn(q, k, v), [(q, k, v, None)], warmup=3, min_sample_ms=20)
+              for name, fn in (("jax_fa3", ours), ("cudnn", cudnn))}
+    time_interleaved(list(timers.values()), 10)
+    for name, t in timers.items():
+        print(f"timer    {name:8s} {t.timing().median_ms:.3f} ms  {tflops(t.timing().median_ms):.1f} TFLOP/s")
+    for name, fn in (("jax_fa3", ours), ("cudnn", cudnn)):
+        fn(q, k, v).block_until_ready()
+        start = time.perf_counter()
+        for _ in range(300):
+            out = fn(q, k, v)
+        out.block_until_ready()
+        ms = (time.perf_counter() - start) / 300 * 1e3
+        print(f"300calls {name:8s} {ms:.3f} ms  {tflops(ms):.1f} TFLOP/s")
+
+    jax.profiler.start_trace(args.trace_dir, create_perfetto_trace=True)
+    for _ in range(5):
+        out = ours(q, k, v)
+    out.block_until_ready()
+    jax.profiler.stop_trace()
+    files = sorted(glob.glob(os.path.join(args.trace_dir, "**", "perfetto_trace.json.gz"), recursive=True))
+    if not files:
+        print("no perfetto trace written")
+        return
+    with gzip.open(files[-1]) as f:
+        trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    names = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+    device = [e for e in events if e.get("ph") == "X" and "GPU" in names.get(e.get("pid"), "")]
+    device.sort(key=lambda e: float(e["ts"]))
+    print(f"{len(device)} device events (pids: {sorted(set(names.get(e['pid']) for e in device))})")
+    prev_end = None
+    for e in device:
+        ts, dur = float(e["ts"]), float(e.get("dur", 0))
+        gap = "" if prev_end is None else f"gap {ts - prev_end:9.1f} us"
+        print(f"  {dur:9.1f} us  {gap:16s} {e['name'][:100]}")
+        prev_end = max(prev_end or 0.0, ts + dur)
+
+
+if __name__ == "__main__":
+    main()
