@@ -7,7 +7,7 @@ times the same call three ways and traces it:
   2. 300 back-to-back calls, one wait at the end;
   3. the JAX profiler (CUPTI): each device activity of 5 calls, with the gaps.
 
-  python tools/dev/jax_gap.py [--head-dim 128] [--causal] [--trace-dir DIR]
+  python tools/dev/jax_gap.py [--head-dim 128] [--causal] [--inputs bf16|f32] [--trace-dir DIR]
   python tools/dev/jax_gap.py --calls-only N   (N calls, for ncu)
 """
 
@@ -33,10 +33,15 @@ def main() -> None:
     ap.add_argument("--causal", action="store_true")
     ap.add_argument("--trace-dir", default="/tmp/jax_gap_trace")
     ap.add_argument("--calls-only", type=int, default=0)
+    ap.add_argument("--inputs", choices=("bf16", "f32"), default="bf16",
+                    help="normals drawn in bfloat16 (the benchmark's: few distinct values) or in float32, then cast")
     args = ap.parse_args()
     d = args.head_dim
     shape = (1, 16384, 2048 // d, d)
-    q, k, v = (jax.random.normal(key, shape, jnp.bfloat16) for key in jax.random.split(jax.random.key(0), 3))
+    draw_dtype = jnp.bfloat16 if args.inputs == "bf16" else jnp.float32
+    q, k, v = (jax.random.normal(key, shape, draw_dtype).astype(jnp.bfloat16)
+               for key in jax.random.split(jax.random.key(0), 3))
+    print(f"inputs drawn in {args.inputs}: {len(jnp.unique(q[0, :, 0].ravel()))} distinct values in one head of q")
     flops = 4.0 * shape[0] * shape[1] ** 2 * shape[2] * d / (2 if args.causal else 1)
     ours = jax.jit(lambda q, k, v: jax_fa3.flash_attention(q, k, v, causal=args.causal))
     cudnn = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=args.causal,
