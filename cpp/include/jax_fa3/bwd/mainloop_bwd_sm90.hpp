@@ -144,7 +144,7 @@ __device__ __forceinline__ void bwd_load(const BwdMainParams<Traits>& p, typenam
 // The MMA warpgroups' walk. Per step, each warpgroup (keys ks, dK/dV column
 // slice dsl, S/dP query columns qs):
 //   issue S^T = K Q^T, issue dP^T = V dO^T;  wait S: P = exp2(...) under dP
-//   (kSoftcapDPAfterP with softcap: dP issued after P);
+//   (kDPAfterP: dP issued after P);
 //   [registers: issue dV += P^T dO];  wait dP: dS;  dS^T [and P^T] -> smem
 //   (buffer t % 2);  kdSReady (every warpgroup's part is in smem);
 //   [smem: issue dV += P^T dO];  issue dQ = dS K, issue dK += dS^T Q;  wait dV,
@@ -231,11 +231,9 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
     Tensor tdPrdP = partition_fragment_C(mma_sdp, Shape<_64, SdPCols>{});
     auto issue_dp = [&] { warpgroup_gemm<true, false>(mma_sdp, tdPrV, tdPrdO, tdPrdP); };
     warpgroup_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_sdp, tSrK, tSrQ, tSrS);
-    // P is computed under the dP GEMM, except with softcap where the
-    // registers are tight (kSoftcapDPAfterP): there the dP accumulators and
-    // tanh's temporaries would not fit together, so dP is issued after P.
-    const bool dp_after_p = Traits::kSoftcapDPAfterP && softcap;
-    if (!dp_after_p) issue_dp();
+    // P is computed under the dP GEMM, except where the registers are tight
+    // (kDPAfterP).
+    if constexpr (!Traits::kDPAfterP) issue_dp();
 
     // The mask test only on tiles that cross the end of the keys (zero-filled
     // K rows, whose P must not be exp2(-lse2): it can overflow) or, with
@@ -314,21 +312,20 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
         compute_p(softcap_tag, cute::false_type{});
       }
     };
-    if (softcap) {
-      if (dp_after_p) {
-        warpgroup_wait<0>();
-        compute_p_tile(cute::true_type{});
-        issue_dp();
-      } else {
-        warpgroup_wait<1>();
-        compute_p_tile(cute::true_type{});
-      }
+    // S done (dP still running unless kDPAfterP).
+    if constexpr (Traits::kDPAfterP) {
+      warpgroup_wait<0>();
     } else {
       warpgroup_wait<1>();
+    }
+    if (softcap) {
+      compute_p_tile(cute::true_type{});
+    } else {
       compute_p_tile(cute::false_type{});
       // Converted after the loop (packed cvt), so the loop holds one copy.
       convert_fragment_into(tSrS, rP);
     }
+    if constexpr (Traits::kDPAfterP) issue_dp();
     Tensor tdVrdO = thr_dkv.partition_fragment_B(
         local_tile(sdOt(_, _, stage), Shape<Int<kDSlice>, BlockM>{}, make_coord(dsl, _0{})));
     if constexpr (!kPdSInSmem) {

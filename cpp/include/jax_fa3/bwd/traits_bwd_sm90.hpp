@@ -67,8 +67,10 @@ struct BwdTraits {
   static constexpr bool kPdSInSmem = kDSplit > 1;
   // S and dP of 64 x 128 (kBlockM = 128) take 128 of the 240 registers: with
   // softcap, tanh's temporaries do not fit beside them (12-52 bytes of
-  // spills), so dP is issued only once P is computed (bwd_mma).
-  static constexpr bool kSoftcapDPAfterP = kSdPCols > 64;
+  // spills), so dP is issued only once P is computed (bwd_mma). On every
+  // tile, not only softcapped ones: a wgmma issued on one side of a runtime
+  // branch only made ptxas serialise all of the kernel's wgmmas (C7514).
+  static constexpr bool kDPAfterP = kSdPCols > 64;
   static_assert(kBlockM % 64 == 0, "the dQ wgmma tiles kBlockM by its M = 64");
   static_assert(kBlockN % 64 == 0 && kWarpgroups % kKeySplit == 0, "bad BwdTile row");
   static_assert(kHeadDim % kDSplit == 0 && kDSlice % 16 == 0, "bad BwdTile row");
