@@ -39,7 +39,9 @@ template <bool kMasked> struct FwdTile<256, kMasked> { static constexpr int kBlo
 //     (the deterministic mode enforces its order there).
 // The deterministic mode waits for its turn on every dQ tile, so fewer,
 // larger steps pay: at head dim 64, 128-query blocks ran it 1-10% faster but
-// the fast mode 4-9% slower than 64 (benchmarks/notes.md, 2026-12-02).
+// the fast mode 4-9% slower than 64 (benchmarks/notes.md, 2026-12-02). That
+// 128-query kernel has since lost a wgmma serialisation (+4-23%, 2026-12-03);
+// the fast mode's choice is still the old measurement's.
 // Head dim 256 keeps two Q/dO stages only without the 64 KB dQ tile (with it
 // they would need 288 KB of shared memory).
 template <int kBlockM_, int kStages_, bool kDQFromRegs_>

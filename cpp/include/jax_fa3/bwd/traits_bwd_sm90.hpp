@@ -39,9 +39,9 @@ struct BwdTraits {
   static constexpr int kWarpgroups = Tile::kConsumerWarpgroups;  // MMA warpgroups
   // Warp specialisation: warpgroup 0 is the producer (warp 0 issues the TMA
   // loads, warp 1 sends the dQ tiles to the fp32 accumulator unless
-  // kDQFromRegs); warpgroups
-  // 1..kWarpgroups do the math. setmaxnreg gives the producer's registers to
-  // them: the dK/dV accumulators, S/dP and their 16-bit copies live there.
+  // kDQFromRegs); warpgroups 1..kWarpgroups do the math. setmaxnreg gives the
+  // producer's registers to them: the dK/dV accumulators, S/dP and their
+  // 16-bit copies live there.
   static constexpr int kMmaThreads = kWarpgroups * 128;
   static constexpr int kThreads = kMmaThreads + 128;
   static constexpr int kProducerRegs = 24;
