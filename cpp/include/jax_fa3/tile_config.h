@@ -37,11 +37,9 @@ template <bool kMasked> struct FwdTile<256, kMasked> { static constexpr int kBlo
 //     from their registers (red.global.add.v2.f32; fast mode only);
 //   otherwise: through an fp32 smem tile that a writer warp bulk-reduces
 //     (the deterministic mode enforces its order there).
-// The deterministic mode waits for its turn on every dQ tile, so fewer,
-// larger steps pay: at head dim 64, 128-query blocks ran it 1-10% faster but
-// the fast mode 4-9% slower than 64 (benchmarks/notes.md, 2026-12-02). That
-// 128-query kernel has since lost a wgmma serialisation (+4-23%, 2026-12-03);
-// the fast mode's choice is still the old measurement's.
+// Head dim 64 walks 128 queries a step in both modes: against 64-query steps
+// the fast mode gained 3-12% at every grid point once the 128-query kernel had
+// lost its wgmma serialisation (benchmarks/results/2026-12-03b_h200_blocks.md).
 // Head dim 256 keeps two Q/dO stages only without the 64 KB dQ tile (with it
 // they would need 288 KB of shared memory).
 template <int kBlockM_, int kStages_, bool kDQFromRegs_>
@@ -51,7 +49,7 @@ struct BwdWalk {
 };
 template <int kHeadDim>
 struct BwdTile;
-template <> struct BwdTile<64>  { static constexpr int kBlockN = 128, kConsumerWarpgroups = 2; using Fast = BwdWalk<64, 2, false>; using Deterministic = BwdWalk<128, 2, false>; };
+template <> struct BwdTile<64>  { static constexpr int kBlockN = 128, kConsumerWarpgroups = 2; using Fast = BwdWalk<128, 2, false>; using Deterministic = Fast; };
 template <> struct BwdTile<96>  { static constexpr int kBlockN = 128, kConsumerWarpgroups = 2; using Fast = BwdWalk<64, 2, false>; using Deterministic = Fast; };
 template <> struct BwdTile<128> { static constexpr int kBlockN = 128, kConsumerWarpgroups = 2; using Fast = BwdWalk<64, 2, false>; using Deterministic = Fast; };
 template <> struct BwdTile<192> { static constexpr int kBlockN = 64,  kConsumerWarpgroups = 2; using Fast = BwdWalk<64, 2, false>; using Deterministic = Fast; };
