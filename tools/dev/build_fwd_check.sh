@@ -8,6 +8,8 @@
 #   SETS="bf16:64 fp16:128" tools/dev/build_fwd_check.sh   chosen (dtype:head_dim) pairs
 #   VARIANT=no_pingpong FLAGS=-DJAX_FA3_FWD_ABLATE_PINGPONG=1 tools/dev/build_fwd_check.sh
 #       an ablation build (kernel_traits_fwd_sm90.hpp) into build-dev/fwd-<variant>
+#   MASKS=true (or false): only the masked (unmasked) kernels; the harness
+#       skips the cases of kernels it lacks
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 OUT="$ROOT/build-dev/fwd${VARIANT:+-$VARIANT}"
@@ -33,7 +35,7 @@ for pair in $SETS; do
     fp16) elem="cutlass::half_t"; tag=kFloat16 ;;
     *) echo "bad dtype $dt" >&2; exit 1 ;;
   esac
-  for masked in false true; do
+  for masked in ${MASKS:-false true}; do
     name="fwd_${dt}_${hd}_${masked}"
     src="$OUT/inst/$name.cu"
     printf '#include "jax_fa3/fwd/launch_fwd_sm90.hpp"\ntemplate cudaError_t jax_fa3::run_fwd_sm90<%s, %s, %s>(const jax_fa3::FwdParams&, cudaStream_t);\n' \
