@@ -27,7 +27,7 @@ fi
 
 {
   date -u
-  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit,enforced.power.limit --format=csv
   python3 -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, jax.devices())"
   echo "revision: $(cat .revision 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   nvcc --version | tail -1
