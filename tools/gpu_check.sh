@@ -81,9 +81,10 @@ for step in $steps; do
       done
       ;;
     bench)
-      # SM clock and power every 500 ms while it runs (sustained-load clocks
-      # explain differences to shorter runs).
-      nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu --format=csv -lms 500 > "$OUT/bench_clocks.csv" &
+      # SM clock, power and throttle reasons every 500 ms while it runs: the
+      # kernels' speed follows the clock the power cap leaves (0x4 = software
+      # power cap; benchmarks/results/2026-12-03b_h200_fwd_gap.md).
+      nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active --format=csv -lms 500 > "$OUT/bench_clocks.csv" &
       smi=$!
       # From /tmp: in the checkout, the source folder would shadow the install.
       run_step bench env -C /tmp timeout -s INT "${BENCH_TIMEOUT:-540}" python3 -m jax_fa3.benchmark --markdown "$OUT/bench.md" --json "$OUT/bench.json" \
