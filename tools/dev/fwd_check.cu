@@ -153,6 +153,12 @@ void reference(const Case& c, const jax_fa3::AttnMask& mask, float scale, const 
   }
 }
 
+// A numeric environment switch of the bench, or `fallback` when unset.
+double env_number(const char* name, double fallback) {
+  const char* v = std::getenv(name);
+  return v ? std::atof(v) : fallback;
+}
+
 // The forward's scratch (the dynamic scheduler's tile counter): one buffer,
 // poisoned once with a large count, so a launch that did not clear it would
 // skip tiles and leave poisoned outputs.
@@ -311,7 +317,7 @@ bool bench(Dtype dtype, int head_dim, int seqlen, bool causal) {
   // BENCH_IN_OFFSET=bytes (a multiple of 16) moves Q, K and V off cudaMalloc's
   // 2 MB-aligned bases (a pool allocator's sub-buffers need not be; XLA's were,
   // at 16k: results/2026-12-03b_h200_fwd_gap.md).
-  static const size_t in_offset = std::getenv("BENCH_IN_OFFSET") ? std::atol(std::getenv("BENCH_IN_OFFSET")) / 16 * 16 : 0;
+  static const size_t in_offset = size_t(env_number("BENCH_IN_OFFSET", 0)) / 16 * 16;
   uint16_t* base[3];
   for (uint16_t** b : {&base[0], &base[1], &base[2]}) CUDA_CHECK(cudaMalloc(b, n * 2 + in_offset));
   dq = base[0] + in_offset / 2;
@@ -342,15 +348,15 @@ bool bench(Dtype dtype, int head_dim, int seqlen, bool causal) {
     // 2 ms), so launch gaps and event resolution stay out of the number;
     // BENCH_SAMPLES (default 15) of them. Longer runs show sustained-load
     // clocks (the library's benchmark samples for seconds).
-    static const float sample_ms = std::getenv("BENCH_SAMPLE_MS") ? std::atof(std::getenv("BENCH_SAMPLE_MS")) : 2.f;
-    static const int samples = std::getenv("BENCH_SAMPLES") ? std::atoi(std::getenv("BENCH_SAMPLES")) : 15;
+    static const float sample_ms = float(env_number("BENCH_SAMPLE_MS", 2));
+    static const int samples = int(env_number("BENCH_SAMPLES", 15));
     // The launch conditions JAX has and this loop otherwise lacks (to find
     // the forward's harness-vs-JAX gap): BENCH_OUT_BUFFERS=N writes each
     // launch's O and LSE to the next of N buffers (XLA hands every call fresh
     // ones); BENCH_STREAM=1 launches on a created non-blocking stream (XLA's)
     // instead of the legacy default stream.
-    static const int out_buffers = std::getenv("BENCH_OUT_BUFFERS") ? std::max(1, std::atoi(std::getenv("BENCH_OUT_BUFFERS"))) : 1;
-    static const bool own_stream = std::getenv("BENCH_STREAM") && std::atoi(std::getenv("BENCH_STREAM")) != 0;
+    static const int out_buffers = std::max(1, int(env_number("BENCH_OUT_BUFFERS", 1)));
+    static const bool own_stream = env_number("BENCH_STREAM", 0) != 0;
     cudaStream_t stream = nullptr;
     if (own_stream) CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     std::vector<jax_fa3::FwdParams> rotation(out_buffers, p);
