@@ -133,6 +133,29 @@ struct FwdMainloopSm90 {
   // end of the keys and the blocks cut by a causal diagonal come first.
   CUTE_DEVICE static int n_block_at(int iter, int n_max) { return n_max - 1 - iter; }
 
+  // The first block of a tile's walk (an iteration of n_block_at) that
+  // consumer warpgroup `warpgroup`'s 64 query rows can see; n_iters when they
+  // see none. The tile's block range covers all its rows, so in a tile taller
+  // than its key blocks (192 rows against 128 keys, or 128 against 64) the
+  // upper warpgroups are above the causal diagonal for the first blocks, and a
+  // warpgroup past seqlen_q sees no block: it skips those (no GEMMs, no
+  // softmax) instead of computing scores that are all masked.
+  CUTE_DEVICE static int first_live_block(Params const& params, int m_block, int warpgroup, int n_max,
+                                          int n_iters) {
+    WindowMask const& mask = params.mask;
+    const int row0 = m_block * kBlockM + 64 * warpgroup;
+    if (row0 >= mask.seqlen_q) return n_iters;
+    if constexpr (!kMasked) {
+      return 0;
+    } else {
+      const int row1 = row0 + 64 < mask.seqlen_q ? row0 + 64 : mask.seqlen_q;
+      const int key_end = mask.key_end(row1);
+      if (key_end <= mask.key_begin(row0)) return n_iters;
+      const int first = n_max - (key_end + kBlockN - 1) / kBlockN;
+      return first > 0 ? first : 0;
+    }
+  }
+
   // Position in a kStages-deep ring of buffers: which stage, and the parity of
   // its mbarriers on this pass over the ring. Producer and consumers count the
   // same blocks (across tiles, in a persistent CTA), so they agree on both.
@@ -273,9 +296,9 @@ struct FwdMainloopSm90 {
   // Consumer: accumulates the unnormalised O of this tile into tOrO (cleared by
   // the caller) and the softmax row statistics into `softmax`. `turns` orders
   // the GEMM issues of the consumer warpgroups (ping-pong); every call takes
-  // the same number of turns in every warpgroup. `prefetch(iter)` runs at
-  // the start of each block iter >= 1 (the loads of a build without warp
-  // specialization; nothing otherwise).
+  // the same number of turns in every warpgroup, whatever blocks it skips.
+  // `prefetch(iter)` runs at the start of each block iter >= 1 (the loads of a
+  // build without warp specialization; nothing otherwise).
   template <class SharedStorage, class FragO, class Softmax, class Turns, class Prefetch>
   CUTE_DEVICE static void mma(Params const& params, SharedStorage& ss, WorkTile const& tile, int n_min,
                               int n_max, int kv_count, int q_count, int thread_idx, FragO& tOrO, Softmax& softmax,
@@ -345,46 +368,79 @@ struct FwdMainloopSm90 {
     auto release_k = [&](int iter) { Barrier::arrive(&ss.empty_k[RingSlot{kv_count + iter}.stage()]); };
     auto release_v = [&](int iter) { Barrier::arrive(&ss.empty_v[RingSlot{kv_count + iter}.stage()]); };
 
+    // A block this warpgroup skips: its turns, and its K/V stages handed back
+    // once loaded (an earlier release would count toward the previous use of
+    // the stage while another warpgroup may still read it).
+    constexpr int kTurnsPerBlock = Traits::kIntraWarpgroupOverlap ? 1 : 2;
+    auto skip_block = [&](int iter) {
+      if (iter > 0) prefetch(iter);
+      for (int t = 0; t < kTurnsPerBlock; ++t) {
+        turns.wait_mine();
+        turns.pass();
+      }
+      const RingSlot slot{kv_count + iter};
+      Barrier::wait(&ss.full_k[slot.stage()], slot.phase());
+      release_k(iter);
+      Barrier::wait(&ss.full_v[slot.stage()], slot.phase());
+      release_v(iter);
+    };
+
     Barrier::wait(&ss.full_q, q_count & 1);
     const int n_iters = n_max - n_min;
+    // The warpgroup index read afresh (a warp-uniform shuffle) rather than
+    // derived from thread_idx: kept live across the tile loop it would be the
+    // one register the 3-warpgroup kernels spill.
+    const int warpgroup = cutlass::canonical_warp_group_idx() - Traits::kNumProducerThreads / cutlass::NumThreadsPerWarpGroup;
+    const int first = first_live_block(params, tile.m_block, warpgroup, n_max, n_iters);
+    for (int iter = 0; iter < first; ++iter) skip_block(iter);
     if constexpr (Traits::kIntraWarpgroupOverlap) {
-      // Block 0: S(0) alone.
-      turns.wait_mine();
-      issue_qk(0);
-      turns.pass();
-      warpgroup_wait<0>();
-      release_k(0);
-      softmax_step(0);
-      convert_fragment_into(tSrS, tOrP);
-      // Block j: S(j) and O += P(j-1) V(j-1) issued back to back; the softmax
-      // of S(j) runs while the second GEMM is still in flight. O is rescaled
-      // (by the max change the softmax of block j-1 saw) before that GEMM adds
-      // to it, under the first one.
-      for (int iter = 1; iter < n_iters; ++iter) {
-        prefetch(iter);
+      // Each branch waits for the wgmmas it issued (ptxas serialises every
+      // wgmma of a kernel when one is in flight across a branch's edge).
+      if (first < n_iters) {
+        // The first live block: S alone.
+        if (first > 0) prefetch(first);
         turns.wait_mine();
-        issue_qk(iter);
-        scale_rows(tOrO, o_scale);
-        issue_pv(iter - 1);
+        issue_qk(first);
         turns.pass();
-        warpgroup_wait<1>();
-        release_k(iter);
-        softmax_step(iter);
         warpgroup_wait<0>();
-        release_v(iter - 1);
+        release_k(first);
+        softmax_step(first);
         convert_fragment_into(tSrS, tOrP);
+        // Block j: S(j) and O += P(j-1) V(j-1) issued back to back; the softmax
+        // of S(j) runs while the second GEMM is still in flight. O is rescaled
+        // (by the max change the softmax of block j-1 saw) before that GEMM adds
+        // to it, under the first one.
+        for (int iter = first + 1; iter < n_iters; ++iter) {
+          prefetch(iter);
+          turns.wait_mine();
+          issue_qk(iter);
+          scale_rows(tOrO, o_scale);
+          issue_pv(iter - 1);
+          turns.pass();
+          warpgroup_wait<1>();
+          release_k(iter);
+          softmax_step(iter);
+          warpgroup_wait<0>();
+          release_v(iter - 1);
+          convert_fragment_into(tSrS, tOrP);
+        }
+        // Every read of Q is done: the producer may load the next tile's.
+        Barrier::arrive(&ss.empty_q);
+        turns.wait_mine();
+        scale_rows(tOrO, o_scale);
+        issue_pv(n_iters - 1);
+        turns.pass();
+        warpgroup_wait<0>();
+        release_v(n_iters - 1);
+      } else {
+        // Nothing live: the turn of the last PV, without it.
+        Barrier::arrive(&ss.empty_q);
+        turns.wait_mine();
+        turns.pass();
       }
-      // Every read of Q is done: the producer may load the next tile's.
-      Barrier::arrive(&ss.empty_q);
-      turns.wait_mine();
-      scale_rows(tOrO, o_scale);
-      issue_pv(n_iters - 1);
-      turns.pass();
-      warpgroup_wait<0>();
-      release_v(n_iters - 1);
     } else {
       // One GEMM at a time: S(j), its softmax, then O += P(j) V(j).
-      for (int iter = 0; iter < n_iters; ++iter) {
+      for (int iter = first; iter < n_iters; ++iter) {
         if (iter > 0) prefetch(iter);
         turns.wait_mine();
         issue_qk(iter);
@@ -401,6 +457,7 @@ struct FwdMainloopSm90 {
         warpgroup_wait<0>();
         release_v(iter);
       }
+      if (first == n_iters) Barrier::arrive(&ss.empty_q);
     }
   }
 };
