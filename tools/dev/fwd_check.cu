@@ -3,6 +3,7 @@
 // semantics (params.h), and times the kernel.
 //
 //   fwd_check all     every coverage case, then the timings
+//   fwd_check coverage  every coverage case (of the compiled kernels) only
 //   fwd_check small   a few small shapes (for compute-sanitizer)
 //   fwd_check bench   timings only (the FA3 paper grid; BENCH_* env vars narrow it)
 //   fwd_check bench16k  timings at seqlen 16k only
@@ -507,8 +508,8 @@ int main(int argc, char** argv) {
   std::printf("device: %s (sm_%d%d, %d SMs, %zu KB smem opt-in)\n", prop.name, prop.major, prop.minor,
               prop.multiProcessorCount, prop.sharedMemPerBlockOptin / 1024);
   int fails = 0, passes = 0, skips = 0;
-  if (mode == "all" || mode == "small") {
-    const auto cases = mode == "all" ? coverage() : small_cases();
+  if (mode == "all" || mode == "coverage" || mode == "small") {
+    const auto cases = mode == "small" ? small_cases() : coverage();
     uint64_t seed = 1;
     for (const auto& c : cases) {
       const int r = run_case(c, seed++);

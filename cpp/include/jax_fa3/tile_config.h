@@ -11,7 +11,11 @@ namespace jax_fa3 {
 // (named barriers), so one warpgroup's softmax runs under the other's GEMMs;
 // it pays where the softmax is a large share of an iteration (head dim <= 128).
 // kMasked rows serve causal/local windows: a narrower kBlockN wastes less work
-// on the blocks the diagonal cuts.
+// on the blocks the diagonal cuts. Not at head dim 256: by our count, with 64
+// keys the S = Q K^T wgmma (both operands read from shared memory by each
+// warpgroup) needs about the 128 bytes per cycle shared memory supplies, and
+// 80 keys ran 2-4% faster causal from 2k on, 2-3% slower at 512-1k
+// (benchmarks/results/2026-12-04_h200_fwd_rescale.md).
 //
 // Shared memory (Q + kStages x (K + V)) must fit 227 KB and the consumer
 // registers (O: kHeadDim/2, S: kBlockN/2, P: kBlockN/4 per thread) the
@@ -22,7 +26,7 @@ template <bool kMasked> struct FwdTile<64, kMasked>  { static constexpr int kBlo
 template <bool kMasked> struct FwdTile<96, kMasked>  { static constexpr int kBlockM = 128, kBlockN = kMasked ? 128 : 160, kStages = 2, kConsumerWarpgroups = 2; static constexpr bool kPingPong = true; };
 template <bool kMasked> struct FwdTile<128, kMasked> { static constexpr int kBlockM = 128, kBlockN = kMasked ? 128 : 176, kStages = 2, kConsumerWarpgroups = 2; static constexpr bool kPingPong = true; };
 template <bool kMasked> struct FwdTile<192, kMasked> { static constexpr int kBlockM = 128, kBlockN = kMasked ? 96 : 112, kStages = 2, kConsumerWarpgroups = 2; static constexpr bool kPingPong = false; };
-template <bool kMasked> struct FwdTile<256, kMasked> { static constexpr int kBlockM = 128, kBlockN = kMasked ? 64 : 80, kStages = 2, kConsumerWarpgroups = 2; static constexpr bool kPingPong = false; };
+template <bool kMasked> struct FwdTile<256, kMasked> { static constexpr int kBlockM = 128, kBlockN = 80, kStages = 2, kConsumerWarpgroups = 2; static constexpr bool kPingPong = false; };
 
 // Backward: one CTA per kBlockN keys, walking the queries. Each consumer
 // warpgroup owns 64 keys x (kHeadDim / (kConsumerWarpgroups / (kBlockN / 64)))

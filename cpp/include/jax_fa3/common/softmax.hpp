@@ -8,6 +8,15 @@
 // Scores are kept unscaled; the softmax scale is folded into the exponent as
 // exp2(s * scale*log2(e) - max * scale*log2(e)), one FFMA + one MUFU.EX2 per
 // element.
+//
+// update() reports whether any of a thread's rows got a new max: on most
+// blocks of a long row none did, and the caller's warp then skips rescaling
+// the output accumulator (head dim 256: 128 multiplies per thread and block)
+// by factors that are all 1. The max stays exact (the largest probability of
+// a row is exactly 1), so results are the same bits as with the multiplies:
+// letting the max lag (FlashAttention-4's lazy rescaling) skips more of them
+// but rounds that largest probability to 16 bits, which made a peaked
+// (softcapped) row's output one bf16 ulp worse than the dev harness allows.
 #pragma once
 
 #include "jax_fa3/common/arch.h"
@@ -50,12 +59,15 @@ struct OnlineSoftmax {
   }
 
   // Folds one block of scores, given as a (rows, cols) view, into the running
-  // state: replaces the scores by exp(s - new_max) in place and writes, per
-  // row, the factor the output accumulator must be multiplied by.
+  // state: replaces the scores by exp(s - row_max) in place and writes, per
+  // row, the factor the output accumulator must be multiplied by. Returns
+  // whether any of this thread's rows needs that: a new max on a row that had
+  // already seen keys (all other factors are 1, or 0 on a row still at 0).
   template <class TensorS>
-  CUTE_DEVICE void update(TensorS& s, float (&o_scale)[kRows]) {
+  CUTE_DEVICE bool update(TensorS& s, float (&o_scale)[kRows]) {
     using namespace cute;
     static_assert(decltype(size<0>(s))::value == kRows);
+    bool rescale = false;
     CUTLASS_PRAGMA_UNROLL
     for (int r = 0; r < kRows; ++r) {
       const float old_max = row_max[r];
@@ -74,11 +86,14 @@ struct OnlineSoftmax {
         s(r, c) = p;
         sum += p;
       }
-      // old_max = -inf gives factor 0 (nothing accumulated yet), fine as is.
+      // old_max = -inf gives factor 0 on a sum and an output row that are
+      // still 0: nothing to rescale.
       const float factor = m == -INFINITY ? 1.f : fast_exp2((old_max - m) * scale_log2);
       o_scale[r] = factor;
       row_sum[r] = row_sum[r] * factor + sum;
+      rescale = rescale || (m > old_max && old_max != -INFINITY);
     }
+    return rescale;
   }
 
   // Completes the row sums across the quad; returns per row the factor that

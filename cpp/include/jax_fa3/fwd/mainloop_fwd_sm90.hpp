@@ -324,6 +324,9 @@ struct FwdMainloopSm90 {
 
     // Softcap, mask and the online softmax of one block of scores; leaves
     // exp(S - max) in S and the factor O must be rescaled by in o_scale.
+    // Returns whether O needs that rescale: true for the whole warp if for
+    // one of its rows (a warp-uniform branch; most blocks need none, see
+    // OnlineSoftmax).
     auto softmax_step = [&](int iter) {
       if (capped) {
         CUTLASS_PRAGMA_UNROLL
@@ -338,7 +341,7 @@ struct FwdMainloopSm90 {
       }
       if (need_mask) { apply_mask(tSrS, tScS, mask, m0, n0); }
       Tensor scores = rowcol_view(tSrS);
-      softmax.update(scores, o_scale);
+      return __any_sync(0xffffffff, softmax.update(scores, o_scale)) != 0;
     };
     // Shared-memory operands are wgmma matrix descriptors (64-bit, one per K
     // slice and stage). They are rebuilt at each issue from a base address the
@@ -397,7 +400,7 @@ struct FwdMainloopSm90 {
       // Each branch waits for the wgmmas it issued (ptxas serialises every
       // wgmma of a kernel when one is in flight across a branch's edge).
       if (first < n_iters) {
-        // The first live block: S alone.
+        // The first live block: S alone (O is still 0: no rescale).
         if (first > 0) prefetch(first);
         turns.wait_mine();
         issue_qk(first);
@@ -407,27 +410,27 @@ struct FwdMainloopSm90 {
         softmax_step(first);
         convert_fragment_into(tSrS, tOrP);
         // Block j: S(j) and O += P(j-1) V(j-1) issued back to back; the softmax
-        // of S(j) runs while the second GEMM is still in flight. O is rescaled
-        // (by the max change the softmax of block j-1 saw) before that GEMM adds
-        // to it, under the first one.
+        // of S(j) runs while the second GEMM is still in flight. Once that GEMM
+        // is done, O is rescaled by the max change block j brought, before
+        // P(j) V(j) adds to it; with no wgmma in flight, so the branch that
+        // skips it costs no wgmma serialisation.
         for (int iter = first + 1; iter < n_iters; ++iter) {
           prefetch(iter);
           turns.wait_mine();
           issue_qk(iter);
-          scale_rows(tOrO, o_scale);
           issue_pv(iter - 1);
           turns.pass();
           warpgroup_wait<1>();
           release_k(iter);
-          softmax_step(iter);
+          const bool rescale = softmax_step(iter);
           warpgroup_wait<0>();
           release_v(iter - 1);
+          if (rescale) scale_rows(tOrO, o_scale);
           convert_fragment_into(tSrS, tOrP);
         }
         // Every read of Q is done: the producer may load the next tile's.
         Barrier::arrive(&ss.empty_q);
         turns.wait_mine();
-        scale_rows(tOrO, o_scale);
         issue_pv(n_iters - 1);
         turns.pass();
         warpgroup_wait<0>();
@@ -448,8 +451,7 @@ struct FwdMainloopSm90 {
         warpgroup_wait<0>();
         release_k(iter);
         if (iter == n_iters - 1) Barrier::arrive(&ss.empty_q);
-        softmax_step(iter);
-        scale_rows(tOrO, o_scale);
+        if (softmax_step(iter)) scale_rows(tOrO, o_scale);
         convert_fragment_into(tSrS, tOrP);
         turns.wait_mine();
         issue_pv(iter);
