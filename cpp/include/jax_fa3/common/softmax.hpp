@@ -10,7 +10,7 @@
 // element.
 //
 // update() reports whether any of a thread's rows got a new max: on most
-// blocks of a long row none did, and the caller's warp then skips rescaling
+// blocks of a long row none did, and a caller's warp can then skip rescaling
 // the output accumulator (head dim 256: 128 multiplies per thread and block)
 // by factors that are all 1. The max stays exact (the largest probability of
 // a row is exactly 1), so results are the same bits as with the multiplies:

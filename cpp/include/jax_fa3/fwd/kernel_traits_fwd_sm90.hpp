@@ -53,6 +53,12 @@ struct FwdKernelTraitsSm90 {
   // O += P(j-1) V(j-1) back to back and runs the softmax of block j while the
   // second GEMM is in flight (FwdMainloopSm90::mma).
   static constexpr bool kIntraWarpgroupOverlap = !JAX_FA3_FWD_ABLATE_OVERLAP;
+  // With ping-pong, O is rescaled on every block under the warpgroup's own
+  // S GEMM, where the multiplies cost nothing; without it (head dims 192/256,
+  // whose O is 96-128 registers a thread) only when a row of the warp got a
+  // new max, after the PV GEMM: head dim 256 without a mask gained 0-4% by
+  // it, head dims 64/128 lost 0-2% (benchmarks/results/2026-12-04_h200_fwd_rescale.md).
+  static constexpr bool kRescaleOnNewMaxOnly = !kPingPong;
   // Persistent grid (one CTA per SM looping over tiles): the next tile's loads
   // start under this tile's last GEMM and epilogue.
   static constexpr bool kPersistent = !JAX_FA3_FWD_ABLATE_PERSISTENT;

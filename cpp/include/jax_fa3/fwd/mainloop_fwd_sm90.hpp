@@ -324,9 +324,7 @@ struct FwdMainloopSm90 {
 
     // Softcap, mask and the online softmax of one block of scores; leaves
     // exp(S - max) in S and the factor O must be rescaled by in o_scale.
-    // Returns whether O needs that rescale: true for the whole warp if for
-    // one of its rows (a warp-uniform branch; most blocks need none, see
-    // OnlineSoftmax).
+    // Returns whether one of this thread's rows got a new max.
     auto softmax_step = [&](int iter) {
       if (capped) {
         CUTLASS_PRAGMA_UNROLL
@@ -341,7 +339,17 @@ struct FwdMainloopSm90 {
       }
       if (need_mask) { apply_mask(tSrS, tScS, mask, m0, n0); }
       Tensor scores = rowcol_view(tSrS);
-      return __any_sync(0xffffffff, softmax.update(scores, o_scale)) != 0;
+      return softmax.update(scores, o_scale);
+    };
+    // O *= o_scale: on every block, or (Traits::kRescaleOnNewMaxOnly) only
+    // when a row of the warp got a new max (a warp-uniform branch, taken
+    // where no wgmma is in flight).
+    auto rescale_o = [&](bool new_max) {
+      if constexpr (Traits::kRescaleOnNewMaxOnly) {
+        if (__any_sync(0xffffffff, new_max)) scale_rows(tOrO, o_scale);
+      } else {
+        scale_rows(tOrO, o_scale);
+      }
     };
     // Shared-memory operands are wgmma matrix descriptors (64-bit, one per K
     // slice and stage). They are rebuilt at each issue from a base address the
@@ -410,27 +418,29 @@ struct FwdMainloopSm90 {
         softmax_step(first);
         convert_fragment_into(tSrS, tOrP);
         // Block j: S(j) and O += P(j-1) V(j-1) issued back to back; the softmax
-        // of S(j) runs while the second GEMM is still in flight. Once that GEMM
-        // is done, O is rescaled by the max change block j brought, before
-        // P(j) V(j) adds to it; with no wgmma in flight, so the branch that
-        // skips it costs no wgmma serialisation.
+        // of S(j) runs while the second GEMM is still in flight. O is rescaled
+        // by the max change of block j-1 before that GEMM adds to it: either
+        // under the first GEMM, or (kRescaleOnNewMaxOnly) at the end of the
+        // previous step, once nothing is in flight.
         for (int iter = first + 1; iter < n_iters; ++iter) {
           prefetch(iter);
           turns.wait_mine();
           issue_qk(iter);
+          if constexpr (!Traits::kRescaleOnNewMaxOnly) rescale_o(true);
           issue_pv(iter - 1);
           turns.pass();
           warpgroup_wait<1>();
           release_k(iter);
-          const bool rescale = softmax_step(iter);
+          const bool new_max = softmax_step(iter);
           warpgroup_wait<0>();
           release_v(iter - 1);
-          if (rescale) scale_rows(tOrO, o_scale);
+          if constexpr (Traits::kRescaleOnNewMaxOnly) rescale_o(new_max);
           convert_fragment_into(tSrS, tOrP);
         }
         // Every read of Q is done: the producer may load the next tile's.
         Barrier::arrive(&ss.empty_q);
         turns.wait_mine();
+        if constexpr (!Traits::kRescaleOnNewMaxOnly) rescale_o(true);
         issue_pv(n_iters - 1);
         turns.pass();
         warpgroup_wait<0>();
@@ -451,7 +461,7 @@ struct FwdMainloopSm90 {
         warpgroup_wait<0>();
         release_k(iter);
         if (iter == n_iters - 1) Barrier::arrive(&ss.empty_q);
-        if (softmax_step(iter)) scale_rows(tOrO, o_scale);
+        rescale_o(softmax_step(iter));
         convert_fragment_into(tSrS, tOrP);
         turns.wait_mine();
         issue_pv(iter);
