@@ -18,6 +18,7 @@
 
 #include "jax_fa3/common/mask.h"
 #include "jax_fa3/fwd/tile_scheduler_fwd_sm90.hpp"
+#include "jax_fa3/tile_config.h"
 
 using namespace jax_fa3;
 
@@ -52,7 +53,8 @@ void check_schedule(int seqlen, int heads, int batch, int group, int head_dim, b
   const AttnMask m{seqlen * 2, causal ? 0 : seqlen * 2};
   const WindowMask mask = WindowMask::make(shape, m);
   const long kv_bytes = 2L * seqlen * head_dim * 2;
-  const FwdTileOrder order = FwdTileOrder::make(seqlen, heads, batch, block_m, group, kv_bytes, l2_bytes);
+  const FwdTileOrder order = FwdTileOrder::make(seqlen, heads, batch, block_m, group, kv_bytes, l2_bytes,
+                                                /*longest_first=*/causal);
   std::vector<int> seen(order.num_tiles, 0);
   for (int t = 0; t < order.num_tiles; ++t) {
     const FwdWorkTile w = order.tile(t);
@@ -87,10 +89,16 @@ void check_schedule(int seqlen, int heads, int batch, int group, int head_dim, b
       *next += key_blocks(mask, causal, order.tile(t).m_block, block_m, block_n) + 1;
     }
     const long dynamic_end = *std::max_element(busy.begin(), busy.end());
-    std::printf("schedule s%-5d h%-2d b%-2d d%-3d %-6s tile %dx%d, %d tiles on %d CTAs, %d (b,h) per L2 chunk: "
+    char order_name[48];
+    if (order.longest_first) {
+      std::snprintf(order_name, sizeof(order_name), "%d (b,h) per L2 chunk", order.heads_per_chunk);
+    } else {
+      std::snprintf(order_name, sizeof(order_name), "head by head");
+    }
+    std::printf("schedule s%-5d h%-2d b%-2d d%-3d %-6s tile %dx%d, %d tiles on %d CTAs, %s: "
                 "max/mean work per CTA: static snake %.3f, dynamic %.3f\n",
                 seqlen, heads, batch, head_dim, causal ? "causal" : "full", block_m, block_n, order.num_tiles, ctas,
-                order.heads_per_chunk, most / mean, dynamic_end / mean);
+                order_name, most / mean, dynamic_end / mean);
   }
 }
 
@@ -120,14 +128,19 @@ int main() {
     }
   }
   check_schedule(100000, 2, 1, 1, 128, true, 128, 128, 132, kL2, false);
-  // The paper grid: 16k tokens, hidden 2048, H100's 132 SMs (tile_config.h rows).
+  // The paper grid: 16k tokens, hidden 2048, H100's 132 SMs, tile_config.h's tiles.
+  using jax_fa3::FwdTile;
   for (int s : {512, 1024, 2048, 4096, 8192, 16384}) {
-    check_schedule(s, 16, 16384 / s, 1, 128, false, 128, 176, 132, kL2, true);
-    check_schedule(s, 16, 16384 / s, 1, 128, true, 128, 128, 132, kL2, true);
+    check_schedule(s, 16, 16384 / s, 1, 128, false, FwdTile<128, false>::kBlockM, FwdTile<128, false>::kBlockN, 132,
+                   kL2, true);
+    check_schedule(s, 16, 16384 / s, 1, 128, true, FwdTile<128, true>::kBlockM, FwdTile<128, true>::kBlockN, 132,
+                   kL2, true);
   }
   for (int s : {1024, 16384}) {
-    check_schedule(s, 32, 16384 / s, 1, 64, true, 192, 128, 132, kL2, true);
-    check_schedule(s, 8, 16384 / s, 1, 256, true, 128, 64, 132, kL2, true);
+    check_schedule(s, 32, 16384 / s, 1, 64, true, FwdTile<64, true>::kBlockM, FwdTile<64, true>::kBlockN, 132, kL2,
+                   true);
+    check_schedule(s, 8, 16384 / s, 1, 256, true, FwdTile<256, true>::kBlockM, FwdTile<256, true>::kBlockN, 132,
+                   kL2, true);
   }
   const int unbounded = 1 << 20;
   for (int sq : {1, 7, 40}) {

@@ -46,7 +46,8 @@ struct FwdKernelSm90 {
     AttnShape const& s = p.problem.shape;
     const int64_t kv_bytes_per_head = 2 * int64_t(s.seqlen_k) * s.head_dim * int64_t(sizeof(typename Traits::Element));
     const FwdTileOrder order = FwdTileOrder::make(s.seqlen_q, s.heads_q, s.batch, Traits::kBlockM,
-                                                  s.heads_q / s.heads_kv, kv_bytes_per_head, l2_bytes);
+                                                  s.heads_q / s.heads_kv, kv_bytes_per_head, l2_bytes,
+                                                  /*longest_first=*/Traits::kMasked);
     return Params{Mainloop::to_params(p), Epilogue::to_params(p), Scheduler::to_params(order, p.workspace)};
   }
 
