@@ -54,7 +54,7 @@ void check_schedule(int seqlen, int heads, int batch, int group, int head_dim, b
   const WindowMask mask = WindowMask::make(shape, m);
   const long kv_bytes = 2L * seqlen * head_dim * 2;
   const FwdTileOrder order = FwdTileOrder::make(seqlen, heads, batch, block_m, group, kv_bytes, l2_bytes,
-                                                /*longest_first=*/causal);
+                                                /*longest_first=*/causal || seqlen % block_m != 0);
   std::vector<int> seen(order.num_tiles, 0);
   for (int t = 0; t < order.num_tiles; ++t) {
     const FwdWorkTile w = order.tile(t);

@@ -2,12 +2,14 @@
 //
 // The tiles are numbered once, in the order the GPU should work through them
 // (FwdTileOrder). GQA heads sharing K/V are adjacent in both orders.
-//   * Without a mask, head by head: a (batch, head)'s query blocks are
+//   * Without a mask and with equal tiles (seqlen_q a multiple of the tile
+//     height), head by head: a (batch, head)'s query blocks are
 //     consecutive, so the CTAs running at any moment walk the K/V of a few
 //     heads in lockstep and each K/V block comes from HBM about once. (Query
 //     blocks of many heads at a time, as below, made head dim 128 at 2k read
-//     about 2.5x the minimum from HBM under Nsight Compute's cold L2.)
-//   * Under a mask, longest first, L2 permitting: (batch, head) pairs are
+//     560 MB from HBM where Q, K and V are 201 MB, under Nsight Compute's
+//     cold L2.)
+//   * Otherwise longest first, L2 permitting: (batch, head) pairs are
 //     taken in chunks whose K/V fit in half the L2 cache, and inside a chunk
 //     query blocks from the last to the first (under a causal mask the last
 //     query rows see the most keys), so the long tiles do not finish last
