@@ -54,7 +54,7 @@ void check_schedule(int seqlen, int heads, int batch, int group, int head_dim, b
   const WindowMask mask = WindowMask::make(shape, m);
   const long kv_bytes = 2L * seqlen * head_dim * 2;
   const FwdTileOrder order = FwdTileOrder::make(seqlen, heads, batch, block_m, group, kv_bytes, l2_bytes,
-                                                /*longest_first=*/causal || seqlen % block_m != 0);
+                                                /*masked=*/causal);
   std::vector<int> seen(order.num_tiles, 0);
   for (int t = 0; t < order.num_tiles; ++t) {
     const FwdWorkTile w = order.tile(t);
@@ -129,7 +129,6 @@ int main() {
   }
   check_schedule(100000, 2, 1, 1, 128, true, 128, 128, 132, kL2, false);
   // The paper grid: 16k tokens, hidden 2048, H100's 132 SMs, tile_config.h's tiles.
-  using jax_fa3::FwdTile;
   for (int s : {512, 1024, 2048, 4096, 8192, 16384}) {
     check_schedule(s, 16, 16384 / s, 1, 128, false, FwdTile<128, false>::kBlockM, FwdTile<128, false>::kBlockN, 132,
                    kL2, true);

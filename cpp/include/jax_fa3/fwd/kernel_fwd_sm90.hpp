@@ -42,18 +42,12 @@ struct FwdKernelSm90 {
     typename Scheduler::Params scheduler;
   };
 
-  // Head by head only where the tiles are equal: a partial last query block
-  // per head (head dim 64's 192 rows at 512-1k) put the short tiles on a fixed
-  // set of CTAs of the static snake, and head dim 64 without a mask lost 7% at
-  // 512-1k in the benchmark (2026-12-04_h200_bench.md against 2026-12-03c).
-  static bool longest_first(int seqlen_q) { return Traits::kMasked || seqlen_q % Traits::kBlockM != 0; }
-
   static Params to_params(FwdParams const& p, int64_t l2_bytes) {
     AttnShape const& s = p.problem.shape;
     const int64_t kv_bytes_per_head = 2 * int64_t(s.seqlen_k) * s.head_dim * int64_t(sizeof(typename Traits::Element));
     const FwdTileOrder order = FwdTileOrder::make(s.seqlen_q, s.heads_q, s.batch, Traits::kBlockM,
                                                   s.heads_q / s.heads_kv, kv_bytes_per_head, l2_bytes,
-                                                  longest_first(s.seqlen_q));
+                                                  Traits::kMasked);
     return Params{Mainloop::to_params(p), Epilogue::to_params(p), Scheduler::to_params(order, p.workspace)};
   }
 

@@ -57,9 +57,9 @@ struct FwdTileOrder {
   bool longest_first;
 
   // `kv_bytes_per_head`: K + V bytes of one (batch, kv head); `group`: query
-  // heads per kv head.
+  // heads per kv head; `masked`: a causal/local kernel (unequal tiles).
   static FwdTileOrder make(int seqlen_q, int heads, int batch, int block_m, int group, int64_t kv_bytes_per_head,
-                           int64_t l2_bytes, bool longest_first) {
+                           int64_t l2_bytes, bool masked) {
     FwdTileOrder o{};
     o.num_m_blocks = (seqlen_q + block_m - 1) / block_m;
     o.heads = heads;
@@ -69,7 +69,12 @@ struct FwdTileOrder {
     const int64_t pairs = int64_t(heads) * batch;
     o.heads_per_chunk = static_cast<int>(per_chunk < pairs ? per_chunk : pairs);
     o.num_tiles = static_cast<int>(int64_t(o.num_m_blocks) * heads * batch);
-    o.longest_first = longest_first;
+    // Head by head only where the tiles are equal: with a partial last query
+    // block per head (head dim 64's 192 rows at 512-1k) it put the short tiles
+    // on a fixed set of CTAs of the static snake, and head dim 64 without a
+    // mask lost 7% at 512-1k in the benchmark (2026-12-04_h200_bench.md
+    // against 2026-12-03c).
+    o.longest_first = masked || seqlen_q % block_m != 0;
     return o;
   }
 
