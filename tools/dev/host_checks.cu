@@ -89,16 +89,10 @@ void check_schedule(int seqlen, int heads, int batch, int group, int head_dim, b
       *next += key_blocks(mask, causal, order.tile(t).m_block, block_m, block_n) + 1;
     }
     const long dynamic_end = *std::max_element(busy.begin(), busy.end());
-    char order_name[48];
-    if (order.longest_first) {
-      std::snprintf(order_name, sizeof(order_name), "%d (b,h) per L2 chunk", order.heads_per_chunk);
-    } else {
-      std::snprintf(order_name, sizeof(order_name), "head by head");
-    }
-    std::printf("schedule s%-5d h%-2d b%-2d d%-3d %-6s tile %dx%d, %d tiles on %d CTAs, %s: "
+    std::printf("schedule s%-5d h%-2d b%-2d d%-3d %-6s tile %dx%d, %d tiles on %d CTAs, %d (b,h) per chunk: "
                 "max/mean work per CTA: static snake %.3f, dynamic %.3f\n",
                 seqlen, heads, batch, head_dim, causal ? "causal" : "full", block_m, block_n, order.num_tiles, ctas,
-                order_name, most / mean, dynamic_end / mean);
+                order.heads_per_chunk, most / mean, dynamic_end / mean);
   }
 }
 

@@ -426,7 +426,7 @@ struct FwdMainloopSm90 {
           prefetch(iter);
           turns.wait_mine();
           issue_qk(iter);
-          if constexpr (!Traits::kRescaleOnNewMaxOnly) rescale_o(true);
+          if constexpr (!Traits::kRescaleOnNewMaxOnly) scale_rows(tOrO, o_scale);
           issue_pv(iter - 1);
           turns.pass();
           warpgroup_wait<1>();
@@ -440,7 +440,7 @@ struct FwdMainloopSm90 {
         // Every read of Q is done: the producer may load the next tile's.
         Barrier::arrive(&ss.empty_q);
         turns.wait_mine();
-        if constexpr (!Traits::kRescaleOnNewMaxOnly) rescale_o(true);
+        if constexpr (!Traits::kRescaleOnNewMaxOnly) scale_rows(tOrO, o_scale);
         issue_pv(n_iters - 1);
         turns.pass();
         warpgroup_wait<0>();

@@ -1,19 +1,17 @@
 // Which (query block, head, batch) tiles a CTA computes, and in what order.
 //
 // The tiles are numbered once, in the order the GPU should work through them
-// (FwdTileOrder). GQA heads sharing K/V are adjacent in both orders.
+// (FwdTileOrder): (batch, head) pairs in chunks, GQA heads sharing K/V
+// adjacent; inside a chunk query blocks from the last to the first (under a
+// causal mask the last query rows see the most keys), pairs fastest, so the
+// long tiles do not finish last alone.
 //   * Without a mask and with equal tiles (seqlen_q a multiple of the tile
-//     height), head by head: a (batch, head)'s query blocks are
-//     consecutive, so the CTAs running at any moment walk the K/V of a few
-//     heads in lockstep and each K/V block comes from HBM about once. (Query
-//     blocks of many heads at a time, as below, made head dim 128 at 2k read
+//     height), chunks of one pair: head by head, so the CTAs running at any
+//     moment walk the K/V of a few heads in lockstep and each K/V block comes
+//     from HBM about once. (Chunks of many heads made head dim 128 at 2k read
 //     560 MB from HBM where Q, K and V are 201 MB, under Nsight Compute's
 //     cold L2.)
-//   * Otherwise longest first, L2 permitting: (batch, head) pairs are
-//     taken in chunks whose K/V fit in half the L2 cache, and inside a chunk
-//     query blocks from the last to the first (under a causal mask the last
-//     query rows see the most keys), so the long tiles do not finish last
-//     alone.
+//   * Otherwise chunks whose K/V fit in half the L2 cache.
 //
 // Schedulers hand that sequence out to the CTAs. Both roles of a CTA walk it:
 // the producer through a Producer, the consumer warpgroups through a Consumer;
@@ -52,9 +50,8 @@ struct FwdTileOrder {
   int num_m_blocks;
   int heads;
   int batch;
-  int heads_per_chunk;  // longest first: (batch, head) pairs whose K/V share L2 at once
+  int heads_per_chunk;  // (batch, head) pairs whose tiles are interleaved
   int num_tiles;
-  bool longest_first;
 
   // `kv_bytes_per_head`: K + V bytes of one (batch, kv head); `group`: query
   // heads per kv head; `masked`: a causal/local kernel (unequal tiles).
@@ -67,22 +64,18 @@ struct FwdTileOrder {
     const int64_t kv_heads_in_l2 = kv_bytes_per_head > 0 ? (l2_bytes / 2) / kv_bytes_per_head : heads;
     const int64_t per_chunk = (kv_heads_in_l2 > 1 ? kv_heads_in_l2 : 1) * group;
     const int64_t pairs = int64_t(heads) * batch;
-    o.heads_per_chunk = static_cast<int>(per_chunk < pairs ? per_chunk : pairs);
-    o.num_tiles = static_cast<int>(int64_t(o.num_m_blocks) * heads * batch);
     // Head by head only where the tiles are equal: with a partial last query
     // block per head (head dim 64's 192 rows at 512-1k) it put the short tiles
     // on a fixed set of CTAs of the static snake, and head dim 64 without a
     // mask lost 7% at 512-1k in the benchmark (2026-12-04_h200_bench.md
     // against 2026-12-03c).
-    o.longest_first = masked || seqlen_q % block_m != 0;
+    const bool head_by_head = !masked && seqlen_q % block_m == 0;
+    o.heads_per_chunk = head_by_head ? 1 : static_cast<int>(per_chunk < pairs ? per_chunk : pairs);
+    o.num_tiles = static_cast<int>(int64_t(o.num_m_blocks) * heads * batch);
     return o;
   }
 
   JAX_FA3_HOST_DEVICE FwdWorkTile tile(int t) const {
-    if (!longest_first) {
-      const int pair = t / num_m_blocks;
-      return FwdWorkTile{num_m_blocks - 1 - (t - pair * num_m_blocks), pair % heads, pair / heads};
-    }
     const int chunk_tiles = num_m_blocks * heads_per_chunk;
     const int chunk = t / chunk_tiles;
     const int r = t - chunk * chunk_tiles;
