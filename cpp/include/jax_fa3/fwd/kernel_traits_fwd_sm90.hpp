@@ -59,6 +59,11 @@ struct FwdKernelTraitsSm90 {
   // new max, after the PV GEMM: head dim 256 without a mask gained 0-4% by
   // it, head dims 64/128 lost 0-2% (benchmarks/results/2026-12-04_h200_fwd_rescale.md).
   static constexpr bool kRescaleOnNewMaxOnly = !kPingPong;
+  // The softmax of block j under the warpgroup's own O += P(j-1) V(j-1)
+  // (FwdMainloopSm90::mma): without ping-pong, head dim 256 gained 1-4.5%
+  // by it; with ping-pong, where the other warpgroup's GEMMs already cover
+  // the softmax, head dims 64/128 lost 0-3% (benchmarks/results/2026-12-04b_h200_fwd_softmax.md).
+  static constexpr bool kSoftmaxUnderOwnPv = !kPingPong;
   // Persistent grid (one CTA per SM looping over tiles): the next tile's loads
   // start under this tile's last GEMM and epilogue.
   static constexpr bool kPersistent = !JAX_FA3_FWD_ABLATE_PERSISTENT;

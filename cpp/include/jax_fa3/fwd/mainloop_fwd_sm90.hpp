@@ -408,6 +408,20 @@ struct FwdMainloopSm90 {
       // Each branch waits for the wgmmas it issued (ptxas serialises every
       // wgmma of a kernel when one is in flight across a branch's edge).
       if (first < n_iters) {
+        // Block j: S(j) and O += P(j-1) V(j-1) issued back to back. After the
+        // softmax of S(j), finish_pv waits for that second GEMM, hands its V
+        // stage back, rescales O (kRescaleOnNewMaxOnly) and converts S(j) into
+        // P(j). Traits::kSoftmaxUnderOwnPv: finish_pv opens the next step, in
+        // another basic block, so the softmax runs while the warpgroup's own
+        // PV GEMM is in flight; at the end of the step ptxas hoists its wait
+        // (with the release after it) to the start of the softmax.
+        bool new_max = false;
+        auto finish_pv = [&](int iter) {
+          warpgroup_wait<0>();
+          if (iter > first) release_v(iter - 1);
+          if constexpr (Traits::kRescaleOnNewMaxOnly) rescale_o(new_max);
+          convert_fragment_into(tSrS, tOrP);
+        };
         // The first live block: S alone (O is still 0: no rescale).
         if (first > 0) prefetch(first);
         turns.wait_mine();
@@ -416,27 +430,23 @@ struct FwdMainloopSm90 {
         warpgroup_wait<0>();
         release_k(first);
         softmax_step(first);
-        convert_fragment_into(tSrS, tOrP);
-        // Block j: S(j) and O += P(j-1) V(j-1) issued back to back; the softmax
-        // of S(j) runs while the second GEMM is still in flight. O is rescaled
-        // by the max change of block j-1 before that GEMM adds to it: either
-        // under the first GEMM, or (kRescaleOnNewMaxOnly) at the end of the
-        // previous step, once nothing is in flight.
+        if constexpr (!Traits::kSoftmaxUnderOwnPv) finish_pv(first);
         for (int iter = first + 1; iter < n_iters; ++iter) {
           prefetch(iter);
+          if constexpr (Traits::kSoftmaxUnderOwnPv) finish_pv(iter - 1);
           turns.wait_mine();
           issue_qk(iter);
+          // O is rescaled by the max change of block j-1 before the PV GEMM
+          // adds to it: here under the S GEMM, or in finish_pv.
           if constexpr (!Traits::kRescaleOnNewMaxOnly) scale_rows(tOrO, o_scale);
           issue_pv(iter - 1);
           turns.pass();
           warpgroup_wait<1>();
           release_k(iter);
-          const bool new_max = softmax_step(iter);
-          warpgroup_wait<0>();
-          release_v(iter - 1);
-          if constexpr (Traits::kRescaleOnNewMaxOnly) rescale_o(new_max);
-          convert_fragment_into(tSrS, tOrP);
+          new_max = softmax_step(iter);
+          if constexpr (!Traits::kSoftmaxUnderOwnPv) finish_pv(iter);
         }
+        if constexpr (Traits::kSoftmaxUnderOwnPv) finish_pv(n_iters - 1);
         // Every read of Q is done: the producer may load the next tile's.
         Barrier::arrive(&ss.empty_q);
         turns.wait_mine();
