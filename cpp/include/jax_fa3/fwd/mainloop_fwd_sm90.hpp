@@ -416,9 +416,9 @@ struct FwdMainloopSm90 {
         // PV GEMM is in flight; at the end of the step ptxas hoists its wait
         // (with the release after it) to the start of the softmax.
         bool new_max = false;
-        auto finish_pv = [&](int iter) {
+        auto finish_pv = [&](int block) {  // after the softmax of `block`
           warpgroup_wait<0>();
-          if (iter > first) release_v(iter - 1);
+          if (block > first) release_v(block - 1);
           if constexpr (Traits::kRescaleOnNewMaxOnly) rescale_o(new_max);
           convert_fragment_into(tSrS, tOrP);
         };
