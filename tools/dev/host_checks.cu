@@ -123,17 +123,17 @@ int main() {
   }
   check_schedule(100000, 2, 1, 1, 128, true, 128, 128, 132, kL2, false);
   // The paper grid: 16k tokens, hidden 2048, H100's 132 SMs, tile_config.h's tiles.
+  auto paper_point = [&](auto tile, int s, int head_dim, bool causal) {
+    using Tile = decltype(tile);
+    check_schedule(s, 2048 / head_dim, 16384 / s, 1, head_dim, causal, Tile::kBlockM, Tile::kBlockN, 132, kL2, true);
+  };
   for (int s : {512, 1024, 2048, 4096, 8192, 16384}) {
-    check_schedule(s, 16, 16384 / s, 1, 128, false, FwdTile<128, false>::kBlockM, FwdTile<128, false>::kBlockN, 132,
-                   kL2, true);
-    check_schedule(s, 16, 16384 / s, 1, 128, true, FwdTile<128, true>::kBlockM, FwdTile<128, true>::kBlockN, 132,
-                   kL2, true);
+    paper_point(FwdTile<128, false>{}, s, 128, false);
+    paper_point(FwdTile<128, true>{}, s, 128, true);
   }
   for (int s : {1024, 16384}) {
-    check_schedule(s, 32, 16384 / s, 1, 64, true, FwdTile<64, true>::kBlockM, FwdTile<64, true>::kBlockN, 132, kL2,
-                   true);
-    check_schedule(s, 8, 16384 / s, 1, 256, true, FwdTile<256, true>::kBlockM, FwdTile<256, true>::kBlockN, 132,
-                   kL2, true);
+    paper_point(FwdTile<64, true>{}, s, 64, true);
+    paper_point(FwdTile<256, true>{}, s, 256, true);
   }
   const int unbounded = 1 << 20;
   for (int sq : {1, 7, 40}) {

@@ -17,14 +17,13 @@ mkdir -p "$OUT"
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 sections=(--section SourceCounters --section WarpStateStats --section ComputeWorkloadAnalysis
           --section SpeedOfLight --section LaunchStats --section Occupancy)
-extra=(--metrics sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,sm__cycles_elapsed.avg)
 
 profile() {  # name, ncu filter args..., -- command...
   local name=$1; shift
   local filter=()
   while [[ $1 != -- ]]; do filter+=("$1"); shift; done
   shift
-  timeout -s KILL 300 ncu --clock-control none "${sections[@]}" "${extra[@]}" "${filter[@]}" \
+  timeout -s KILL 300 ncu --clock-control none "${sections[@]}" "${filter[@]}" \
     -o "$OUT/$name" "$@" > "$OUT/$name.run.log" 2>&1
   ncu -i "$OUT/$name.ncu-rep" --page source --csv --print-source sass > "$OUT/$name.csv" 2>&1
   ncu -i "$OUT/$name.ncu-rep" --page details > "$OUT/$name.details.txt" 2>&1
