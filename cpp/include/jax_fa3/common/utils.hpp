@@ -103,6 +103,64 @@ CUTE_DEVICE void convert_fragment_into(TensorSrc const& src, TensorDst& dst) {
       convert(*reinterpret_cast<cutlass::Array<From, kNumel> const*>(src.data()));
 }
 
+// x[u] of lane t of a quad -> x[t] of lane u (a 4x4 transpose over the
+// quad): an exchange over lane bit 1, then one over lane bit 0; each swaps the
+// two entries whose index differs from the lane's in that bit. (Selects, not
+// x[high ? 0 : 2]: a computed index would put x in local memory.)
+CUTE_DEVICE void quad_transpose(uint32_t (&x)[4], int lane_in_quad) {
+  bool high = lane_in_quad & 2;
+  uint32_t a = __shfl_xor_sync(0xffffffff, high ? x[0] : x[2], 2);
+  uint32_t b = __shfl_xor_sync(0xffffffff, high ? x[1] : x[3], 2);
+  x[0] = high ? a : x[0];
+  x[2] = high ? x[2] : a;
+  x[1] = high ? b : x[1];
+  x[3] = high ? x[3] : b;
+  high = lane_in_quad & 1;
+  a = __shfl_xor_sync(0xffffffff, high ? x[0] : x[1], 1);
+  b = __shfl_xor_sync(0xffffffff, high ? x[2] : x[3], 1);
+  x[0] = high ? a : x[0];
+  x[1] = high ? x[1] : a;
+  x[2] = high ? b : x[2];
+  x[3] = high ? x[3] : b;
+}
+
+// Hands a warpgroup's 64-row wgmma accumulator tile, times `scale` and
+// converted to Element, to store(row, col, chunk) as 16-byte chunks of 8
+// columns: row in {0, 1} (the thread's two rows, 8 apart), col the chunk's
+// first column in the tile. Per 8-column block the wgmma layout gives lane t of
+// a quad columns 2t, 2t+1 of each of its rows, so direct stores would be 4
+// bytes each, every warp instruction writing 8 rows x 16 bytes; a quad
+// transpose per 4 blocks gives lane t all 8 columns of block 4g + t: a quarter
+// of the store instructions, each writing 8 rows x 64 contiguous bytes (the
+// forward's epilogue went from ~4700 to ~1900 cycles a tile at head dim 128,
+// benchmarks/results/2026-12-04c_h200_fwd_epilogue.md).
+template <class Element, class Acc, class Store>
+CUTE_DEVICE void store_acc_16b(Acc const& acc, float scale, int lane_in_quad, Store&& store) {
+  using namespace cute;
+  static_assert(decltype(size<0, 0>(acc))::value == 2 && decltype(size<0, 1>(acc))::value == 2,
+                "expects an SM90 wgmma accumulator layout");
+  static_assert(decltype(size<1>(acc))::value == 1 && decltype(size<2>(acc))::value == 1,
+                "one 64-row wgmma tile per warpgroup");
+  constexpr int kBlocks = decltype(size<0, 2>(acc))::value;  // 8-column blocks
+  static_assert(kBlocks % 4 == 0, "tile width must be a multiple of 32 columns");
+  static_assert(sizeof(Element) == 2, "16-bit outputs");
+  CUTLASS_PRAGMA_UNROLL
+  for (int r = 0; r < 2; ++r) {
+    CUTLASS_PRAGMA_UNROLL
+    for (int g = 0; g < kBlocks / 4; ++g) {
+      uint32_t x[4];
+      CUTLASS_PRAGMA_UNROLL
+      for (int u = 0; u < 4; ++u) {
+        const Element lo = static_cast<Element>(acc(make_coord(make_coord(0, r, 4 * g + u), 0, 0)) * scale);
+        const Element hi = static_cast<Element>(acc(make_coord(make_coord(1, r, 4 * g + u), 0, 0)) * scale);
+        x[u] = uint32_t(lo.raw()) | (uint32_t(hi.raw()) << 16);
+      }
+      quad_transpose(x, lane_in_quad);
+      store(r, 8 * (4 * g + lane_in_quad), make_uint4(x[0], x[1], x[2], x[3]));
+    }
+  }
+}
+
 // Issue one warpgroup GEMM C (+)= A B as a batch of wgmma over the K slices and
 // commit it; the caller decides when to wait (warpgroup_wait<N>), which is what
 // lets later versions overlap the softmax with the next GEMM. kARegs: A is a

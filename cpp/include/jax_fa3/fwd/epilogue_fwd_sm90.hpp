@@ -52,21 +52,17 @@ struct FwdEpilogueSm90 {
     const int m0 = tile.m_block * kBlockM;
     Element* out = params.out + tile.batch * params.batch_stride + int64_t(tile.head) * params.head_dim;
 
-    // Accumulator elements 2i and 2i+1 are columns c, c+1 of one row (c even),
-    // so each pair is one 4-byte store; head_dim is a multiple of 8, so a pair
-    // is either fully inside head_dim or fully outside.
-    static_assert(decltype(size<0, 0>(tOrO))::value == 2);
-    CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < size(tOrO); i += 2) {
-      const int row = m0 + get<0>(tOcO(i));
-      const int col = get<1>(tOcO(i));
-      if (row < params.seqlen_q && col < params.head_dim) {
-        const Element lo = static_cast<Element>(tOrO(i));
-        const Element hi = static_cast<Element>(tOrO(i + 1));
-        const uint32_t packed = uint32_t(lo.raw()) | (uint32_t(hi.raw()) << 16);
-        *reinterpret_cast<uint32_t*>(out + row * params.row_stride + col) = packed;
+    // 16-byte chunks (store_acc_16b): head_dim is a multiple of 8 and XLA's
+    // buffers are 16-byte aligned, so a chunk is fully inside head_dim or
+    // fully outside.
+    const bool tile_inside = m0 + kBlockM <= params.seqlen_q && params.head_dim == kHeadDim;
+    int rows[2];
+    for (int r = 0; r < 2; ++r) rows[r] = m0 + get<0>(tOcO(make_coord(make_coord(0, r, 0), 0, 0)));
+    store_acc_16b<Element>(tOrO, 1.f, thread_idx % 4, [&](int r, int col, uint4 chunk) {
+      if (tile_inside || (rows[r] < params.seqlen_q && col < params.head_dim)) {
+        *reinterpret_cast<uint4*>(out + rows[r] * params.row_stride + col) = chunk;
       }
-    }
+    });
 
     // The 4 lanes of a quad hold the same rows; one of them writes the LSE.
     if (thread_idx % 4 == 0) {

@@ -375,8 +375,15 @@ struct FwdMainloopSm90 {
       Barrier::wait(&ss.full_v[slot.stage()], slot.phase());
       warpgroup_gemm</*kZeroInit=*/false, /*kARegs=*/true>(tiled_mma_pv, tOrP, tOrV(_, _, _, slot.stage()), tOrO);
     };
-    // Hands a stage back once the wgmmas reading it have been waited for.
-    auto release_k = [&](int iter) { Barrier::arrive(&ss.empty_k[RingSlot{kv_count + iter}.stage()]); };
+    const int n_iters = n_max - n_min;
+    // Hands a stage back once the wgmmas reading it have been waited for. The
+    // tile's last S GEMM is also the last read of Q: handing Q back there
+    // (rather than after that block's softmax) starts the next tile's Q load
+    // one softmax earlier.
+    auto release_k = [&](int iter) {
+      Barrier::arrive(&ss.empty_k[RingSlot{kv_count + iter}.stage()]);
+      if (iter == n_iters - 1) Barrier::arrive(&ss.empty_q);
+    };
     auto release_v = [&](int iter) { Barrier::arrive(&ss.empty_v[RingSlot{kv_count + iter}.stage()]); };
 
     // A block this warpgroup skips: its turns, and its K/V stages handed back
@@ -397,7 +404,6 @@ struct FwdMainloopSm90 {
     };
 
     Barrier::wait(&ss.full_q, q_count & 1);
-    const int n_iters = n_max - n_min;
     // The warpgroup index read afresh (a warp-uniform shuffle) rather than
     // derived from thread_idx: kept live across the tile loop it would be the
     // one register the 3-warpgroup kernels spill.
@@ -447,8 +453,6 @@ struct FwdMainloopSm90 {
           if constexpr (!Traits::kSoftmaxUnderOwnPv) finish_pv(iter);
         }
         if constexpr (Traits::kSoftmaxUnderOwnPv) finish_pv(n_iters - 1);
-        // Every read of Q is done: the producer may load the next tile's.
-        Barrier::arrive(&ss.empty_q);
         turns.wait_mine();
         if constexpr (!Traits::kRescaleOnNewMaxOnly) scale_rows(tOrO, o_scale);
         issue_pv(n_iters - 1);
@@ -457,7 +461,6 @@ struct FwdMainloopSm90 {
         release_v(n_iters - 1);
       } else {
         // Nothing live: the turn of the last PV, without it.
-        Barrier::arrive(&ss.empty_q);
         turns.wait_mine();
         turns.pass();
       }
@@ -470,7 +473,6 @@ struct FwdMainloopSm90 {
         turns.pass();
         warpgroup_wait<0>();
         release_k(iter);
-        if (iter == n_iters - 1) Barrier::arrive(&ss.empty_q);
         rescale_o(softmax_step(iter));
         convert_fragment_into(tSrS, tOrP);
         turns.wait_mine();
@@ -479,7 +481,6 @@ struct FwdMainloopSm90 {
         warpgroup_wait<0>();
         release_v(iter);
       }
-      if (first == n_iters) Barrier::arrive(&ss.empty_q);
     }
   }
 };
