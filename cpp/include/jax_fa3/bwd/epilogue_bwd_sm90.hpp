@@ -9,6 +9,7 @@
 #include <cutlass/cutlass.h>
 
 #include "jax_fa3/bwd/params_bwd_sm90.hpp"
+#include "jax_fa3/common/utils.hpp"
 
 namespace jax_fa3::bwd {
 
@@ -141,18 +142,10 @@ struct DqHandoff {
   }
 };
 
-template <class Element>
-__device__ __forceinline__ void store_pair(Element* ptr, float a, float b) {
-  Element v[2] = {Element(a), Element(b)};
-  uint32_t packed;
-  memcpy(&packed, v, sizeof(packed));
-  *reinterpret_cast<uint32_t*>(ptr) = packed;
-}
-
 // dK (times softmax_scale) and dV of this warpgroup's 64 keys x kDSlice
-// columns, straight from the accumulators; rows beyond seqlen_k and columns
-// beyond the real head_dim are not written. Accumulator elements 2i, 2i+1 are
-// adjacent columns of one row (wgmma C layout), hence the 4-byte stores.
+// columns, straight from the accumulators in 16-byte chunks (store_acc_16b);
+// rows beyond seqlen_k and chunks beyond the real head_dim (a multiple of 8)
+// are not written.
 template <class Traits, class Acc>
 __device__ __forceinline__ void store_dkv(const BwdMainParams<Traits>& params, const Acc& tdKrdK, const Acc& tdVrdV,
                                           int n_block, int hkv, int b, int wg_tid, int ks, int dsl) {
@@ -162,20 +155,25 @@ __device__ __forceinline__ void store_dkv(const BwdMainParams<Traits>& params, c
   auto thr_dkv = mma_dkv.get_thread_slice(wg_tid);
   Tensor tc = thr_dkv.partition_C(make_identity_tensor(Shape<_64, Int<Traits::kDSlice>>{}));
   static_assert(decltype(size(tc))::value == decltype(size(tdKrdK))::value, "layout mismatch");
-  Element* dk = static_cast<Element*>(params.dk);
-  Element* dv = static_cast<Element*>(params.dv);
   const int key0 = n_block * Traits::kBlockN + ks * 64;
   const int col0 = dsl * Traits::kDSlice;
+  int64_t row_offset[2];
+  bool row_inside[2];
   CUTLASS_PRAGMA_UNROLL
-  for (int i = 0; i < size(tdKrdK); i += 2) {
-    const int j = key0 + get<0>(tc(i));
-    const int d = col0 + get<1>(tc(i));
-    if (j < params.seqlen_k && d < params.head_dim) {
-      const int64_t off = ((int64_t(b) * params.seqlen_k + j) * params.heads_kv + hkv) * params.head_dim + d;
-      store_pair(dk + off, tdKrdK(i) * params.softmax_scale, tdKrdK(i + 1) * params.softmax_scale);
-      store_pair(dv + off, tdVrdV(i), tdVrdV(i + 1));
-    }
+  for (int r = 0; r < 2; ++r) {
+    const int j = key0 + get<0>(tc(make_coord(make_coord(0, r, 0), 0, 0)));
+    row_inside[r] = j < params.seqlen_k;
+    row_offset[r] = ((int64_t(b) * params.seqlen_k + j) * params.heads_kv + hkv) * params.head_dim + col0;
   }
+  auto store_to = [&](Element* out) {
+    return [&, out](int r, int col, uint4 chunk) {
+      if (row_inside[r] && col0 + col < params.head_dim) {
+        *reinterpret_cast<uint4*>(out + row_offset[r] + col) = chunk;
+      }
+    };
+  };
+  store_acc_16b<Element>(tdKrdK, params.softmax_scale, wg_tid % 4, store_to(static_cast<Element*>(params.dk)));
+  store_acc_16b<Element>(tdVrdV, 1.f, wg_tid % 4, store_to(static_cast<Element*>(params.dv)));
 }
 
 }  // namespace jax_fa3::bwd
