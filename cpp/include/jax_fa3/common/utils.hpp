@@ -133,7 +133,7 @@ CUTE_DEVICE void quad_transpose(uint32_t (&x)[4], int lane_in_quad) {
 // transpose per 4 blocks gives lane t all 8 columns of block 4g + t: a quarter
 // of the store instructions, each writing 8 rows x 64 contiguous bytes (the
 // forward's epilogue went from ~4700 to ~1900 cycles a tile at head dim 128,
-// benchmarks/results/2026-12-04c_h200_fwd_epilogue.md).
+// benchmarks/results/2026-12-04c_h200_epilogue_stores.md).
 template <class Element, class Acc, class Store>
 CUTE_DEVICE void store_acc_16b(Acc const& acc, float scale, int lane_in_quad, Store&& store) {
   using namespace cute;
