@@ -8,6 +8,10 @@
 #   SETS="bf16:64 fp16:128" tools/dev/build_fwd_check.sh   chosen (dtype:head_dim) pairs
 #   VARIANT=no_pingpong FLAGS=-DJAX_FA3_FWD_ABLATE_PINGPONG=1 tools/dev/build_fwd_check.sh
 #       an ablation build (kernel_traits_fwd_sm90.hpp) into build-dev/fwd-<variant>
+#   VARIANT=tl FLAGS=-DJAX_FA3_FWD_TIMELINE=1 SETS="bf16:128" tools/dev/build_fwd_check.sh
+#       clock stamps of CTA 0's consumer warps (timeline_fwd_sm90.hpp; not head
+#       dim 256, no shared memory left): run one bench point, then
+#       python3 tools/dev/fwd_timeline.py <its output>
 #   MASKS=true (or false): only the masked (unmasked) kernels; the harness
 #       skips the cases of kernels it lacks
 set -euo pipefail

@@ -84,6 +84,7 @@ struct FwdKernelSm90 {
         cutlass::arch::ClusterBarrier::init(&ss.empty_v[s], Traits::kNumConsumerThreads);
       }
       Scheduler::init(ss.scheduler, Traits::kNumConsumerThreads);
+      timeline_init(Traits::timeline(ss));
       // Make the initialised barriers visible to the async proxy (TMA).
       cutlass::arch::fence_barrier_init();
     }
@@ -126,6 +127,7 @@ struct FwdKernelSm90 {
     turns.start();
     int kv_count = 0, q_count = 0;
     auto compute_tile = [&](FwdWorkTile const& tile, int n_min, int n_max) {
+      timeline_stamp(Traits::timeline(ss), FwdEvent::kTileStart);
       typename Traits::TiledMmaPV tiled_mma_pv;
       Tensor tOrO = partition_fragment_C(tiled_mma_pv, select<0, 1>(typename Traits::TileShapePV{}));
       clear(tOrO);
@@ -156,14 +158,17 @@ struct FwdKernelSm90 {
       }
       // Rows that saw no key (empty range or fully masked) get scale 0, so
       // O = 0, and LSE = -inf.
+      timeline_stamp(Traits::timeline(ss), FwdEvent::kEpilogueStart);
       float o_scale[Traits::kRowsPerThread];
       float lse[Traits::kRowsPerThread];
       softmax.finalize(o_scale, lse);
       scale_rows(tOrO, o_scale);
       Epilogue::store(params.epilogue, tOrO, lse, tile, thread_idx);
+      timeline_stamp(Traits::timeline(ss), FwdEvent::kEpilogueEnd);
     };
     for_each_tile(params, Scheduler::consumer(params.scheduler, ss.scheduler), compute_tile);
     turns.finish();
+    timeline_flush(Traits::timeline(ss));
   }
 };
 

@@ -13,6 +13,7 @@
 
 #include "jax_fa3/common/utils.hpp"
 #include "jax_fa3/fwd/tile_scheduler_fwd_sm90.hpp"
+#include "jax_fa3/fwd/timeline_fwd_sm90.hpp"
 #include "jax_fa3/tile_config.h"
 
 namespace jax_fa3 {
@@ -158,9 +159,14 @@ struct FwdKernelTraitsSm90 {
     uint64_t empty_v[kStages];
     typename Scheduler::SharedStorage scheduler;
   };
+  // The dev timeline's stamps (timeline_fwd_sm90.hpp) sit right after the
+  // shared storage, and only in builds that record them.
+  using Timeline = FwdTimeline<kNumThreads / 32>;
+  CUTE_DEVICE static Timeline& timeline(SharedStorage& ss) { return *reinterpret_cast<Timeline*>(&ss + 1); }
   // + 1024: the dynamic shared memory window is only guaranteed 16-byte
   // alignment; the kernel rounds its base up to 1024.
-  static constexpr int kSmemBytes = int(sizeof(SharedStorage)) + 1024;
+  static constexpr int kSmemBytes =
+      int(sizeof(SharedStorage)) + (JAX_FA3_FWD_TIMELINE ? int(sizeof(Timeline)) : 0) + 1024;
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in H100 shared memory");
 };
 

@@ -57,6 +57,9 @@ cudaError_t run_fwd_sm90(const FwdParams& params, cudaStream_t stream) {
   if (err != cudaSuccess) return err;
   const dim3 grid = Kernel::Scheduler::grid(kernel_params.scheduler, device.multiprocessor_count);
   kernel<<<grid, Kernel::kNumThreads, Kernel::kSmemBytes, stream>>>(kernel_params);
+#if JAX_FA3_FWD_TIMELINE
+  fwd_timeline_print_kernel<<<1, 1, 0, stream>>>();
+#endif
   return cudaGetLastError();
 }
 

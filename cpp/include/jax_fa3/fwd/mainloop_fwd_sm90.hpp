@@ -404,6 +404,7 @@ struct FwdMainloopSm90 {
     };
 
     Barrier::wait(&ss.full_q, q_count & 1);
+    timeline_stamp(Traits::timeline(ss), FwdEvent::kQReady);
     // The warpgroup index read afresh (a warp-uniform shuffle) rather than
     // derived from thread_idx: kept live across the tile loop it would be the
     // one register the 3-warpgroup kernels spill.
@@ -431,32 +432,42 @@ struct FwdMainloopSm90 {
         // The first live block: S alone (O is still 0: no rescale).
         if (first > 0) prefetch(first);
         turns.wait_mine();
+        timeline_stamp(Traits::timeline(ss), FwdEvent::kTurn);
         issue_qk(first);
         turns.pass();
+        timeline_stamp(Traits::timeline(ss), FwdEvent::kIssued);
         warpgroup_wait<0>();
+        timeline_stamp(Traits::timeline(ss), FwdEvent::kSReady);
         release_k(first);
         softmax_step(first);
+        timeline_stamp(Traits::timeline(ss), FwdEvent::kSoftmaxDone);
         if constexpr (!Traits::kSoftmaxUnderOwnPv) finish_pv(first);
         for (int iter = first + 1; iter < n_iters; ++iter) {
           prefetch(iter);
           if constexpr (Traits::kSoftmaxUnderOwnPv) finish_pv(iter - 1);
           turns.wait_mine();
+          timeline_stamp(Traits::timeline(ss), FwdEvent::kTurn);
           issue_qk(iter);
           // O is rescaled by the max change of block j-1 before the PV GEMM
           // adds to it: here under the S GEMM, or in finish_pv.
           if constexpr (!Traits::kRescaleOnNewMaxOnly) scale_rows(tOrO, o_scale);
           issue_pv(iter - 1);
           turns.pass();
+          timeline_stamp(Traits::timeline(ss), FwdEvent::kIssued);
           warpgroup_wait<1>();
+          timeline_stamp(Traits::timeline(ss), FwdEvent::kSReady);
           release_k(iter);
           new_max = softmax_step(iter);
+          timeline_stamp(Traits::timeline(ss), FwdEvent::kSoftmaxDone);
           if constexpr (!Traits::kSoftmaxUnderOwnPv) finish_pv(iter);
         }
         if constexpr (Traits::kSoftmaxUnderOwnPv) finish_pv(n_iters - 1);
         turns.wait_mine();
+        timeline_stamp(Traits::timeline(ss), FwdEvent::kTurn);
         if constexpr (!Traits::kRescaleOnNewMaxOnly) scale_rows(tOrO, o_scale);
         issue_pv(n_iters - 1);
         turns.pass();
+        timeline_stamp(Traits::timeline(ss), FwdEvent::kIssued);
         warpgroup_wait<0>();
         release_v(n_iters - 1);
       } else {
