@@ -1,6 +1,9 @@
 // The only place where runtime choices (dtype x head-dim bucket x mask) become
 // template parameters. The instantiations live in generated files, one per
 // (family, dtype, head dim, mask), built only for the configured kernel set.
+#include <cstdint>
+#include <initializer_list>
+
 #include <cutlass/numeric_types.h>
 
 #include "jax_fa3/bwd/launch_bwd_sm90.h"
@@ -24,7 +27,18 @@ bool kernels_compiled(Dtype dtype, int head_dim) {
   return false;
 }
 
+// The kernels load Q, K, V (and dO, O) with TMA and write their outputs in
+// 16-byte stores, both of which need 16-byte aligned tensors (XLA's buffers
+// are); anything else is refused here instead of faulting in a kernel.
+static bool aligned_16(std::initializer_list<const void*> ptrs) {
+  for (const void* p : ptrs) {
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  }
+  return true;
+}
+
 cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream) {
+  if (!aligned_16({params.q, params.k, params.v, params.out})) return cudaErrorMisalignedAddress;
   const AttnProblem& p = params.problem;
   const bool masked = mask_cuts(p.shape, p.mask);
   const int bucket = head_dim_bucket(p.shape.head_dim);
@@ -38,6 +52,9 @@ cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream) {
 }
 
 cudaError_t run_bwd(const BwdParams& params, cudaStream_t stream) {
+  if (!aligned_16({params.q, params.k, params.v, params.out, params.dout, params.dq, params.dk, params.dv})) {
+    return cudaErrorMisalignedAddress;
+  }
   const AttnProblem& p = params.problem;
   const bool masked = mask_cuts(p.shape, p.mask);
   const int bucket = head_dim_bucket(p.shape.head_dim);
