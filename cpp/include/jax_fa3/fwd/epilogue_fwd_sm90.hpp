@@ -52,9 +52,9 @@ struct FwdEpilogueSm90 {
     const int m0 = tile.m_block * kBlockM;
     Element* out = params.out + tile.batch * params.batch_stride + int64_t(tile.head) * params.head_dim;
 
-    // 16-byte chunks (store_acc_16b): head_dim is a multiple of 8 and XLA's
-    // buffers are 16-byte aligned, so a chunk is fully inside head_dim or
-    // fully outside.
+    // 16-byte chunks (store_acc_16b): head_dim is a multiple of 8 and `out`
+    // 16-byte aligned (run_fwd refuses anything else), so a chunk is fully
+    // inside head_dim or fully outside.
     const bool tile_inside = m0 + kBlockM <= params.seqlen_q && params.head_dim == kHeadDim;
     int rows[2];
     for (int r = 0; r < 2; ++r) rows[r] = m0 + get<0>(tOcO(make_coord(make_coord(0, r, 0), 0, 0)));

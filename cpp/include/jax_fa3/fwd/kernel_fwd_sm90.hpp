@@ -126,8 +126,9 @@ struct FwdKernelSm90 {
     const Turns turns{consumer_wg};
     turns.start();
     int kv_count = 0, q_count = 0;
+    auto stamp = [&](FwdEvent event) { timeline_stamp(Traits::timeline(ss), event); };
     auto compute_tile = [&](FwdWorkTile const& tile, int n_min, int n_max) {
-      timeline_stamp(Traits::timeline(ss), FwdEvent::kTileStart);
+      stamp(FwdEvent::kTileStart);
       typename Traits::TiledMmaPV tiled_mma_pv;
       Tensor tOrO = partition_fragment_C(tiled_mma_pv, select<0, 1>(typename Traits::TileShapePV{}));
       clear(tOrO);
@@ -156,15 +157,15 @@ struct FwdKernelSm90 {
         kv_count += n_max - n_min;
         ++q_count;
       }
+      stamp(FwdEvent::kEpilogueStart);
       // Rows that saw no key (empty range or fully masked) get scale 0, so
       // O = 0, and LSE = -inf.
-      timeline_stamp(Traits::timeline(ss), FwdEvent::kEpilogueStart);
       float o_scale[Traits::kRowsPerThread];
       float lse[Traits::kRowsPerThread];
       softmax.finalize(o_scale, lse);
       scale_rows(tOrO, o_scale);
       Epilogue::store(params.epilogue, tOrO, lse, tile, thread_idx);
-      timeline_stamp(Traits::timeline(ss), FwdEvent::kEpilogueEnd);
+      stamp(FwdEvent::kEpilogueEnd);
     };
     for_each_tile(params, Scheduler::consumer(params.scheduler, ss.scheduler), compute_tile);
     turns.finish();

@@ -403,8 +403,10 @@ struct FwdMainloopSm90 {
       release_v(iter);
     };
 
+    // The dev timeline's events (a no-op outside JAX_FA3_FWD_TIMELINE builds).
+    auto stamp = [&](FwdEvent event) { timeline_stamp(Traits::timeline(ss), event); };
     Barrier::wait(&ss.full_q, q_count & 1);
-    timeline_stamp(Traits::timeline(ss), FwdEvent::kQReady);
+    stamp(FwdEvent::kQReady);
     // The warpgroup index read afresh (a warp-uniform shuffle) rather than
     // derived from thread_idx: kept live across the tile loop it would be the
     // one register the 3-warpgroup kernels spill.
@@ -432,42 +434,42 @@ struct FwdMainloopSm90 {
         // The first live block: S alone (O is still 0: no rescale).
         if (first > 0) prefetch(first);
         turns.wait_mine();
-        timeline_stamp(Traits::timeline(ss), FwdEvent::kTurn);
+        stamp(FwdEvent::kTurn);
         issue_qk(first);
         turns.pass();
-        timeline_stamp(Traits::timeline(ss), FwdEvent::kIssued);
+        stamp(FwdEvent::kIssued);
         warpgroup_wait<0>();
-        timeline_stamp(Traits::timeline(ss), FwdEvent::kSReady);
+        stamp(FwdEvent::kSReady);
         release_k(first);
         softmax_step(first);
-        timeline_stamp(Traits::timeline(ss), FwdEvent::kSoftmaxDone);
+        stamp(FwdEvent::kSoftmaxDone);
         if constexpr (!Traits::kSoftmaxUnderOwnPv) finish_pv(first);
         for (int iter = first + 1; iter < n_iters; ++iter) {
           prefetch(iter);
           if constexpr (Traits::kSoftmaxUnderOwnPv) finish_pv(iter - 1);
           turns.wait_mine();
-          timeline_stamp(Traits::timeline(ss), FwdEvent::kTurn);
+          stamp(FwdEvent::kTurn);
           issue_qk(iter);
           // O is rescaled by the max change of block j-1 before the PV GEMM
           // adds to it: here under the S GEMM, or in finish_pv.
           if constexpr (!Traits::kRescaleOnNewMaxOnly) scale_rows(tOrO, o_scale);
           issue_pv(iter - 1);
           turns.pass();
-          timeline_stamp(Traits::timeline(ss), FwdEvent::kIssued);
+          stamp(FwdEvent::kIssued);
           warpgroup_wait<1>();
-          timeline_stamp(Traits::timeline(ss), FwdEvent::kSReady);
+          stamp(FwdEvent::kSReady);
           release_k(iter);
           new_max = softmax_step(iter);
-          timeline_stamp(Traits::timeline(ss), FwdEvent::kSoftmaxDone);
+          stamp(FwdEvent::kSoftmaxDone);
           if constexpr (!Traits::kSoftmaxUnderOwnPv) finish_pv(iter);
         }
         if constexpr (Traits::kSoftmaxUnderOwnPv) finish_pv(n_iters - 1);
         turns.wait_mine();
-        timeline_stamp(Traits::timeline(ss), FwdEvent::kTurn);
+        stamp(FwdEvent::kTurn);
         if constexpr (!Traits::kRescaleOnNewMaxOnly) scale_rows(tOrO, o_scale);
         issue_pv(n_iters - 1);
         turns.pass();
-        timeline_stamp(Traits::timeline(ss), FwdEvent::kIssued);
+        stamp(FwdEvent::kIssued);
         warpgroup_wait<0>();
         release_v(n_iters - 1);
       } else {
