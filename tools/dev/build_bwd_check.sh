@@ -13,4 +13,4 @@ mkdir -p build-dev/bwd
 flock "${LOCK:-/tmp/jax_fa3_nvcc.lock}" nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -DNDEBUG \
   -Xptxas -v -cudart static \
   -Icpp/include -I"$CUTLASS_INCLUDE" "$@" \
-  tools/dev/bwd_check.cu cpp/src/workspace_bwd.cu -o build-dev/bwd/bwd_check 2>&1 | tee build-dev/bwd/bwd_check.ptxas.log
+  tools/dev/bwd_check.cu cpp/src/workspace_bwd.cu cpp/src/device_info.cu -o build-dev/bwd/bwd_check 2>&1 | tee build-dev/bwd/bwd_check.ptxas.log

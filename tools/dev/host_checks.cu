@@ -8,7 +8,10 @@
 //     next tile when it is free), the reason masked kernels schedule
 //     dynamically;
 //   * the per-row key / per-column query ranges the kernels mask with agree
-//     with WindowMask::visible, the one definition of the mask.
+//     with WindowMask::visible, the one definition of the mask;
+//   * the deterministic backward's chunked CTA order covers every (key block,
+//     kv head, batch) once and puts a head's lower key blocks first (the dQ
+//     turns wait on them).
 //
 //   nvcc -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Icpp/include -I<cutlass>/include tools/dev/host_checks.cu \
 //     -o build-dev/host_checks && build-dev/host_checks
@@ -16,6 +19,7 @@
 #include <cstdio>
 #include <vector>
 
+#include "jax_fa3/bwd/cta_order_bwd_sm90.hpp"
 #include "jax_fa3/common/mask.h"
 #include "jax_fa3/fwd/tile_scheduler_fwd_sm90.hpp"
 #include "jax_fa3/tile_config.h"
@@ -110,9 +114,35 @@ void check_mask(int sq, int sk, int left, int right) {
   }
 }
 
+void check_bwd_order(int n_blocks, int heads_kv, int batch, int sm_count) {
+  const bwd::BwdCtaOrder order = bwd::BwdCtaOrder::make(n_blocks, heads_kv, batch, sm_count);
+  std::vector<int> seen(size_t(n_blocks) * heads_kv * batch, 0);
+  std::vector<int> last_n(size_t(heads_kv) * batch, -1);
+  for (int i = 0; i < order.num_ctas(); ++i) {
+    const bwd::BwdCtaOrder::Cta c = order.cta(i);
+    const bool in_range = c.n_block >= 0 && c.n_block < n_blocks && c.hkv >= 0 && c.hkv < heads_kv && c.b >= 0 &&
+                          c.b < batch;
+    CHECK(in_range, "bwd cta %d out of range (n %d hkv %d b %d)", i, c.n_block, c.hkv, c.b);
+    if (!in_range) continue;
+    const int pair = c.b * heads_kv + c.hkv;
+    ++seen[size_t(pair) * n_blocks + c.n_block];
+    CHECK(c.n_block == last_n[pair] + 1, "bwd cta %d: key block %d of pair %d after %d", i, c.n_block, pair,
+          last_n[pair]);
+    last_n[pair] = c.n_block;
+  }
+  for (size_t i = 0; i < seen.size(); ++i) CHECK(seen[i] == 1, "bwd cta slot %zu seen %d times", i, seen[i]);
+}
+
 }  // namespace
 
 int main() {
+  for (int n : {1, 5, 64, 128, 1000}) {
+    for (int hkv : {1, 3, 8}) {
+      for (int b : {1, 2, 7}) {
+        for (int sms : {1, 132}) check_bwd_order(n, hkv, b, sms);
+      }
+    }
+  }
   const long kL2 = 50L << 20;  // H100/H200
   for (int s : {1, 17, 113, 512, 1000, 4096}) {
     for (int b : {1, 3}) {

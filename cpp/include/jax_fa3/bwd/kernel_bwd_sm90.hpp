@@ -30,7 +30,9 @@ constexpr int bwd_main_smem_bytes() {
   return Traits::kSmemBytes + 1024;
 }
 
-template <class Traits, bool kMasked>
+// kChunkedOrder: the CTA order of the deterministic kernels under a mask
+// (BwdCtaOrder); otherwise blockIdx is (key block, kv head, batch).
+template <class Traits, bool kMasked, bool kChunkedOrder>
 __global__ void __launch_bounds__(Traits::kThreads, 1)
 bwd_main_kernel(const __grid_constant__ BwdMainParams<Traits> params) {
   using namespace cute;
@@ -42,12 +44,14 @@ bwd_main_kernel(const __grid_constant__ BwdMainParams<Traits> params) {
   const uint32_t smem_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   SharedStorage& ss = *reinterpret_cast<SharedStorage*>(smem_raw + ((1024u - (smem_addr & 1023u)) & 1023u));
 
-  // Key blocks fastest in the grid: the CTAs in flight share one head's Q/dO
-  // in L2, and in deterministic mode a CTA only ever waits for CTAs of lower
-  // linear index (see DqReducer).
-  const int n_block = blockIdx.x;
-  const int hkv = blockIdx.y;
-  const int b = blockIdx.z;
+  // By default key blocks run fastest in the grid: the CTAs in flight share
+  // one head's Q/dO in L2. In deterministic mode a CTA only ever waits for
+  // CTAs of lower linear index (see DqReducer), in either order.
+  const BwdCtaOrder::Cta cta = kChunkedOrder ? params.order.cta(blockIdx.x)
+                                             : BwdCtaOrder::Cta{int(blockIdx.x), int(blockIdx.y), int(blockIdx.z)};
+  const int n_block = cta.n_block;
+  const int hkv = cta.hkv;
+  const int b = cta.b;
   const int group = params.heads_q / params.heads_kv;
   // The walk: range.num_m query blocks for each of the group's query heads.
   // Each role derives it after its register reconfiguration (values kept

@@ -9,6 +9,7 @@
 
 #include "jax_fa3/common/arch.h"
 
+#include <cstdint>
 #include <type_traits>
 
 #include <cuda_runtime_api.h>
@@ -20,18 +21,27 @@
 #include "jax_fa3/bwd/preprocess_bwd_sm90.hpp"
 #include "jax_fa3/bwd/workspace_bwd.h"
 #include "jax_fa3/common/mask.h"
+#include "jax_fa3/run.h"
 
 namespace jax_fa3 {
 
 namespace bwd {
 
 // Steps 1-4 with one of BwdTile's walks; the problem is validated and not
-// empty.
-template <class Element, int kHeadDim, class Walk, bool kMasked>
+// empty. kChunkedOrder: the deterministic kernels under a mask (BwdCtaOrder).
+template <class Element, int kHeadDim, class Walk, bool kMasked, bool kChunkedOrder>
 cudaError_t run_bwd_pipeline(const BwdParams& params, cudaStream_t stream) {
   using Traits = BwdTraits<Element, kHeadDim, Walk>;
   const AttnProblem& prob = params.problem;
   const AttnShape& s = prob.shape;
+  const int64_t n_blocks = (int64_t(s.seqlen_k) + Traits::kBlockN - 1) / Traits::kBlockN;
+  // The chunked order numbers the CTAs in an int; the default grid is
+  // (key blocks, kv heads, batch).
+  if (kChunkedOrder ? n_blocks * s.heads_kv * s.batch > INT32_MAX : s.heads_kv > 65535 || s.batch > 65535) {
+    return cudaErrorInvalidValue;
+  }
+  DeviceInfo device;
+  if (cudaError_t e = current_device_info(&device)) return e;
   const BwdWorkspace ws = BwdWorkspace::make(s, params.deterministic, Traits::kBlockM, kHeadDim);
   char* base = static_cast<char*>(params.workspace);
   float* lse2 = reinterpret_cast<float*>(base + ws.lse2_offset);
@@ -82,12 +92,14 @@ cudaError_t run_bwd_pipeline(const BwdParams& params, cudaStream_t stream) {
         dq_sem,
         params.dk,
         params.dv,
-        params.deterministic};
+        params.deterministic,
+        BwdCtaOrder::make(int(n_blocks), s.heads_kv, s.batch, device.multiprocessor_count)};
 
-    auto kernel = bwd_main_kernel<Traits, kMasked>;
+    auto kernel = bwd_main_kernel<Traits, kMasked, kChunkedOrder>;
     constexpr int kSmem = bwd_main_smem_bytes<Traits>();
     if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem)) return e;
-    const dim3 grid((s.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, s.heads_kv, s.batch);
+    const dim3 grid = kChunkedOrder ? dim3(unsigned(mp.order.num_ctas()))
+                                    : dim3(unsigned(n_blocks), unsigned(s.heads_kv), unsigned(s.batch));
     kernel<<<grid, Traits::kThreads, kSmem, stream>>>(mp);
     if (cudaError_t e = cudaGetLastError()) return e;
   }
@@ -126,17 +138,18 @@ cudaError_t run_bwd_sm90(const BwdParams& params, cudaStream_t stream) {
     return cudaSuccess;
   }
 
-  // The deterministic mode's walk may differ from the fast one (BwdTile):
-  // the one runtime choice of the backward made here rather than in
-  // dispatch.cu, since a second kernel exists only where the walks differ.
+  // The deterministic mode's kernel: under a mask always its own (the
+  // chunked CTA order), otherwise only where its walk differs from the fast
+  // one (BwdTile). The one runtime choice of the backward made here rather
+  // than in dispatch.cu.
   using Tile = BwdTile<kHeadDim>;
   static_assert(!Tile::Deterministic::kDQFromRegs, "the deterministic order is kept by the dQ writer warp");
-  if constexpr (!std::is_same_v<typename Tile::Deterministic, typename Tile::Fast>) {
-    if (params.deterministic) {
-      return bwd::run_bwd_pipeline<Element, kHeadDim, typename Tile::Deterministic, kMasked>(params, stream);
+  if (params.deterministic) {
+    if constexpr (kMasked || !std::is_same_v<typename Tile::Deterministic, typename Tile::Fast>) {
+      return bwd::run_bwd_pipeline<Element, kHeadDim, typename Tile::Deterministic, kMasked, kMasked>(params, stream);
     }
   }
-  return bwd::run_bwd_pipeline<Element, kHeadDim, typename Tile::Fast, kMasked>(params, stream);
+  return bwd::run_bwd_pipeline<Element, kHeadDim, typename Tile::Fast, kMasked, false>(params, stream);
 }
 
 }  // namespace jax_fa3

@@ -5,6 +5,7 @@
 
 #include "jax_fa3/common/arch.h"
 #include "jax_fa3/common/mask.h"
+#include "jax_fa3/bwd/cta_order_bwd_sm90.hpp"
 #include "jax_fa3/bwd/traits_bwd_sm90.hpp"
 
 namespace jax_fa3::bwd {
@@ -32,6 +33,7 @@ struct BwdMainParams {
   void* dk;
   void* dv;
   bool deterministic;
+  BwdCtaOrder order;
 };
 
 // The query blocks a CTA of key block n_block visits, for each query head of
