@@ -38,7 +38,7 @@ done
 kill $smi
 # BENCH lines: <build> <round> BENCH <dtype> d<hd> s<len> b.. h.. <mask> <ms> ms ... <tflops> TFLOP/s | ... PASS|FAIL
 awk -v order="${builds[*]}" '
-  { key = $5 " " $6 " " $9
+  { key = $4 " " $5 " " $6 " " $9
     for (i = 1; i <= NF; ++i) if ($i == "TFLOP/s") tf = $(i - 1)
     v[key, $1] = v[key, $1] " " tf; if (!(key in seen)) { seen[key] = 1; keys[++nk] = key }
     if ($NF != "PASS") bad[key, $1] = 1 }
