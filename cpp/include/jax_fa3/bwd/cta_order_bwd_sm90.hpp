@@ -16,10 +16,11 @@ namespace jax_fa3::bwd {
 // blocks slowest inside a chunk: with key blocks fastest a head's CTAs ran
 // side by side and waited for each other's turns; across heads they do not
 // wait, and the long CTAs (low key blocks, under a causal mask) start first.
-// About four waves of CTAs per chunk. Measured (head dims 64/128/256, causal,
-// 1k-16k): +8-27% from 2k (benchmarks/results/2026-12-04d_h200_schedules.md);
-// the fast mode lost up to 12% at head dim 256 in this order (L2), so it
-// keeps the default.
+// About four waves of CTAs per chunk. Measured, causal: +9-27% at head dims
+// 64 and 256, +8-11% at 128 from 2k to 8k (-2% at 16k); the fast mode ran
+// 5-30% slower at head dim 256 in such orders (the CTAs of many heads in
+// flight share less in L2), so it keeps the default
+// (benchmarks/results/2026-12-04d_h200_schedules.md).
 struct BwdCtaOrder {
   int n_blocks;     // key blocks per (batch, kv head)
   int heads_kv;
