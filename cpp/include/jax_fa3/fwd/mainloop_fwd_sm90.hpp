@@ -268,27 +268,33 @@ struct FwdMainloopSm90 {
 
   // Scores outside the window or beyond the end of the keys become -inf, so
   // they get probability 0; only run on blocks that need it. Per owned row
-  // (2 per thread) the visible key range is computed once, then each score
-  // costs two compares against its column. Rows past seqlen_q are never
-  // stored, so they need no mask.
-  template <class TensorS, class TensorC>
+  // (2 per thread) the visible key range is computed once, relative to the
+  // thread's first column: the other columns' offsets from it are constants,
+  // so each score costs one compare against an immediate per bound and a
+  // select. kLeft: some row's window starts inside the block (local windows);
+  // otherwise only the end of the range is tested (causal, end of the keys).
+  // Rows past seqlen_q are never stored, so they need no mask.
+  template <bool kLeft, class TensorS, class TensorC>
   CUTE_DEVICE static void apply_mask(TensorS& tSrS, TensorC const& tScS, WindowMask const& mask, int m0,
                                      int n0) {
     using namespace cute;
     Tensor scores = rowcol_view(tSrS);
     Tensor coords = make_tensor(tScS.data(), acc_layout_rowcol(tScS.layout()));
+    const int col0 = n0 + get<1>(coords(0, 0));
     CUTLASS_PRAGMA_UNROLL
     for (int r = 0; r < size<0>(scores); ++r) {
-      int begin = 0, end = mask.seqlen_k - n0;
+      int begin = 0, end = mask.seqlen_k;
       if constexpr (kMasked) {
         const int i = m0 + get<0>(coords(r, 0));
-        begin = mask.row_key_begin(i) - n0;
-        end = mask.row_key_end(i) - n0;
+        begin = mask.row_key_begin(i);
+        end = mask.row_key_end(i);
       }
+      begin -= col0;
+      end -= col0;
       CUTLASS_PRAGMA_UNROLL
       for (int c = 0; c < size<1>(scores); ++c) {
-        const int j = get<1>(coords(r, c));
-        if (j < begin || j >= end) { scores(r, c) = -INFINITY; }
+        const int offset = get<1>(coords(r, c)) - get<1>(coords(0, 0));
+        if (offset >= end || (kLeft && offset < begin)) { scores(r, c) = -INFINITY; }
       }
     }
   }
@@ -336,8 +342,13 @@ struct FwdMainloopSm90 {
       bool need_mask = n0 + kBlockN > mask.seqlen_k;
       if constexpr (kMasked) {
         need_mask = need_mask || !mask.tile_inside_window(m0, m0 + kBlockM, n0, n0 + kBlockN);
+        // row_key_begin grows with the row: the tile's last row starts last.
+        if (need_mask && mask.row_key_begin(m0 + kBlockM - 1) > n0) {
+          apply_mask</*kLeft=*/true>(tSrS, tScS, mask, m0, n0);
+          need_mask = false;
+        }
       }
-      if (need_mask) { apply_mask(tSrS, tScS, mask, m0, n0); }
+      if (need_mask) { apply_mask</*kLeft=*/false>(tSrS, tScS, mask, m0, n0); }
       Tensor scores = rowcol_view(tSrS);
       return softmax.update(scores, o_scale);
     };
