@@ -32,6 +32,20 @@ CUTE_DEVICE float fast_exp2(float x) {
   return y;
 }
 
+// Reciprocal and log2 on the MUFU alone, without the range handling (scaling
+// of denormal inputs) the intrinsics' non-ftz forms add.
+CUTE_DEVICE float fast_rcp(float x) {
+  float y;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+CUTE_DEVICE float fast_log2(float x) {
+  float y;
+  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 CUTE_DEVICE float quad_allreduce_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 1));
   x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 2));
@@ -98,15 +112,18 @@ struct OnlineSoftmax {
 
   // Completes the row sums across the quad; returns per row the factor that
   // normalises the output (0 for a row that saw no key, so its output is 0) and
-  // the natural-log LSE (-inf for such a row).
+  // the natural-log LSE (-inf for such a row). A row's sum holds its max's own
+  // term, exactly 1, so it lies in [1, keys]: the approximate reciprocal and
+  // log2 (within 1 ulp and 2^-22 there) need none of the IEEE versions' range
+  // handling, whose branches sat in every tile's epilogue.
   CUTE_DEVICE void finalize(float (&o_scale)[kRows], float (&lse)[kRows]) {
     constexpr float kLn2 = 0.69314718055994530942f;
     CUTLASS_PRAGMA_UNROLL
     for (int r = 0; r < kRows; ++r) {
       const float sum = quad_allreduce_sum(row_sum[r]);
       const bool empty = sum == 0.f || sum != sum;
-      o_scale[r] = empty ? 0.f : 1.f / sum;
-      lse[r] = empty ? -INFINITY : (row_max[r] * scale_log2 + log2f(sum)) * kLn2;
+      o_scale[r] = empty ? 0.f : fast_rcp(sum);
+      lse[r] = empty ? -INFINITY : (row_max[r] * scale_log2 + fast_log2(sum)) * kLn2;
     }
   }
 };

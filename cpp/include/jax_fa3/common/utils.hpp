@@ -124,6 +124,16 @@ CUTE_DEVICE void quad_transpose(uint32_t (&x)[4], int lane_in_quad) {
   x[3] = high ? x[3] : b;
 }
 
+// A 16-byte global store under a predicate: one predicated instruction,
+// where a C++ `if` around the store compiles to a branch with its
+// reconvergence (BSSY/BSYNC) per store.
+CUTE_DEVICE void store_16b_if(void* ptr, uint4 v, bool pred) {
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %5, 0;\n @p st.global.v4.b32 [%0], {%1, %2, %3, %4};\n}\n" ::"l"(ptr),
+      "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w), "r"(int(pred))
+      : "memory");
+}
+
 // Hands a warpgroup's 64-row wgmma accumulator tile, times `scale` and
 // converted to Element, to store(row, col, chunk) as 16-byte chunks of 8
 // columns: row in {0, 1} (the thread's two rows, 8 apart), col the chunk's

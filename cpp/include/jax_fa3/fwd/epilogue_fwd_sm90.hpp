@@ -59,9 +59,8 @@ struct FwdEpilogueSm90 {
     int rows[2];
     for (int r = 0; r < 2; ++r) rows[r] = m0 + get<0>(tOcO(make_coord(make_coord(0, r, 0), 0, 0)));
     store_acc_16b<Element>(tOrO, 1.f, thread_idx % 4, [&](int r, int col, uint4 chunk) {
-      if (tile_inside || (rows[r] < params.seqlen_q && col < params.head_dim)) {
-        *reinterpret_cast<uint4*>(out + rows[r] * params.row_stride + col) = chunk;
-      }
+      store_16b_if(out + rows[r] * params.row_stride + col, chunk,
+                   tile_inside || (rows[r] < params.seqlen_q && col < params.head_dim));
     });
 
     // The 4 lanes of a quad hold the same rows; one of them writes the LSE.
