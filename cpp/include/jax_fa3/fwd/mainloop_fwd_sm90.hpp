@@ -363,18 +363,32 @@ struct FwdMainloopSm90 {
       }
     };
     // Shared-memory operands are wgmma matrix descriptors (64-bit, one per K
-    // slice and stage). They are rebuilt at each issue from a base address the
-    // compiler cannot see through: hoisted out of the loop, all of them would
-    // stay live in registers that the accumulators need.
+    // slice and stage). K's and V's are rebuilt at each issue from a base
+    // address the compiler cannot see through: hoisted out of the loop, every
+    // stage's would stay live in registers. Q's depend on the thread only
+    // through the warpgroup index: read as a warp-uniform shuffle (ptxas
+    // cannot prove thread_idx / 128 uniform) it keeps them in uniform
+    // registers, without an R2UR pair per wgmma, and up to head dim 128 (8 of
+    // them) ptxas hoists them out of the loop; head dim 256's 16 would spill
+    // (benchmarks/results/2026-12-04f_h200_fwd_q_descriptors.md).
     auto opaque = [](auto* ptr) {
       asm volatile("" : "+l"(ptr));
       return ptr;
     };
+    auto q_base = [&] {
+      if constexpr (kHeadDim <= 128) {
+        return ss.smem_q.data();
+      } else {
+        return opaque(ss.smem_q.data());
+      }
+    };
+    const int warpgroup = cutlass::canonical_warp_group_idx() - Traits::kNumProducerThreads / cutlass::NumThreadsPerWarpGroup;
+    auto thr_mma_q = tiled_mma_qk.get_thread_slice(warpgroup * cutlass::NumThreadsPerWarpGroup);
     auto issue_qk = [&](int iter) {
       const RingSlot slot{kv_count + iter};
-      Tensor sQ = make_tensor(make_smem_ptr(opaque(ss.smem_q.data())), typename Traits::SmemLayoutQ{});
+      Tensor sQ = make_tensor(make_smem_ptr(q_base()), typename Traits::SmemLayoutQ{});
       Tensor sK = make_tensor(make_smem_ptr(opaque(ss.smem_k.data())), typename Traits::SmemLayoutK{});
-      Tensor tSrQ = thr_mma_qk.partition_fragment_A(sQ);  // (MMA, MMA_M, MMA_K)
+      Tensor tSrQ = thr_mma_q.partition_fragment_A(sQ);  // (MMA, MMA_M, MMA_K)
       Tensor tSrK = thr_mma_qk.partition_fragment_B(sK);  // (MMA, MMA_N, MMA_K, stage)
       Barrier::wait(&ss.full_k[slot.stage()], slot.phase());
       warpgroup_gemm</*kZeroInit=*/true, /*kARegs=*/false>(tiled_mma_qk, tSrQ, tSrK(_, _, _, slot.stage()), tSrS);
@@ -418,10 +432,6 @@ struct FwdMainloopSm90 {
     auto stamp = [&](FwdEvent event) { timeline_stamp(Traits::timeline(ss), event); };
     Barrier::wait(&ss.full_q, q_count & 1);
     stamp(FwdEvent::kQReady);
-    // The warpgroup index read afresh (a warp-uniform shuffle) rather than
-    // derived from thread_idx: kept live across the tile loop it would be the
-    // one register the 3-warpgroup kernels spill.
-    const int warpgroup = cutlass::canonical_warp_group_idx() - Traits::kNumProducerThreads / cutlass::NumThreadsPerWarpGroup;
     const int first = first_live_block(params, tile.m_block, warpgroup, n_max, n_iters);
     for (int iter = 0; iter < first; ++iter) skip_block(iter);
     if constexpr (Traits::kIntraWarpgroupOverlap) {
