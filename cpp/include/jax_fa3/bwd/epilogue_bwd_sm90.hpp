@@ -167,9 +167,7 @@ __device__ __forceinline__ void store_dkv(const BwdMainParams<Traits>& params, c
   }
   auto store_to = [&](Element* out) {
     return [&, out](int r, int col, uint4 chunk) {
-      if (row_inside[r] && col0 + col < params.head_dim) {
-        *reinterpret_cast<uint4*>(out + row_offset[r] + col) = chunk;
-      }
+      store_16b_if(out + row_offset[r] + col, chunk, row_inside[r] && col0 + col < params.head_dim);
     };
   };
   store_acc_16b<Element>(tdKrdK, params.softmax_scale, wg_tid % 4, store_to(static_cast<Element*>(params.dk)));
