@@ -340,15 +340,17 @@ struct FwdMainloopSm90 {
       }
       const int n0 = n_block_at(iter, n_max) * kBlockN;
       bool need_mask = n0 + kBlockN > mask.seqlen_k;
+      bool need_left = false;
       if constexpr (kMasked) {
         need_mask = need_mask || !mask.tile_inside_window(m0, m0 + kBlockM, n0, n0 + kBlockN);
         // row_key_begin grows with the row: the tile's last row starts last.
-        if (need_mask && mask.row_key_begin(m0 + kBlockM - 1) > n0) {
-          apply_mask</*kLeft=*/true>(tSrS, tScS, mask, m0, n0);
-          need_mask = false;
-        }
+        need_left = need_mask && mask.row_key_begin(m0 + kBlockM - 1) > n0;
       }
-      if (need_mask) { apply_mask</*kLeft=*/false>(tSrS, tScS, mask, m0, n0); }
+      if (need_left) {
+        apply_mask</*kLeft=*/true>(tSrS, tScS, mask, m0, n0);
+      } else if (need_mask) {
+        apply_mask</*kLeft=*/false>(tSrS, tScS, mask, m0, n0);
+      }
       Tensor scores = rowcol_view(tSrS);
       return softmax.update(scores, o_scale);
     };
