@@ -10,7 +10,9 @@ from numerics import check_against_reference
 
 # (batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim): odd lengths,
 # seqlen_q != seqlen_k both ways, GQA ratios 1/2/8, every head-dim bucket and
-# a head_dim that runs on a larger bucket (72 -> 96, 136 -> 192).
+# a head_dim that runs on a larger bucket (72 -> 96, 136 -> 192). Head dim 128
+# without a mask has two kernels (fwd_variant in tile_config.h): 113 and 1000
+# keys run on 128-key blocks, 700 keys on 176-key blocks.
 SHAPES = [
     (2, 1, 1, 2, 1, 64),
     (2, 17, 113, 4, 2, 64),
@@ -22,6 +24,7 @@ SHAPES = [
     (1, 77, 130, 2, 1, 136),
     (1, 1000, 17, 2, 2, 256),
     (2, 128, 257, 2, 2, 256),
+    (1, 300, 700, 4, 2, 128),
 ]
 
 # name -> flash_attention mask options
@@ -53,7 +56,7 @@ def test_bf16(device, rng, shape, mask):
 
 
 @pytest.mark.parametrize("mask", ["none", "causal"])
-@pytest.mark.parametrize("shape", SHAPES[1::2], ids=lambda s: "b{}_sq{}_sk{}_h{}x{}_d{}".format(*s))
+@pytest.mark.parametrize("shape", SHAPES[1::2] + SHAPES[-1:], ids=lambda s: "b{}_sq{}_sk{}_h{}x{}_d{}".format(*s))
 def test_fp16(device, rng, shape, mask):
     q, k, v, dout, dlse = _inputs(rng, device, shape, jnp.float16)
     check_against_reference(q, k, v, dout, dlse, **MASKS[mask])

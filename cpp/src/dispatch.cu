@@ -1,6 +1,7 @@
-// The only place where runtime choices (dtype x head-dim bucket x mask) become
+// The only place where runtime choices (dtype x head-dim bucket x mask, and
+// for the forward the key block width, fwd_variant() in tile_config.h) become
 // template parameters. The instantiations live in generated files, one per
-// (family, dtype, head dim, mask), built only for the configured kernel set.
+// (family, dtype, head dim, variant), built only for the configured kernel set.
 #include <cstdint>
 #include <initializer_list>
 
@@ -37,6 +38,16 @@ static bool aligned_16(std::initializer_list<const void*> ptrs) {
   return true;
 }
 
+template <class Element, int kHeadDim>
+static cudaError_t run_fwd_hd(const FwdParams& params, bool masked, cudaStream_t stream) {
+  switch (fwd_variant<kHeadDim>(masked, params.problem.shape.seqlen_k)) {
+    case FwdVariant::kMasked: return run_fwd_sm90<Element, kHeadDim, FwdVariant::kMasked>(params, stream);
+    case FwdVariant::kUnmaskedNarrow: return run_fwd_sm90<Element, kHeadDim, FwdVariant::kUnmaskedNarrow>(params, stream);
+    case FwdVariant::kUnmasked: return run_fwd_sm90<Element, kHeadDim, FwdVariant::kUnmasked>(params, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
 cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream) {
   if (!aligned_16({params.q, params.k, params.v, params.out})) return cudaErrorMisalignedAddress;
   const AttnProblem& p = params.problem;
@@ -44,8 +55,7 @@ cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream) {
   const int bucket = head_dim_bucket(p.shape.head_dim);
 #define JAX_FA3_FWD(tag, Element, hd)                                          \
   if (p.dtype == Dtype::tag && bucket == hd)                                   \
-    return masked ? run_fwd_sm90<Element, hd, true>(params, stream)            \
-                  : run_fwd_sm90<Element, hd, false>(params, stream);
+    return run_fwd_hd<Element, hd>(params, masked, stream);
   JAX_FA3_KERNEL_SET(JAX_FA3_FWD)
 #undef JAX_FA3_FWD
   return cudaErrorNotSupported;

@@ -3,8 +3,9 @@
 # on the GPU machine as is). Each kernel instantiation is its own translation
 # unit, like the real build; every nvcc runs under the shared compile lock.
 #
-#   tools/dev/build_fwd_check.sh            bf16 head dim 128, both mask variants
-#   tools/dev/build_fwd_check.sh all        every dtype x head dim x mask (20 TUs)
+#   tools/dev/build_fwd_check.sh            bf16 head dim 128, every variant
+#   tools/dev/build_fwd_check.sh all        every dtype x head dim x variant (30 TUs,
+#                                           the narrow ones of head dims without one empty)
 #   SETS="bf16:64 fp16:128" tools/dev/build_fwd_check.sh   chosen (dtype:head_dim) pairs
 #   VARIANT=no_pingpong FLAGS=-DJAX_FA3_FWD_ABLATE_PINGPONG=1 tools/dev/build_fwd_check.sh
 #       an ablation build (kernel_traits_fwd_sm90.hpp) into build-dev/fwd-<variant>
@@ -12,8 +13,10 @@
 #       clock stamps of CTA 0's consumer warps (timeline_fwd_sm90.hpp; not head
 #       dim 256, no shared memory left): run one bench point, then
 #       python3 tools/dev/fwd_timeline.py <its output>
-#   MASKS=true (or false): only the masked (unmasked) kernels; the harness
-#       skips the cases of kernels it lacks
+#   VARIANTS="kMasked" (any of kUnmasked kUnmaskedNarrow kMasked, FwdVariant in
+#       tile_config.h): only those kernels; the harness skips the cases of
+#       kernels it lacks. FWD_CHECK_VARIANT=wide|narrow|masked at run time
+#       forces one on the unmasked shapes.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 OUT="$ROOT/build-dev/fwd${VARIANT:+-$VARIANT}"
@@ -39,11 +42,11 @@ for pair in $SETS; do
     fp16) elem="cutlass::half_t"; tag=kFloat16 ;;
     *) echo "bad dtype $dt" >&2; exit 1 ;;
   esac
-  for masked in ${MASKS:-false true}; do
-    name="fwd_${dt}_${hd}_${masked}"
+  for variant in ${VARIANTS:-kUnmasked kUnmaskedNarrow kMasked}; do
+    name="fwd_${dt}_${hd}_${variant}"
     src="$OUT/inst/$name.cu"
-    printf '#include "jax_fa3/fwd/launch_fwd_sm90.hpp"\ntemplate cudaError_t jax_fa3::run_fwd_sm90<%s, %s, %s>(const jax_fa3::FwdParams&, cudaStream_t);\n' \
-      "$elem" "$hd" "$masked" > "$src.new"
+    printf '#include "jax_fa3/fwd/launch_fwd_sm90.hpp"\ntemplate cudaError_t jax_fa3::run_fwd_sm90<%s, %s, jax_fa3::FwdVariant::%s>(const jax_fa3::FwdParams&, cudaStream_t);\n' \
+      "$elem" "$hd" "$variant" > "$src.new"
     # Rebuild only when the source or a header changed.
     if ! cmp -s "$src.new" "$src"; then mv "$src.new" "$src"; else rm "$src.new"; fi
     obj="$OUT/inst/$name.o"
@@ -60,7 +63,7 @@ for pair in $SETS; do
       grep -E "registers|spill|stack|max RSS" "$OUT/inst/$name.log" | sed 's/^/   /'
     fi
     objs+=("$obj")
-    echo "  X($elem, $tag, $hd, $masked) \\" >> "$set_h"
+    echo "  X($elem, $tag, $hd, $variant) \\" >> "$set_h"
   done
 done
 echo "" >> "$set_h"

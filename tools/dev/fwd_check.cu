@@ -10,7 +10,7 @@
 //
 // The kernel instantiations are compiled in separate translation units (one per
 // dtype x head dim x mask, like the real build) by build_fwd_check.sh, which
-// also writes fwd_check_set.h: X(Element, tag, head_dim, masked) per compiled one.
+// also writes fwd_check_set.h: X(Element, tag, head_dim, variant) per compiled one.
 #include <cuda_runtime.h>
 #include <cutlass/numeric_types.h>
 
@@ -44,17 +44,41 @@ using jax_fa3::Dtype;
 
 namespace {
 
-// Returns cudaErrorNotSupported when the combination was not compiled into
-// this harness. FWD_CHECK_FORCE_MASKED=1 runs every shape on the masked
-// kernels (narrower key blocks, dynamic schedule), to time them on unmasked
-// shapes.
-cudaError_t launch(const jax_fa3::FwdParams& p, cudaStream_t stream) {
-  static const bool force_masked = std::getenv("FWD_CHECK_FORCE_MASKED") != nullptr;
-  const bool masked = force_masked || jax_fa3::mask_cuts(p.problem.shape, p.problem.mask);
+using jax_fa3::FwdVariant;
+
+const char* variant_name(FwdVariant v) {
+  return v == FwdVariant::kMasked ? "masked" : v == FwdVariant::kUnmaskedNarrow ? "narrow" : "wide";
+}
+
+// The variant dispatch.cu would run (fwd_variant in tile_config.h), unless
+// FWD_CHECK_VARIANT (masked, narrow or wide) forces one for every shape the
+// mask does not cut, to time variants against each other on the same shapes.
+FwdVariant variant_of(const jax_fa3::FwdParams& p) {
+  static const char* forced = std::getenv("FWD_CHECK_VARIANT");
+  const bool masked = jax_fa3::mask_cuts(p.problem.shape, p.problem.mask);
+  if (forced != nullptr && !masked) {
+    for (FwdVariant v : {FwdVariant::kUnmasked, FwdVariant::kUnmaskedNarrow, FwdVariant::kMasked}) {
+      if (std::strcmp(forced, variant_name(v)) == 0) return v;
+    }
+    std::fprintf(stderr, "FWD_CHECK_VARIANT=%s: use masked, narrow or wide\n", forced);
+    std::exit(2);
+  }
   const int bucket = jax_fa3::head_dim_bucket(p.problem.shape.head_dim);
-#define X(Element, tag, hd, m)                                   \
-  if (p.problem.dtype == Dtype::tag && bucket == hd && masked == m) \
-    return jax_fa3::run_fwd_sm90<Element, hd, m>(p, stream);
+#define X(Element, tag, hd, v) \
+  if (bucket == hd) return jax_fa3::fwd_variant<hd>(masked, p.problem.shape.seqlen_k);
+  FWD_CHECK_SET(X)
+#undef X
+  return masked ? FwdVariant::kMasked : FwdVariant::kUnmasked;
+}
+
+// Returns cudaErrorNotSupported when the variant was not compiled into this
+// harness.
+cudaError_t launch(const jax_fa3::FwdParams& p, cudaStream_t stream) {
+  const FwdVariant variant = variant_of(p);
+  const int bucket = jax_fa3::head_dim_bucket(p.problem.shape.head_dim);
+#define X(Element, tag, hd, v)                                                      \
+  if (p.problem.dtype == Dtype::tag && bucket == hd && variant == FwdVariant::v) \
+    return jax_fa3::run_fwd_sm90<Element, hd, FwdVariant::v>(p, stream);
   FWD_CHECK_SET(X)
 #undef X
   return cudaErrorNotSupported;
@@ -286,11 +310,11 @@ int run_case(const Case& c, uint64_t seed) {
     guard_ok = guard_ok && b == 0xffffffffu;
   }
   ok = ok && guard_ok;
-  std::printf("%s %-34s %s b%d sq%-5d sk%-5d h%d/%d d%-3d win(%d,%d) cap%g masked=%d | out max_err %.3e (max|ref| %.2f) "
+  std::printf("%s %-34s %s b%d sq%-5d sk%-5d h%d/%d d%-3d win(%d,%d) cap%g %-6s | out max_err %.3e (max|ref| %.2f) "
               "lse max_err %.3e | empty rows %zu%s%s\n",
               ok ? "PASS" : "FAIL", c.name.c_str(), bf16 ? "bf16" : "fp16", c.batch, c.seqlen_q, c.seqlen_k,
               c.heads_q, c.heads_kv, c.head_dim, mask.window_left, mask.window_right, c.softcap,
-              int(jax_fa3::mask_cuts(p.problem.shape, mask)), max_err_o, max_ref_o, max_err_l, empty_rows,
+              variant_name(variant_of(p)), max_err_o, max_ref_o, max_err_l, empty_rows,
               guard_ok ? "" : " | GUARD ZONE WRITTEN", (bad_o || bad_l) ? (" | bad out/lse: " + std::to_string(bad_o) + "/" + std::to_string(bad_l)).c_str() : "");
   return ok ? 0 : 1;
 }
@@ -460,6 +484,10 @@ std::vector<Case> coverage() {
   add("d128 causal sq>sk (empty rows)", BF, 2, 1000, 113, 8, 8, 128, -1, 0);
   add("d128 causal sq=17 sk=1", BF, 2, 17, 1, 8, 8, 128, -1, 0);
   add("d128 full sk=0 (no keys)", BF, 2, 17, 0, 8, 8, 128, -1, -1);
+  // The lengths above run the narrow unmasked kernel (fwd_variant), these the
+  // wide one; FWD_CHECK_VARIANT=wide|narrow runs all of them on either.
+  add("d128 full sq<sk wide", BF, 2, 300, 700, 8, 2, 128, -1, -1);
+  add("fp16 d128 full sq<sk wide", FP, 2, 300, 700, 8, 2, 128, -1, -1);
   add("d128 local 37/5", BF, 2, 1000, 1000, 8, 2, 128, 37, 5);
   add("d128 local 37/5 sq>sk", BF, 1, 1000, 300, 8, 8, 128, 37, 5);
   add("d128 softcap30 full", BF, 2, 257, 1000, 8, 8, 128, -1, -1, 30.f, 1.f);
@@ -488,6 +516,7 @@ std::vector<Case> small_cases() {
   const Dtype BF = Dtype::kBFloat16;
   return {
       Case{"small full", BF, 1, 113, 200, 2, 1, 128, -1, -1, 0.f, 0.f},
+      Case{"small full wide", BF, 1, 113, 350, 2, 1, 128, -1, -1, 0.f, 0.f},
       Case{"small causal sq>sk", BF, 1, 200, 113, 2, 2, 128, -1, 0, 0.f, 0.f},
       Case{"small local", BF, 1, 300, 300, 2, 2, 128, 37, 5, 0.f, 0.f},
       // Tiles taller than their key blocks, where warpgroups skip blocks.

@@ -9,6 +9,7 @@
 //     dynamically;
 //   * the per-row key / per-column query ranges the kernels mask with agree
 //     with WindowMask::visible, the one definition of the mask;
+//   * the forward's choice of key block width (fwd_variant) at a few lengths;
 //   * the deterministic backward's chunked CTA order covers every (key block,
 //     kv head, batch) once and puts a head's lower key blocks first (the dQ
 //     turns wait on them).
@@ -158,7 +159,12 @@ int main() {
     check_schedule(s, 2048 / head_dim, 16384 / s, 1, head_dim, causal, Tile::kBlockM, Tile::kBlockN, 132, kL2, true);
   };
   for (int s : {512, 1024, 2048, 4096, 8192, 16384}) {
-    paper_point(FwdTile<128, false>{}, s, 128, false);
+    // The unmasked kernel dispatch.cu picks: narrow blocks where 176 pad the keys.
+    if (fwd_variant<128>(false, s) == FwdVariant::kUnmaskedNarrow) {
+      paper_point(FwdTile<128, true>{}, s, 128, false);
+    } else {
+      paper_point(FwdTile<128, false>{}, s, 128, false);
+    }
     paper_point(FwdTile<128, true>{}, s, 128, true);
   }
   for (int s : {1024, 16384}) {
@@ -172,6 +178,19 @@ int main() {
         for (int right : {0, 5, unbounded}) check_mask(sq, sk, left, right);
       }
     }
+  }
+  // The forward's key block width (fwd_variant): at head dim 128 the narrow
+  // (128-key) blocks where the 176-key ones pad the keys by > 1.6% more.
+  for (int sk : {1, 100, 512, 1024, 1500, 2048, 4096}) {
+    CHECK(fwd_variant<128>(false, sk) == FwdVariant::kUnmaskedNarrow, "d128 sk %d: expected narrow", sk);
+  }
+  for (int sk : {176, 704, 8192, 16384}) {
+    CHECK(fwd_variant<128>(false, sk) == FwdVariant::kUnmasked, "d128 sk %d: expected wide", sk);
+  }
+  for (int sk : {1, 512, 16384}) {
+    CHECK(fwd_variant<128>(true, sk) == FwdVariant::kMasked, "d128 masked sk %d", sk);
+    CHECK(fwd_variant<64>(false, sk) == FwdVariant::kUnmasked && fwd_variant<256>(false, sk) == FwdVariant::kUnmasked,
+          "d64/d256 sk %d: no narrow unmasked kernel", sk);
   }
   std::printf("%s (%d failure(s))\n", failures ? "FAILED" : "all host checks passed", failures);
   return failures ? 1 : 0;

@@ -10,23 +10,56 @@ namespace jax_fa3 {
 // math. kPingPong: the consumer warpgroups take turns issuing their GEMMs
 // (named barriers), so one warpgroup's softmax runs under the other's GEMMs;
 // it pays where the softmax is a large share of an iteration (head dim <= 128).
-// kMasked rows serve causal/local windows: a narrower kBlockN wastes less work
-// on the blocks the diagonal cuts. Not at head dim 256: by our count, with 64
-// keys the S = Q K^T wgmma (both operands read from shared memory by each
+// kNarrowKeys rows serve causal/local windows: a narrower kBlockN wastes less
+// work on the blocks the diagonal cuts. Not at head dim 256: by our count, with
+// 64 keys the S = Q K^T wgmma (both operands read from shared memory by each
 // warpgroup) needs about the 128 bytes per cycle shared memory supplies, and
 // 80 keys ran 2-4% faster causal from 2k on, 2-3% slower at 512-1k
 // (benchmarks/results/2026-12-04_h200_fwd_rescale.md).
 //
+// kNarrowPaysPermille: an unmasked call runs on the narrow blocks too when the
+// wide ones would pad the keys to more than (1000 + it) / 1000 of what the
+// narrow ones pad to (fwd_narrow_keys_pay; 0: never). At head dim 128 the
+// 128-key blocks ran 0.7-3.9% faster than the 176-key ones at 512-4k keys
+// (176 pad those by 3.1%) and 0.7-1.1% slower at 8k-16k (1.0% padding)
+// (benchmarks/results/2026-12-04g_h200_fwd_narrow_unmasked.md).
+//
 // Shared memory (Q + kStages x (K + V)) must fit 227 KB and the consumer
 // registers (O: kHeadDim/2, S: kBlockN/2, P: kBlockN/4 per thread) the
 // setmaxnreg budget (240 with 2 consumer warpgroups, 160 with 3).
-template <int kHeadDim, bool kMasked>
+template <int kHeadDim, bool kNarrowKeys>
 struct FwdTile;
-template <bool kMasked> struct FwdTile<64, kMasked>  { static constexpr int kBlockM = 192, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 3; static constexpr bool kPingPong = true; };
-template <bool kMasked> struct FwdTile<96, kMasked>  { static constexpr int kBlockM = 128, kBlockN = kMasked ? 128 : 160, kStages = 2, kConsumerWarpgroups = 2; static constexpr bool kPingPong = true; };
-template <bool kMasked> struct FwdTile<128, kMasked> { static constexpr int kBlockM = 128, kBlockN = kMasked ? 128 : 176, kStages = 2, kConsumerWarpgroups = 2; static constexpr bool kPingPong = true; };
-template <bool kMasked> struct FwdTile<192, kMasked> { static constexpr int kBlockM = 128, kBlockN = kMasked ? 96 : 112, kStages = 2, kConsumerWarpgroups = 2; static constexpr bool kPingPong = false; };
-template <bool kMasked> struct FwdTile<256, kMasked> { static constexpr int kBlockM = 128, kBlockN = 80, kStages = 2, kConsumerWarpgroups = 2; static constexpr bool kPingPong = false; };
+template <bool kNarrowKeys> struct FwdTile<64, kNarrowKeys>  { static constexpr int kBlockM = 192, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 3, kNarrowPaysPermille = 0; static constexpr bool kPingPong = true; };
+template <bool kNarrowKeys> struct FwdTile<96, kNarrowKeys>  { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 128 : 160, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 0; static constexpr bool kPingPong = true; };
+template <bool kNarrowKeys> struct FwdTile<128, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 128 : 176, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 16; static constexpr bool kPingPong = true; };
+template <bool kNarrowKeys> struct FwdTile<192, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 96 : 112, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 0; static constexpr bool kPingPong = false; };
+template <bool kNarrowKeys> struct FwdTile<256, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = 80, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 0; static constexpr bool kPingPong = false; };
+
+// The forward kernels of one (dtype, head dim): unmasked on the wide key
+// blocks, unmasked on the narrow ones (only where kNarrowPaysPermille > 0),
+// and masked (narrow blocks, dynamic schedule).
+enum class FwdVariant { kUnmasked, kUnmaskedNarrow, kMasked };
+
+template <int kHeadDim>
+constexpr bool fwd_has_narrow_unmasked() {
+  return FwdTile<kHeadDim, false>::kNarrowPaysPermille > 0 &&
+         FwdTile<kHeadDim, true>::kBlockN < FwdTile<kHeadDim, false>::kBlockN;
+}
+
+template <int kHeadDim>
+constexpr bool fwd_narrow_keys_pay(int seqlen_k) {
+  if (!fwd_has_narrow_unmasked<kHeadDim>()) return false;
+  constexpr long long wide = FwdTile<kHeadDim, false>::kBlockN, narrow = FwdTile<kHeadDim, true>::kBlockN;
+  const long long wide_keys = (seqlen_k + wide - 1) / wide * wide;
+  const long long narrow_keys = (seqlen_k + narrow - 1) / narrow * narrow;
+  return wide_keys * 1000 > narrow_keys * (1000 + FwdTile<kHeadDim, false>::kNarrowPaysPermille);
+}
+
+template <int kHeadDim>
+constexpr FwdVariant fwd_variant(bool masked, int seqlen_k) {
+  return masked ? FwdVariant::kMasked
+                : fwd_narrow_keys_pay<kHeadDim>(seqlen_k) ? FwdVariant::kUnmaskedNarrow : FwdVariant::kUnmasked;
+}
 
 // Backward: one CTA per kBlockN keys, walking the queries. Each consumer
 // warpgroup owns 64 keys x (kHeadDim / (kConsumerWarpgroups / (kBlockN / 64)))

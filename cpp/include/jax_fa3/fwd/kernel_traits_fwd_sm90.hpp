@@ -36,14 +36,14 @@ namespace jax_fa3 {
 #define JAX_FA3_FWD_ABLATE_WARPSPEC 0
 #endif
 
-template <class Element_, int kHeadDim_, bool kMasked_>
+template <class Element_, int kHeadDim_, FwdVariant kVariant>
 struct FwdKernelTraitsSm90 {
   using Element = Element_;
   using ElementAccum = float;
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr bool kMasked = kMasked_;
+  static constexpr bool kMasked = kVariant == FwdVariant::kMasked;
 
-  using Tile = FwdTile<kHeadDim, kMasked>;
+  using Tile = FwdTile<kHeadDim, kVariant != FwdVariant::kUnmasked>;
   static constexpr int kBlockM = Tile::kBlockM;
   static constexpr int kBlockN = Tile::kBlockN;
   static constexpr int kStages = Tile::kStages;

@@ -1,5 +1,5 @@
 // Definition of run_fwd_sm90 (declared in launch_fwd_sm90.h). Included only by
-// the generated instantiation files (one per dtype x head dim x mask) and the
+// the generated instantiation files (one per dtype x head dim x FwdVariant) and the
 // dev harness, since it pulls in CuTe and the whole kernel.
 #pragma once
 
@@ -18,13 +18,11 @@
 
 namespace jax_fa3 {
 
-template <class Element, int kHeadDim, bool kMasked>
-cudaError_t run_fwd_sm90(const FwdParams& params, cudaStream_t stream) {
-  using Traits = FwdKernelTraitsSm90<Element, kHeadDim, kMasked>;
-  using Kernel = FwdKernelSm90<Traits>;
-  if constexpr (JAX_FA3_FWD_ABLATE_WARPSPEC && kMasked) return cudaErrorNotSupported;
+template <class Kernel>
+cudaError_t launch_fwd_kernel(const FwdParams& params, cudaStream_t stream) {
+  using Traits = typename Kernel::Traits;
   AttnShape const& s = params.problem.shape;
-  if (s.head_dim <= 0 || s.head_dim > kHeadDim || s.head_dim % 8 != 0 || s.heads_kv <= 0 ||
+  if (s.head_dim <= 0 || s.head_dim > Traits::kHeadDim || s.head_dim % 8 != 0 || s.heads_kv <= 0 ||
       s.heads_q % s.heads_kv != 0 || s.batch < 0 || s.seqlen_q < 0 || s.seqlen_k < 0) {
     return cudaErrorInvalidValue;
   }
@@ -56,6 +54,19 @@ cudaError_t run_fwd_sm90(const FwdParams& params, cudaStream_t stream) {
   fwd_timeline_print_kernel<<<1, 1, 0, stream>>>();
 #endif
   return cudaGetLastError();
+}
+
+template <class Element, int kHeadDim, FwdVariant kVariant>
+cudaError_t run_fwd_sm90(const FwdParams& params, cudaStream_t stream) {
+  // The generated file of a narrow unmasked variant that tile_config.h does
+  // not enable compiles no kernel.
+  if constexpr (kVariant == FwdVariant::kUnmaskedNarrow && !fwd_has_narrow_unmasked<kHeadDim>()) {
+    return cudaErrorNotSupported;
+  } else if constexpr (JAX_FA3_FWD_ABLATE_WARPSPEC && kVariant == FwdVariant::kMasked) {
+    return cudaErrorNotSupported;
+  } else {
+    return launch_fwd_kernel<FwdKernelSm90<FwdKernelTraitsSm90<Element, kHeadDim, kVariant>>>(params, stream);
+  }
 }
 
 }  // namespace jax_fa3
