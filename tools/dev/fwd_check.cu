@@ -505,6 +505,7 @@ std::vector<Case> coverage() {
     add(n + " local 37/5", BF, 2, 1000, 1000, 8, 8, d, 37, 5);
     add(n + " full sq=sk=17", BF, 2, 17, 17, 8, 8, d, -1, -1);
   }
+  add("d96 full sq<sk wide", BF, 2, 113, 300, 8, 2, 96, -1, -1);  // the others: narrow blocks
   add("fp16 d64 causal", FP, 2, 1000, 1000, 8, 4, 64, -1, 0);
   add("fp16 d256 full", FP, 2, 1000, 113, 8, 8, 256, -1, -1);
   add("fp16 d96 local", FP, 2, 1000, 1000, 8, 8, 96, 37, 5);

@@ -180,7 +180,18 @@ int main() {
     }
   }
   // The forward's key block width (fwd_variant): at head dim 128 the narrow
-  // (128-key) blocks where the 176-key ones pad the keys by > 1.6% more.
+  // (128-key) blocks where the 176-key ones pad the keys by > 1.6% more; at
+  // 96 (128 vs 160 keys) by > 1.6% more; at 192 (96 vs 112) by > 3% more.
+  for (int sk : {512, 1024}) {
+    CHECK(fwd_variant<96>(false, sk) == FwdVariant::kUnmaskedNarrow, "d96 sk %d: expected narrow", sk);
+  }
+  for (int sk : {2048, 16384}) {
+    CHECK(fwd_variant<96>(false, sk) == FwdVariant::kUnmasked, "d96 sk %d: expected wide", sk);
+  }
+  CHECK(fwd_variant<192>(false, 1024) == FwdVariant::kUnmaskedNarrow, "d192 sk 1024: expected narrow");
+  for (int sk : {512, 2048, 16384}) {
+    CHECK(fwd_variant<192>(false, sk) == FwdVariant::kUnmasked, "d192 sk %d: expected wide", sk);
+  }
   for (int sk : {1, 100, 512, 1024, 1500, 2048, 4096}) {
     CHECK(fwd_variant<128>(false, sk) == FwdVariant::kUnmaskedNarrow, "d128 sk %d: expected narrow", sk);
   }

@@ -9,6 +9,9 @@ times the same call three ways and traces it:
 
   python tools/dev/jax_gap.py [--head-dim 128] [--causal] [--inputs bf16|f32] [--trace-dir DIR]
   python tools/dev/jax_gap.py --calls-only N   (N calls, for ncu)
+  python tools/dev/jax_gap.py --fwdbwd   the benchmark's forward+backward step instead (3.5x the
+      forward FLOPs), and the trace of both implementations' calls: which kernels the backward's
+      time (the benchmark's fwd+bwd minus fwd) goes to
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 import jax_fa3
-from jax_fa3.benchmark import Timer, time_interleaved
+from jax_fa3.benchmark import Timer, make_step, time_interleaved
 
 
 def main() -> None:
@@ -33,6 +36,7 @@ def main() -> None:
     ap.add_argument("--causal", action="store_true")
     ap.add_argument("--trace-dir", default="/tmp/jax_gap_trace")
     ap.add_argument("--calls-only", type=int, default=0)
+    ap.add_argument("--fwdbwd", action="store_true")
     ap.add_argument("--inputs", choices=("bf16", "f32"), default="bf16",
                     help="normals drawn in bfloat16 (the benchmark's: few distinct values) or in float32, then cast")
     args = ap.parse_args()
@@ -45,9 +49,16 @@ def main() -> None:
     # Buffer placement (the harness's cudaMalloc bases are 2 MiB-aligned).
     print("q, k, v addresses mod 2 MiB:", [x.unsafe_buffer_pointer() % (1 << 21) for x in (q, k, v)])
     flops = 4.0 * shape[0] * shape[1] ** 2 * shape[2] * d / (2 if args.causal else 1)
-    ours = jax.jit(lambda q, k, v: jax_fa3.flash_attention(q, k, v, causal=args.causal))
-    cudnn = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=args.causal,
-                                                                 implementation="cudnn"))
+    if args.fwdbwd:
+        flops *= 3.5
+        dout = jax.random.normal(jax.random.key(1), shape, draw_dtype).astype(jnp.bfloat16)
+        steps = {name: make_step(name, args.causal, "fwdbwd") for name in ("jax_fa3", "cudnn")}
+        ours = lambda q, k, v: steps["jax_fa3"](q, k, v, dout)  # noqa: E731
+        cudnn = lambda q, k, v: steps["cudnn"](q, k, v, dout)  # noqa: E731
+    else:
+        ours = jax.jit(lambda q, k, v: jax_fa3.flash_attention(q, k, v, causal=args.causal))
+        cudnn = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=args.causal,
+                                                                     implementation="cudnn"))
     if args.calls_only:
         for _ in range(args.calls_only):
             out = ours(q, k, v)
@@ -63,21 +74,23 @@ def main() -> None:
     for name, t in timers.items():
         print(f"timer    {name:8s} {t.timing().median_ms:.3f} ms  {tflops(t.timing().median_ms):.1f} TFLOP/s")
     for name, fn in (("jax_fa3", ours), ("cudnn", cudnn)):
-        fn(q, k, v).block_until_ready()
+        jax.block_until_ready(fn(q, k, v))
         start = time.perf_counter()
         for _ in range(300):
             out = fn(q, k, v)
-        out.block_until_ready()
+        jax.block_until_ready(out)
         ms = (time.perf_counter() - start) / 300 * 1e3
         print(f"300calls {name:8s} {ms:.3f} ms  {tflops(ms):.1f} TFLOP/s")
-    outs = [ours(q, k, v) for _ in range(4)]
-    print("output addresses mod 2 MiB:", [o.unsafe_buffer_pointer() % (1 << 21) for o in outs])
-    del outs
+    if not args.fwdbwd:
+        outs = [ours(q, k, v) for _ in range(4)]
+        print("output addresses mod 2 MiB:", [o.unsafe_buffer_pointer() % (1 << 21) for o in outs])
+        del outs
 
     jax.profiler.start_trace(args.trace_dir, create_perfetto_trace=True)
-    for _ in range(5):
-        out = ours(q, k, v)
-    out.block_until_ready()
+    for fn in (ours, cudnn) if args.fwdbwd else (ours,):
+        for _ in range(3 if args.fwdbwd else 5):
+            out = fn(q, k, v)
+        jax.block_until_ready(out)
     jax.profiler.stop_trace()
     files = sorted(glob.glob(os.path.join(args.trace_dir, "**", "perfetto_trace.json.gz"), recursive=True))
     if not files:

@@ -19,9 +19,13 @@ namespace jax_fa3 {
 //
 // kNarrowPaysPermille: an unmasked call runs on the narrow blocks too when the
 // wide ones would pad the keys to more than (1000 + it) / 1000 of what the
-// narrow ones pad to (fwd_narrow_keys_pay; 0: never). At head dim 128 the
-// 128-key blocks ran 0.7-3.9% faster than the 176-key ones at 512-4k keys
-// (176 pad those by 3.1%) and 0.7-1.1% slower at 8k-16k (1.0% padding)
+// narrow ones pad to (fwd_narrow_keys_pay; 0: never): about what a narrow
+// block costs more a key. At head dim 128 the 128-key blocks ran 0.7-3.9%
+// faster than the 176-key ones at 512-4k keys (176 pad those by 3.1%) and
+// 0.7-1.1% slower at 8k-16k (1.0% padding); head dim 96 (128 vs 160 keys):
+// +16.5% and +5.6% at 512 and 1k (25% and 9.4% padding), 0.991-0.999 from 2k
+// (1.6%, at 16k 0.6%); head dim 192 (96 vs 112 keys): +2.9% at 1k (6.1% more
+// padding), 0.976-0.989 from 2k (0.3-0.8%)
 // (benchmarks/results/2026-12-04g_h200_fwd_narrow_unmasked.md).
 //
 // Shared memory (Q + kStages x (K + V)) must fit 227 KB and the consumer
@@ -30,9 +34,9 @@ namespace jax_fa3 {
 template <int kHeadDim, bool kNarrowKeys>
 struct FwdTile;
 template <bool kNarrowKeys> struct FwdTile<64, kNarrowKeys>  { static constexpr int kBlockM = 192, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 3, kNarrowPaysPermille = 0; static constexpr bool kPingPong = true; };
-template <bool kNarrowKeys> struct FwdTile<96, kNarrowKeys>  { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 128 : 160, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 0; static constexpr bool kPingPong = true; };
+template <bool kNarrowKeys> struct FwdTile<96, kNarrowKeys>  { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 128 : 160, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 16; static constexpr bool kPingPong = true; };
 template <bool kNarrowKeys> struct FwdTile<128, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 128 : 176, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 16; static constexpr bool kPingPong = true; };
-template <bool kNarrowKeys> struct FwdTile<192, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 96 : 112, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 0; static constexpr bool kPingPong = false; };
+template <bool kNarrowKeys> struct FwdTile<192, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 96 : 112, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 30; static constexpr bool kPingPong = false; };
 template <bool kNarrowKeys> struct FwdTile<256, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = 80, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 0; static constexpr bool kPingPong = false; };
 
 // The forward kernels of one (dtype, head dim): unmasked on the wide key
