@@ -9,6 +9,12 @@ CASES = [  # (batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim), options
     ((1, 17, 113, 4, 2, 64), dict(causal=True)),
     ((2, 130, 70, 2, 1, 128), dict(window_size=(37, 5))),
     ((1, 65, 65, 2, 2, 256), dict(softcap=30.0)),
+    # Unmasked forwards on narrow key blocks (fwd_variant in tile_config.h) at
+    # head dims 96, 128 and 192, and one on the wide blocks.
+    ((1, 70, 200, 2, 1, 96), dict()),
+    ((1, 100, 200, 2, 2, 128), dict()),
+    ((1, 90, 130, 2, 1, 192), dict()),
+    ((1, 50, 350, 2, 2, 128), dict()),
 ]
 
 for (b, sq, sk, hq, hk, d), options in CASES:
