@@ -39,7 +39,8 @@ fwd=$!
   cp build-dev/bwd/bwd_check "$CARRY/bwd_check"
   if [ -n "${BASELINE_REV:-}" ]; then
     # The old kernels with this harness (its sources and the headers it
-    # needs from this tree).
+    # needs from this tree). Revisions from eff9688 on: the harness names the
+    # forward kernels by FwdVariant, older ones by a mask flag.
     tree=/tmp/jax_fa3_baseline_tree
     rm -rf "$tree"
     git worktree add -f "$tree" "$BASELINE_REV" > /dev/null

@@ -9,7 +9,7 @@
 //   fwd_check bench16k  timings at seqlen 16k only
 //
 // The kernel instantiations are compiled in separate translation units (one per
-// dtype x head dim x mask, like the real build) by build_fwd_check.sh, which
+// dtype x head dim x variant, like the real build) by build_fwd_check.sh, which
 // also writes fwd_check_set.h: X(Element, tag, head_dim, variant) per compiled one.
 #include <cuda_runtime.h>
 #include <cutlass/numeric_types.h>
