@@ -83,6 +83,12 @@ constexpr FwdVariant fwd_variant(bool masked, int seqlen_k) {
 // lost its wgmma serialisation (benchmarks/results/2026-12-03b_h200_blocks.md).
 // Head dim 256 keeps two Q/dO stages only without the 64 KB dQ tile (with it
 // they would need 288 KB of shared memory).
+//
+// The deterministic mode's CTAs run in BwdCtaOrder's chunks (key blocks
+// slowest) under a mask, and without one where kChunkedUnmasked: head dims 64
+// and 256 gained 16% and 12-14% at 1k-2k by it, about nothing at 16k; head
+// dim 128 lost 7% at 1k and 2% at 2k (96 and 192 not measured, left in the
+// default order) (benchmarks/results/2026-12-04g_h200_bwd_det_order.md).
 template <int kBlockM_, int kStages_, bool kDQFromRegs_>
 struct BwdWalk {
   static constexpr int kBlockM = kBlockM_, kStages = kStages_;
@@ -90,11 +96,11 @@ struct BwdWalk {
 };
 template <int kHeadDim>
 struct BwdTile;
-template <> struct BwdTile<64>  { static constexpr int kBlockN = 128, kConsumerWarpgroups = 2; using Fast = BwdWalk<128, 2, false>; using Deterministic = Fast; };
-template <> struct BwdTile<96>  { static constexpr int kBlockN = 128, kConsumerWarpgroups = 2; using Fast = BwdWalk<64, 2, false>; using Deterministic = Fast; };
-template <> struct BwdTile<128> { static constexpr int kBlockN = 128, kConsumerWarpgroups = 2; using Fast = BwdWalk<64, 2, false>; using Deterministic = Fast; };
-template <> struct BwdTile<192> { static constexpr int kBlockN = 64,  kConsumerWarpgroups = 2; using Fast = BwdWalk<64, 2, false>; using Deterministic = Fast; };
-template <> struct BwdTile<256> { static constexpr int kBlockN = 64,  kConsumerWarpgroups = 2; using Fast = BwdWalk<64, 2, true>;  using Deterministic = BwdWalk<64, 1, false>; };
+template <> struct BwdTile<64>  { static constexpr int kBlockN = 128, kConsumerWarpgroups = 2; static constexpr bool kChunkedUnmasked = true;  using Fast = BwdWalk<128, 2, false>; using Deterministic = Fast; };
+template <> struct BwdTile<96>  { static constexpr int kBlockN = 128, kConsumerWarpgroups = 2; static constexpr bool kChunkedUnmasked = false; using Fast = BwdWalk<64, 2, false>; using Deterministic = Fast; };
+template <> struct BwdTile<128> { static constexpr int kBlockN = 128, kConsumerWarpgroups = 2; static constexpr bool kChunkedUnmasked = false; using Fast = BwdWalk<64, 2, false>; using Deterministic = Fast; };
+template <> struct BwdTile<192> { static constexpr int kBlockN = 64,  kConsumerWarpgroups = 2; static constexpr bool kChunkedUnmasked = false; using Fast = BwdWalk<64, 2, false>; using Deterministic = Fast; };
+template <> struct BwdTile<256> { static constexpr int kBlockN = 64,  kConsumerWarpgroups = 2; static constexpr bool kChunkedUnmasked = true;  using Fast = BwdWalk<64, 2, true>;  using Deterministic = BwdWalk<64, 1, false>; };
 
 template <int kHeadDim>
 constexpr int bwd_block_m(bool deterministic) {

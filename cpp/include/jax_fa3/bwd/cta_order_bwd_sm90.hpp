@@ -6,7 +6,8 @@
 
 namespace jax_fa3::bwd {
 
-// The order of the deterministic mode's CTAs under a mask: CTA `linear`
+// The order of the deterministic mode's CTAs (under a mask, and without one
+// where BwdTile::kChunkedUnmasked): CTA `linear`
 // computes key block n_block of (batch, kv head) pair `pair`. The GPU starts
 // CTAs in linear order, and in the deterministic mode a CTA waits for the
 // CTAs of its pair with lower key blocks (their dQ turns), so those come
@@ -20,7 +21,9 @@ namespace jax_fa3::bwd {
 // 64 and 256, +8-11% at 128 from 2k to 8k (-2% at 16k); the fast mode ran
 // 5-30% slower at head dim 256 in such orders (the CTAs of many heads in
 // flight share less in L2), so it keeps the default
-// (benchmarks/results/2026-12-04d_h200_schedules.md).
+// (benchmarks/results/2026-12-04d_h200_schedules.md). Without a mask the
+// deterministic mode gained 12-16% at 1k-2k at head dims 64 and 256 and lost
+// 2-7% at 128 (2026-12-04g_h200_bwd_det_order.md).
 struct BwdCtaOrder {
   int n_blocks;     // key blocks per (batch, kv head)
   int heads_kv;

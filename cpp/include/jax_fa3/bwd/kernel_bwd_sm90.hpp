@@ -30,8 +30,9 @@ constexpr int bwd_main_smem_bytes() {
   return Traits::kSmemBytes + 1024;
 }
 
-// kChunkedOrder: the CTA order of the deterministic kernels under a mask
-// (BwdCtaOrder); otherwise blockIdx is (key block, kv head, batch).
+// kChunkedOrder: the CTA order of the deterministic kernels under a mask and
+// where BwdTile::kChunkedUnmasked (BwdCtaOrder); otherwise blockIdx is (key
+// block, kv head, batch).
 template <class Traits, bool kMasked, bool kChunkedOrder>
 __global__ void __launch_bounds__(Traits::kThreads, 1)
 bwd_main_kernel(const __grid_constant__ BwdMainParams<Traits> params) {

@@ -28,7 +28,7 @@ namespace jax_fa3 {
 namespace bwd {
 
 // Steps 1-4 with one of BwdTile's walks; the problem is validated and not
-// empty. kChunkedOrder: the deterministic kernels under a mask (BwdCtaOrder).
+// empty. kChunkedOrder: the deterministic kernels' CTA order (BwdCtaOrder).
 template <class Element, int kHeadDim, class Walk, bool kMasked, bool kChunkedOrder>
 cudaError_t run_bwd_pipeline(const BwdParams& params, cudaStream_t stream) {
   using Traits = BwdTraits<Element, kHeadDim, Walk>;
@@ -138,15 +138,16 @@ cudaError_t run_bwd_sm90(const BwdParams& params, cudaStream_t stream) {
     return cudaSuccess;
   }
 
-  // The deterministic mode's kernel: under a mask always its own (the
-  // chunked CTA order), otherwise only where its walk differs from the fast
-  // one (BwdTile). The one runtime choice of the backward made here rather
+  // The deterministic mode's kernel: its own where its CTAs run in the
+  // chunked order (under a mask, and where BwdTile::kChunkedUnmasked) or its
+  // walk differs from the fast one (BwdTile). The one runtime choice of the backward made here rather
   // than in dispatch.cu.
   using Tile = BwdTile<kHeadDim>;
   static_assert(!Tile::Deterministic::kDQFromRegs, "the deterministic order is kept by the dQ writer warp");
   if (params.deterministic) {
-    if constexpr (kMasked || !std::is_same_v<typename Tile::Deterministic, typename Tile::Fast>) {
-      return bwd::run_bwd_pipeline<Element, kHeadDim, typename Tile::Deterministic, kMasked, kMasked>(params, stream);
+    constexpr bool kChunked = kMasked || Tile::kChunkedUnmasked;
+    if constexpr (kChunked || !std::is_same_v<typename Tile::Deterministic, typename Tile::Fast>) {
+      return bwd::run_bwd_pipeline<Element, kHeadDim, typename Tile::Deterministic, kMasked, kChunked>(params, stream);
     }
   }
   return bwd::run_bwd_pipeline<Element, kHeadDim, typename Tile::Fast, kMasked, false>(params, stream);
