@@ -140,8 +140,8 @@ cudaError_t run_bwd_sm90(const BwdParams& params, cudaStream_t stream) {
 
   // The deterministic mode's kernel: its own where its CTAs run in the
   // chunked order (under a mask, and where BwdTile::kChunkedUnmasked) or its
-  // walk differs from the fast one (BwdTile). The one runtime choice of the backward made here rather
-  // than in dispatch.cu.
+  // walk differs from the fast one (BwdTile). The one runtime choice of the
+  // backward made here rather than in dispatch.cu.
   using Tile = BwdTile<kHeadDim>;
   static_assert(!Tile::Deterministic::kDQFromRegs, "the deterministic order is kept by the dQ writer warp");
   if (params.deterministic) {
