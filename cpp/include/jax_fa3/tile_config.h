@@ -75,7 +75,11 @@ constexpr FwdVariant fwd_variant(bool masked, int seqlen_k) {
 // Deterministic. kBlockM queries per step (a multiple of 64, the dQ wgmma's M),
 // a kStages-deep Q/dO ring, and where each step's dQ part goes:
 //   kDQFromRegs: the MMA warpgroups add it into the fp32 accumulator straight
-//     from their registers (red.global.add.v2.f32; fast mode only);
+//     from their registers (red.global.add.v2.f32; fast mode only), the last
+//     kDQHeldEighths / 8 of each thread's values only in the next step
+//     (DqHeld: at head dim 256 3/8 ran 1.1-7.5% faster than none, best of
+//     1/8-6/8 and three points in the step,
+//     benchmarks/results/2026-12-04h_h200_bwd_dq_held.md);
 //   otherwise: through an fp32 smem tile that a writer warp bulk-reduces
 //     (the deterministic mode enforces its order there).
 // Head dim 64 walks 128 queries a step in both modes: against 64-query steps
@@ -89,10 +93,11 @@ constexpr FwdVariant fwd_variant(bool masked, int seqlen_k) {
 // and 256 gained 16% and 12-14% at 1k-2k by it, about nothing at 16k; head
 // dim 128 lost 7% at 1k and 2% at 2k (96 and 192 not measured, left in the
 // default order) (benchmarks/results/2026-12-04g_h200_bwd_det_order.md).
-template <int kBlockM_, int kStages_, bool kDQFromRegs_>
+template <int kBlockM_, int kStages_, bool kDQFromRegs_, int kDQHeldEighths_ = 0>
 struct BwdWalk {
-  static constexpr int kBlockM = kBlockM_, kStages = kStages_;
+  static constexpr int kBlockM = kBlockM_, kStages = kStages_, kDQHeldEighths = kDQHeldEighths_;
   static constexpr bool kDQFromRegs = kDQFromRegs_;
+  static_assert(kDQHeldEighths == 0 || kDQFromRegs, "only dQ sent from registers can be held");
 };
 template <int kHeadDim>
 struct BwdTile;
@@ -100,7 +105,7 @@ template <> struct BwdTile<64>  { static constexpr int kBlockN = 128, kConsumerW
 template <> struct BwdTile<96>  { static constexpr int kBlockN = 128, kConsumerWarpgroups = 2; static constexpr bool kChunkedUnmasked = false; using Fast = BwdWalk<64, 2, false>; using Deterministic = Fast; };
 template <> struct BwdTile<128> { static constexpr int kBlockN = 128, kConsumerWarpgroups = 2; static constexpr bool kChunkedUnmasked = false; using Fast = BwdWalk<64, 2, false>; using Deterministic = Fast; };
 template <> struct BwdTile<192> { static constexpr int kBlockN = 64,  kConsumerWarpgroups = 2; static constexpr bool kChunkedUnmasked = false; using Fast = BwdWalk<64, 2, false>; using Deterministic = Fast; };
-template <> struct BwdTile<256> { static constexpr int kBlockN = 64,  kConsumerWarpgroups = 2; static constexpr bool kChunkedUnmasked = true;  using Fast = BwdWalk<64, 2, true>;  using Deterministic = BwdWalk<64, 1, false>; };
+template <> struct BwdTile<256> { static constexpr int kBlockN = 64,  kConsumerWarpgroups = 2; static constexpr bool kChunkedUnmasked = true;  using Fast = BwdWalk<64, 2, true, 3>;  using Deterministic = BwdWalk<64, 1, false>; };
 
 template <int kHeadDim>
 constexpr int bwd_block_m(bool deterministic) {

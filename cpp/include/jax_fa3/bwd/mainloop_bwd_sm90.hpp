@@ -12,7 +12,8 @@
 //   dV/dK read P^T/dS^T from smem, SS)
 //   dS^T -> smem, then dQ[:, slice] = dS K[:, slice]   wgmma SS
 //   dQ part -> smem -> (writer warp) reduce-add into the fp32 accumulator,
-//   or (kDQFromRegs) red.global.add from the registers into it.
+//   or (kDQFromRegs) red.global.add from the registers into it (a share of
+//   it one step later: DqHeld).
 #pragma once
 
 #include "jax_fa3/common/arch.h"
@@ -141,6 +142,55 @@ __device__ __forceinline__ void bwd_load(const BwdMainParams<Traits>& p, typenam
   }
 }
 
+// Offset (floats) in a query block's dQ accumulator tile of the thread's dQ
+// values i, i + 1 (adjacent columns): BwdWorkspace::dq_tile_offset; a warp's
+// instruction covers 8 rows of one 8-column chunk, 256 contiguous bytes.
+template <class Traits, class Coords>
+CUTE_DEVICE int dq_pair_offset(const Coords& cdQ, int wg, int i) {
+  return BwdWorkspace::dq_tile_offset(Traits::kBlockM, get<0>(cdQ(i)), wg * Traits::kDQSlice + get<1>(cdQ(i)));
+}
+
+// kDQFromRegs: a step's dQ part leaves the SM as fp32 reduce-adds, 64 KB a
+// step at head dim 256. Sent all at once under the dK GEMM, they cost about a
+// third of the step: without them the fast mode ran 35-45% faster, with plain
+// stores of the same bytes instead only 0-5%, so it is the bytes leaving the
+// SM, not the adds. The last kDQHeldEighths / 8 of each thread's values are
+// instead held in registers and sent in the next step, once its P is computed
+// (under the dP GEMM), and after the last step
+// (benchmarks/results/2026-12-04h_h200_bwd_dq_held.md).
+template <class Traits>
+struct DqHeld {
+  static constexpr int kValues = Traits::kBlockM * Traits::kDQSlice / 128;  // per thread
+  static constexpr int kFirst = kValues - kValues * Traits::kDQHeldEighths / 8;
+  static_assert(kFirst % 2 == 0, "values go out in pairs");
+
+  float2 v[(kValues - kFirst) / 2 > 0 ? (kValues - kFirst) / 2 : 1];
+  float* gdq = nullptr;
+
+  // Through an add of -0 (exact) the compiler cannot merge away: with a plain
+  // copy the held values stayed in the dQ accumulator's registers, and ptxas,
+  // reading GMMA-written registers after the next step's wgmmas were issued,
+  // injected a wait for those (C7517).
+  CUTE_DEVICE void hold(int i, float2 x) {
+    float2& h = v[(i - kFirst) / 2];
+    asm volatile("add.rn.f32 %0, %2, 0f80000000;\n\tadd.rn.f32 %1, %3, 0f80000000;"
+                 : "=f"(h.x), "=f"(h.y) : "f"(x.x), "f"(x.y));
+  }
+
+  // The addresses from a fresh read of the thread index, not kept live.
+  CUTE_DEVICE void send(int wg) const {
+    uint32_t tid_now;
+    asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid_now));
+    typename Traits::MmadQ mma_dq;
+    Tensor cdQ = mma_dq.get_thread_slice(tid_now % 128)
+                     .partition_C(make_identity_tensor(Shape<typename Traits::BlockM, Int<Traits::kDQSlice>>{}));
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = kFirst; i < kValues; i += 2) {
+      atomicAdd(reinterpret_cast<float2*>(gdq + dq_pair_offset<Traits>(cdQ, wg, i)), v[(i - kFirst) / 2]);
+    }
+  }
+};
+
 // The MMA warpgroups' walk. Per step, each warpgroup (keys ks, dK/dV column
 // slice dsl, S/dP query columns qs):
 //   issue S^T = K Q^T, issue dP^T = V dO^T;  wait S: P = exp2(...) under dP
@@ -149,7 +199,8 @@ __device__ __forceinline__ void bwd_load(const BwdMainParams<Traits>& p, typenam
 //   (buffer t % 2);  kdSReady (every warpgroup's part is in smem);
 //   [smem: issue dV += P^T dO];  issue dQ = dS K, issue dK += dS^T Q;  wait dV,
 //   dQ;  dQ -> smem tile for the writer warp, or into the accumulator
-//   (kDQFromRegs), under the dK GEMM;  wait dK;  release the Q/dO stage.
+//   (kDQFromRegs; DqHeld's share after the next step's P), under the dK
+//   GEMM;  wait dK;  release the Q/dO stage.
 template <class Traits, bool kMasked, class Acc>
 __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename Traits::SharedStorage& ss,
                                         int n_block, int hkv, int b, BwdQueryRange range, int total, int mma_tid,
@@ -180,6 +231,8 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
   const bool softcap = p.softcap > 0.f;
 
   wait_barrier(ss.kv_bar, 0);
+
+  DqHeld<Traits> held;  // kDQFromRegs only
 
   // The query block walks down from start_m, wrapping around, once per query
   // head of the group (BwdStep, without the head: the step's head is needed
@@ -325,6 +378,11 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
       // Converted after the loop (packed cvt), so the loop holds one copy.
       convert_fragment_into(tSrS, rP);
     }
+    // The previous step's held dQ values, now that P no longer waits behind
+    // them (sent before P, under the S GEMM, they gained less).
+    if constexpr (Traits::kDQFromRegs) {
+      if (t > 0) held.send(wg);
+    }
     if constexpr (Traits::kDPAfterP) issue_dp();
     Tensor tdVrdO = thr_dkv.partition_fragment_B(
         local_tile(sdOt(_, _, stage), Shape<Int<kDSlice>, BlockM>{}, make_coord(dsl, _0{})));
@@ -394,31 +452,34 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
     }
 
     // dV and dQ retired (groups retire in order), dK still running: send
-    // the dQ part under it. Element pairs (row, col), (row, col + 1) of the
-    // accumulator go to BwdWorkspace::dq_tile_offset, 64 bits each: a warp's
-    // instruction covers 8 rows of one 8-column chunk, 256 contiguous bytes.
+    // the dQ part under it, in pairs of adjacent columns (64 bits each).
     warpgroup_wait<1>();
     uint32_t tid_now;
     asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid_now));
     Tensor cdQ = mma_dq.get_thread_slice(tid_now % 128).partition_C(make_identity_tensor(Shape<BlockM, Int<kDQSlice>>{}));
-    auto for_each_pair = [&](auto&& send) {
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < size(tdQrdQ); i += 2) {
-        send(BwdWorkspace::dq_tile_offset(kBlockM, get<0>(cdQ(i)), wg * kDQSlice + get<1>(cdQ(i))),
-             make_float2(tdQrdQ(i), tdQrdQ(i + 1)));
-      }
-    };
     if constexpr (Traits::kDQFromRegs) {
       // Straight into the accumulator (fp32 adds at L2, red.global.add.v2.f32;
-      // the result is unused, so no atomic round trip). The fast walk's
-      // rotation keeps the CTAs in flight on different query blocks.
-      float* gdq = DqReducer<Traits>::at(p, b, hkv * (p.heads_q / p.heads_kv) + t / range.num_m, m).gdq;
-      for_each_pair([&](int offset, float2 v) { atomicAdd(reinterpret_cast<float2*>(gdq + offset), v); });
+      // the result is unused, so no atomic round trip), but for the values
+      // DqHeld keeps for the next step. The fast walk's rotation keeps the
+      // CTAs in flight on different query blocks.
+      held.gdq = DqReducer<Traits>::at(p, b, hkv * (p.heads_q / p.heads_kv) + t / range.num_m, m).gdq;
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(tdQrdQ); i += 2) {
+        const float2 v = make_float2(tdQrdQ(i), tdQrdQ(i + 1));
+        if (i < DqHeld<Traits>::kFirst) {
+          atomicAdd(reinterpret_cast<float2*>(held.gdq + dq_pair_offset<Traits>(cdQ, wg, i)), v);
+        } else {
+          held.hold(i, v);
+        }
+      }
     } else {
       // Into this warpgroup's part of the smem tile, for the writer warp.
       Handoff::wait_empty(wg);
       float* sdq = ss.dq.data();
-      for_each_pair([&](int offset, float2 v) { *reinterpret_cast<float2*>(sdq + offset) = v; });
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(tdQrdQ); i += 2) {
+        *reinterpret_cast<float2*>(sdq + dq_pair_offset<Traits>(cdQ, wg, i)) = make_float2(tdQrdQ(i), tdQrdQ(i + 1));
+      }
       cutlass::arch::fence_view_async_shared();
       Handoff::mark_full(wg);
     }
@@ -427,6 +488,7 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
     // Every GEMM reading this stage's Q/dO is done: hand it back.
     arrive_barrier(ss.empty_bar[stage]);
   }
+  if constexpr (Traits::kDQFromRegs) held.send(wg);
 }
 
 }  // namespace jax_fa3::bwd

@@ -36,6 +36,7 @@ struct BwdTraits {
   static constexpr int kBlockN = Tile::kBlockN;
   static constexpr int kStages = Walk::kStages;
   static constexpr bool kDQFromRegs = Walk::kDQFromRegs;
+  static constexpr int kDQHeldEighths = Walk::kDQHeldEighths;  // DqHeld (mainloop)
   static constexpr int kWarpgroups = Tile::kConsumerWarpgroups;  // MMA warpgroups
   // Warp specialisation: warpgroup 0 is the producer (warp 0 issues the TMA
   // loads, warp 1 sends the dQ tiles to the fp32 accumulator unless
