@@ -77,9 +77,9 @@ constexpr FwdVariant fwd_variant(bool masked, int seqlen_k) {
 //   kDQFromRegs: the MMA warpgroups add it into the fp32 accumulator straight
 //     from their registers (red.global.add.v2.f32; fast mode only), the last
 //     kDQHeldEighths / 8 of each thread's values only in the next step
-//     (DqHeld: at head dim 256 3/8 ran 1.1-7.5% faster than none, best of
-//     1/8-6/8 and three points in the step,
-//     benchmarks/results/2026-12-04h_h200_bwd_dq_held.md);
+//     (DqHeld: at head dim 256, 3/8 ran 3.0-8.0% faster than none causal,
+//     0.3-4.9% without a mask over three runs, the best of 1/8-6/8 and three
+//     send points, benchmarks/results/2026-12-04h_h200_bwd_dq_held.md);
 //   otherwise: through an fp32 smem tile that a writer warp bulk-reduces
 //     (the deterministic mode enforces its order there).
 // Head dim 64 walks 128 queries a step in both modes: against 64-query steps

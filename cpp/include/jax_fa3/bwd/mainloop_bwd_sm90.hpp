@@ -153,8 +153,8 @@ CUTE_DEVICE int dq_pair_offset(const Coords& cdQ, int wg, int i) {
 // kDQFromRegs: a step's dQ part leaves the SM as fp32 reduce-adds, 64 KB a
 // step at head dim 256. Sent all at once under the dK GEMM, they cost about a
 // third of the step: without them the fast mode ran 35-45% faster, with plain
-// stores of the same bytes instead only 0-5%, so it is the bytes leaving the
-// SM, not the adds. The last kDQHeldEighths / 8 of each thread's values are
+// stores of the same bytes instead only -2..+5%, so it is the bytes leaving
+// the SM, not the adds. The last kDQHeldEighths / 8 of each thread's values are
 // instead held in registers and sent in the next step, once its P is computed
 // (under the dP GEMM), and after the last step
 // (benchmarks/results/2026-12-04h_h200_bwd_dq_held.md).
