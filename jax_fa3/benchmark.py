@@ -2,7 +2,7 @@
 
     python -m jax_fa3.benchmark [--seqlens 512,1k,...] [--head-dims 64,128,256]
         [--dtypes bf16,fp16] [--causal both|yes|no] [--impls jax_fa3,cudnn,xla]
-        [--modes fwd,fwdbwd] [--csv F] [--json F] [--markdown F] [--plot F.png]
+        [--modes fwd,fwdbwd,bwd] [--csv F] [--json F] [--markdown F] [--plot F.png]
 
 The grid keeps the total number of tokens and the hidden size fixed, as the
 paper does: ``batch = total_tokens // seqlen`` and ``heads = hidden // head_dim``
@@ -13,11 +13,15 @@ run, on the same inputs:
 - ``cudnn`` / ``xla``: ``jax.nn.dot_product_attention(..., implementation=...)``.
 
 Modes: ``fwd`` times the jit-compiled forward, ``fwdbwd`` the jit-compiled
-forward plus the backward (a ``jax.vjp`` with a fixed random cotangent). FLOPs
-follow the paper: the forward does ``4·b·s²·h·d`` (half when causal), the
-backward 2.5 times that. Reported throughputs: fwd (forward FLOPs over the
-forward time), fwd+bwd (3.5× forward FLOPs over the fwd+bwd time) and bwd
-(2.5× forward FLOPs over fwd+bwd time minus forward time).
+forward plus the backward (a ``jax.vjp`` with a fixed random cotangent), and
+``bwd`` the backward alone: the jit-compiled function that ``jax.vjp`` returns
+(the forward's residuals computed once, before timing, are its inputs), called
+with the cotangent. FLOPs follow the paper: the forward does ``4·b·s²·h·d``
+(half when causal), the backward 2.5 times that. Reported throughputs: fwd
+(forward FLOPs over the forward time), fwd+bwd (3.5× forward FLOPs over the
+fwd+bwd time) and bwd (2.5× forward FLOPs over the backward's time; without
+the ``bwd`` mode, over fwd+bwd time minus forward time, which the CSV/JSON
+also keep as ``bwd_derived_*`` when all three modes ran).
 
 Each timed sample dispatches back-to-back calls (rotating among a few sets of
 random inputs; as many as fill about ``--min-sample-ms``, judged from one timed
@@ -64,7 +68,8 @@ import numpy as np
 import jax_fa3
 
 IMPLS = ("jax_fa3", "cudnn", "xla")
-MODES = ("fwd", "fwdbwd")
+MODES = ("fwd", "fwdbwd", "bwd")
+MODE_LABELS = {"fwd": "fwd", "fwdbwd": "f+b", "bwd": "bwd"}
 DTYPES = {"bf16": jnp.bfloat16, "fp16": jnp.float16}
 DTYPE_ALIASES = {"bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16", "half": "fp16"}
 DEFAULT_SEQLENS = (512, 1024, 2048, 4096, 8192, 16384)
@@ -121,7 +126,7 @@ def _choice_list(choices: Sequence[str], aliases: dict[str, str] | None = None) 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Time jax_fa3, cuDNN and XLA attention (forward and forward+backward) on the "
+        description="Time jax_fa3, cuDNN and XLA attention (forward, forward+backward, backward) on the "
         "FlashAttention-3 paper's grid: batch = total_tokens // seqlen, heads = hidden // head_dim.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -136,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hidden", type=int, default=2048, help="heads * head_dim")
     g.add_argument("--impls", type=_choice_list(IMPLS), default=",".join(IMPLS),
                    help="comma-separated: " + ", ".join(IMPLS))
-    g.add_argument("--modes", type=_choice_list(MODES), default=",".join(MODES), help="comma-separated: fwd, fwdbwd")
+    g.add_argument("--modes", type=_choice_list(MODES), default=",".join(MODES), help="comma-separated: fwd, fwdbwd, bwd")
     g.add_argument("--xla-max-seqlen", type=int, default=8192,
                    help="skip the XLA implementation above this seqlen (it materialises b*h*s^2 scores); 0: no limit")
     t = p.add_argument_group("timing")
@@ -269,16 +274,30 @@ def attention_fn(impl: str, causal: bool) -> Callable:
 
 
 def make_step(impl: str, causal: bool, mode: str) -> Callable:
-    """A jit-compiled (q, k, v, dout) -> out (fwd) or (dq, dk, dv) (fwdbwd)."""
+    """A jit-compiled (q, k, v, dout) -> out (fwd) or (dq, dk, dv) (fwdbwd), or (vjp, dout) -> (dq, dk, dv) (bwd).
+
+    For bwd, ``vjp`` is the function :func:`make_bwd_inputs` got from ``jax.vjp``: a
+    pytree of the forward's residuals, so the jit-compiled call runs the backward only.
+    """
     attn = attention_fn(impl, causal)
     if mode == "fwd":
         return jax.jit(lambda q, k, v, dout: attn(q, k, v))
+    if mode == "bwd":
+        return jax.jit(lambda vjp, dout: vjp(dout))
 
     def fwdbwd(q, k, v, dout):
         _, vjp = jax.vjp(attn, q, k, v)
         return vjp(dout)
 
     return jax.jit(fwdbwd)
+
+
+def make_bwd_inputs(impl: str, causal: bool, inputs: Sequence[tuple]) -> list[tuple]:
+    """(vjp, dout) per input set: the jit-compiled forward's ``jax.vjp`` (residuals on the device) and dout."""
+    attn = jax.jit(attention_fn(impl, causal))
+    sets = [(jax.vjp(attn, q, k, v)[1], dout) for q, k, v, dout in inputs]
+    jax.block_until_ready(sets)
+    return sets
 
 
 # ----------------------------------------------------------------------------
@@ -387,7 +406,9 @@ def check_point(records: dict[str, dict], outputs: dict[tuple[str, str], object]
             rec["check"] = f"non-finite {'/'.join(bad)}" if bad else ""
             continue
         flags = []
-        for mode, field in (("fwd", "check_out_max_abs_diff"), ("fwdbwd", "check_grad_max_abs_diff")):
+        # Gradients from fwdbwd, or from bwd where only that ran.
+        grad_mode = "fwdbwd" if ("jax_fa3", "fwdbwd") in outputs else "bwd"
+        for mode, field in (("fwd", "check_out_max_abs_diff"), (grad_mode, "check_grad_max_abs_diff")):
             if ("jax_fa3", mode) in outputs and (impl, mode) in outputs:
                 diff, scale = compare(outputs[("jax_fa3", mode)], outputs[(impl, mode)])
                 rec[field] = diff
@@ -415,20 +436,25 @@ def empty_record(point: Point, impl: str) -> dict:
     for mode in MODES:
         rec.update({f"{mode}_status": "", f"{mode}_ms": None, f"{mode}_ms_min": None,
                     f"{mode}_calls_per_sample": None, f"{mode}_first_call_s": None, f"{mode}_note": ""})
-    rec.update(bwd_ms=None, fwd_tflops=None, fwdbwd_tflops=None, bwd_tflops=None,
+    rec.update(bwd_derived_ms=None, fwd_tflops=None, fwdbwd_tflops=None, bwd_tflops=None, bwd_derived_tflops=None,
                check="", check_out_max_abs_diff=None, check_out_ref_max_abs=None,
                check_grad_max_abs_diff=None, check_grad_ref_max_abs=None)
     return rec
 
 
 def finish_record(rec: dict) -> None:
-    """Derived fields: bwd time and the three throughputs (from median times)."""
+    """Throughputs from median times; bwd_tflops from the bwd mode, else from fwd+bwd minus fwd.
+
+    The derived backward time (fwd+bwd minus fwd) is also kept as bwd_derived_*.
+    """
     flops = rec["fwd_flops"]
     rec["fwd_tflops"] = tflops(flops, rec["fwd_ms"])
     rec["fwdbwd_tflops"] = tflops((1 + BWD_FLOP_RATIO) * flops, rec["fwdbwd_ms"])
     if rec["fwd_ms"] is not None and rec["fwdbwd_ms"] is not None:
-        rec["bwd_ms"] = rec["fwdbwd_ms"] - rec["fwd_ms"]
-        rec["bwd_tflops"] = tflops(BWD_FLOP_RATIO * flops, rec["bwd_ms"])
+        rec["bwd_derived_ms"] = rec["fwdbwd_ms"] - rec["fwd_ms"]
+        rec["bwd_derived_tflops"] = tflops(BWD_FLOP_RATIO * flops, rec["bwd_derived_ms"])
+    measured = rec["bwd_ms"] is not None
+    rec["bwd_tflops"] = tflops(BWD_FLOP_RATIO * flops, rec["bwd_ms"]) if measured else rec["bwd_derived_tflops"]
 
 
 def prepare(rec: dict, mode: str, point: Point, inputs: Sequence[tuple], args: argparse.Namespace,
@@ -437,6 +463,8 @@ def prepare(rec: dict, mode: str, point: Point, inputs: Sequence[tuple], args: a
     impl = rec["impl"]
     try:
         step = make_step(impl, point.causal, mode)
+        if mode == "bwd":
+            inputs = make_bwd_inputs(impl, point.causal, inputs)
         timer = Timer(step, inputs, warmup=args.warmup, min_sample_ms=args.min_sample_ms)
         if args.check:
             outputs[(impl, mode)] = step(*inputs[0])
@@ -452,7 +480,7 @@ def record_timing(rec: dict, mode: str, point: Point, timer: Timer, log: Callabl
     timing = timer.timing()
     rec.update({f"{mode}_status": "ok", f"{mode}_ms": timing.median_ms, f"{mode}_ms_min": timing.min_ms,
                 f"{mode}_calls_per_sample": timing.calls_per_sample, f"{mode}_first_call_s": timing.first_call_s})
-    flops = fwd_flops(point) * (1 if mode == "fwd" else 1 + BWD_FLOP_RATIO)
+    flops = fwd_flops(point) * {"fwd": 1, "fwdbwd": 1 + BWD_FLOP_RATIO, "bwd": BWD_FLOP_RATIO}[mode]
     log(f"    {rec['impl']:8s} {mode:7s} {timing.median_ms:9.3f} ms (min {timing.min_ms:.3f})"
         f" {_fmt_tflops(tflops(flops, timing.median_ms)):>8s} TFLOP/s  (first call {timing.first_call_s:.1f} s)")
 
@@ -631,13 +659,25 @@ def _metric_columns(modes: Sequence[str], with_ms: bool) -> list[tuple[str, Call
         cols.append(("fwd ms", lambda r: _fmt(r["fwd_ms"], ".3f")))
     if with_ms and "fwdbwd" in modes:
         cols.append(("f+b ms", lambda r: _fmt(r["fwdbwd_ms"], ".3f")))
+    if with_ms and "bwd" in modes:
+        cols.append(("bwd ms", lambda r: _fmt(r["bwd_ms"], ".3f")))
     if "fwd" in modes:
         cols.append(("fwd TF/s", lambda r: _fmt_tflops(r["fwd_tflops"])))
     if "fwdbwd" in modes:
         cols.append(("f+b TF/s", lambda r: _fmt_tflops(r["fwdbwd_tflops"])))
-    if "fwd" in modes and "fwdbwd" in modes:
+    if _has_bwd(modes):
         cols.append(("bwd TF/s", lambda r: _fmt_tflops(r["bwd_tflops"])))
     return cols
+
+
+def _has_bwd(modes: Sequence[str]) -> bool:
+    """Whether a backward throughput exists: timed alone, or derived from fwd+bwd minus fwd."""
+    return "bwd" in modes or ("fwd" in modes and "fwdbwd" in modes)
+
+
+def _bwd_method(modes: Sequence[str]) -> str:
+    return ("2.5× fwd FLOPs / backward time (the backward timed alone)" if "bwd" in modes
+            else "2.5× fwd FLOPs / (fwd+bwd time − fwd time)")
 
 
 def _point_columns() -> list[tuple[str, Callable[[Point], str]]]:
@@ -695,7 +735,7 @@ def times_table(points: Sequence[Point], records: Sequence[dict], impls: Sequenc
     by_point = _by_point(records)
     headers = [("", name) for name, _ in _point_columns()[:4]]
     for impl in impls:
-        headers += [(impl, f"{'fwd' if m == 'fwd' else 'f+b'} ms") for m in modes]
+        headers += [(impl, f"{MODE_LABELS[m]} ms") for m in modes]
     rows = []
     for point in points:
         recs = by_point.get((point.seqlen, point.head_dim, point.causal, point.dtype), {})
@@ -828,7 +868,7 @@ def markdown_report(points, records, args, meta) -> str:
         f"of back-to-back calls over {args.input_sets} random input sets; at each point and mode the "
         "implementations' samples are taken in turns",
         "- FLOPs: fwd 4·b·s²·h·d (halved when causal); fwd+bwd TF/s = 3.5× fwd FLOPs / fwd+bwd time; "
-        "bwd TF/s = 2.5× fwd FLOPs / (fwd+bwd time − fwd time)",
+        f"bwd TF/s = {_bwd_method(args.modes)}",
     ]
     if not meta["complete"]:
         header.append("- **Interrupted**: only the grid points run before the interruption are listed")
@@ -849,7 +889,8 @@ CSV_FIELDS = (
     "seqlen", "head_dim", "causal", "dtype", "batch", "heads", "impl", "fwd_flops",
     "fwd_status", "fwd_ms", "fwd_ms_min", "fwd_calls_per_sample", "fwd_first_call_s", "fwd_note",
     "fwdbwd_status", "fwdbwd_ms", "fwdbwd_ms_min", "fwdbwd_calls_per_sample", "fwdbwd_first_call_s", "fwdbwd_note",
-    "bwd_ms", "fwd_tflops", "fwdbwd_tflops", "bwd_tflops",
+    "bwd_status", "bwd_ms", "bwd_ms_min", "bwd_calls_per_sample", "bwd_first_call_s", "bwd_note",
+    "fwd_tflops", "fwdbwd_tflops", "bwd_tflops", "bwd_derived_ms", "bwd_derived_tflops",
     "check", "check_out_max_abs_diff", "check_out_ref_max_abs", "check_grad_max_abs_diff", "check_grad_ref_max_abs",
 )
 
@@ -886,7 +927,7 @@ def write_plot(path: str, points: Sequence[Point], records: Sequence[dict], args
     panels = []
     if "fwd" in args.modes:
         panels.append(("fwd_tflops", "forward"))
-    if "fwd" in args.modes and "fwdbwd" in args.modes:
+    if _has_bwd(args.modes):
         panels.append(("bwd_tflops", "backward"))
     elif "fwdbwd" in args.modes:
         panels.append(("fwdbwd_tflops", "forward + backward"))

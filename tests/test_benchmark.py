@@ -28,7 +28,7 @@ IMPLS = ("jax_fa3", "cudnn", "xla")
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    """One tiny run: 2 seqlens x causal yes/no, the three implementations, both modes, every output."""
+    """One tiny run: 2 seqlens x causal yes/no, the three implementations, all three modes, every output."""
     out = tmp_path_factory.mktemp("bench")
     files = {ext: out / f"bench.{ext}" for ext in ("csv", "json", "md", "png")}
     argv = [*TINY, "--impls", ",".join(IMPLS), "--xla-max-seqlen", "64", "--revision", "testrev",
@@ -53,15 +53,20 @@ def test_csv_rows(report):
         assert int(row["batch"]) == 256 // int(row["seqlen"]) and int(row["heads"]) == 2
         assert int(row["head_dim"]) == 64 and row["dtype"] == "bf16"
         if row["impl"] == "jax_fa3" or (row["impl"] == "xla" and row["seqlen"] == "64"):
-            for mode in ("fwd", "fwdbwd"):
+            for mode in ("fwd", "fwdbwd", "bwd"):
                 assert row[f"{mode}_status"] == "ok", row
                 assert float(row[f"{mode}_ms"]) > 0 and 0 < float(row[f"{mode}_ms_min"]) <= float(row[f"{mode}_ms"])
                 assert float(row[f"{mode}_tflops"]) > 0
+            # bwd TF/s is the backward timed alone; f+b minus fwd is kept beside it.
+            flops = 2.5 * float(row["fwd_flops"])
+            assert float(row["bwd_tflops"]) == pytest.approx(flops / float(row["bwd_ms"]) / 1e9)
+            derived_ms = float(row["fwdbwd_ms"]) - float(row["fwd_ms"])
+            assert float(row["bwd_derived_ms"]) == pytest.approx(derived_ms)
         if row["impl"] == "xla" and row["seqlen"] == "128":  # above --xla-max-seqlen
-            assert row["fwd_status"] == row["fwdbwd_status"] == "n/a"
+            assert row["fwd_status"] == row["fwdbwd_status"] == row["bwd_status"] == "n/a"
             assert row["fwd_ms"] == "n/a" and "xla-max-seqlen" in row["fwd_note"]
         if row["impl"] == "cudnn" and ON_CPU:  # no cuDNN on the CPU: n/a with a reason, not a crash
-            assert row["fwd_status"] == row["fwdbwd_status"] == "n/a" and row["fwd_note"]
+            assert row["fwd_status"] == row["fwdbwd_status"] == row["bwd_status"] == "n/a" and row["fwd_note"]
         if row["impl"] == "xla" and row["seqlen"] == "64":  # compared with jax_fa3 on the same inputs
             assert row["check"] == "ok", row
             assert 0 <= float(row["check_out_max_abs_diff"]) < 0.1
@@ -77,7 +82,7 @@ def test_json(report):
     assert meta["jax"] == jax.__version__ and meta["revision"] == "testrev" and meta["complete"]
     assert meta["command"].startswith("python -m jax_fa3.benchmark --total-tokens 256")
     fa3 = [r for r in data["results"] if r["impl"] == "jax_fa3"]
-    assert all(r["fwd_ms"] > 0 and r["fwdbwd_ms"] > 0 for r in fa3)
+    assert all(r["fwd_ms"] > 0 and r["fwdbwd_ms"] > 0 and r["bwd_ms"] > 0 for r in fa3)
     assert all(r["fwd_flops"] == benchmark.fwd_flops(benchmark.Point(
         r["seqlen"], r["head_dim"], r["causal"], r["dtype"], r["batch"], r["heads"])) for r in fa3)
 
@@ -91,6 +96,7 @@ def test_markdown(report):
     table = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert len(table) == 2 * 4  # throughput table and times table, one row per grid point each
     assert "cudnn" in text and "n/a" in text
+    assert "bwd TF/s = 2.5× fwd FLOPs / backward time (the backward timed alone)" in text
 
 
 def test_plot(report):
@@ -109,6 +115,18 @@ def test_forward_only_no_check(capsys):
     assert "fwd TF/s" in printed and "bwd TF/s" not in printed
 
 
+def test_backward_alone_is_checked():
+    """--modes bwd times the backward alone and still compares the gradients with jax_fa3's."""
+    result = benchmark.run([*TINY, "--seqlens", "64", "--causal", "yes", "--impls", "jax_fa3,xla",
+                            "--modes", "bwd", "--quiet"])
+    fa3, xla = result["results"]
+    for rec in (fa3, xla):
+        assert rec["bwd_status"] == "ok" and rec["bwd_ms"] > 0 and rec["bwd_tflops"] > 0
+        assert rec["fwd_status"] == rec["fwdbwd_status"] == "" and rec["bwd_derived_ms"] is None
+    assert xla["check"] == "ok" and 0 <= xla["check_grad_max_abs_diff"] < 0.1
+    assert xla["check_out_max_abs_diff"] is None
+
+
 def test_grid_and_flops():
     args = benchmark.parse_args(["--seqlens", "512,1k,16k", "--head-dims", "128", "--dtypes", "bfloat16",
                                  "--causal", "yes"])
@@ -122,7 +140,13 @@ def test_grid_and_flops():
     benchmark.finish_record(rec)
     assert rec["fwd_tflops"] == pytest.approx(benchmark.fwd_flops(p) / 1e-3 / 1e12)
     assert rec["fwdbwd_tflops"] == pytest.approx(3.5 * benchmark.fwd_flops(p) / 3e-3 / 1e12)
-    assert rec["bwd_tflops"] == pytest.approx(2.5 * benchmark.fwd_flops(p) / 2e-3 / 1e12)
+    # Without the bwd mode the backward is fwd+bwd minus fwd ...
+    assert rec["bwd_tflops"] == rec["bwd_derived_tflops"] == pytest.approx(2.5 * benchmark.fwd_flops(p) / 2e-3 / 1e12)
+    # ... with it, the backward's own time.
+    rec.update(bwd_ms=1.6)
+    benchmark.finish_record(rec)
+    assert rec["bwd_tflops"] == pytest.approx(2.5 * benchmark.fwd_flops(p) / 1.6e-3 / 1e12)
+    assert rec["bwd_derived_ms"] == pytest.approx(2.0)
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--impls", "flash"])
 
