@@ -17,12 +17,18 @@ namespace jax_fa3 {
 // 80 keys ran 2-4% faster causal from 2k on, 2-3% slower at 512-1k
 // (benchmarks/results/2026-12-04_h200_fwd_rescale.md).
 //
+// Head dim 128's wide blocks are 160 keys, not the most the registers allow
+// (176: O, S and P take 196 of the 232): 160 ran 1.2-3.2% faster from 2k to
+// 16k keys in two runs (also at 16k, where 176 pads less), 144 up to 1.4%;
+// causal tiles on 144 or 160 keys instead of 128 ran 1-6% slower
+// (benchmarks/results/2026-12-04i_h200_fwd_blocks.md).
+//
 // kNarrowPaysPermille: an unmasked call runs on the narrow blocks too when the
 // wide ones would pad the keys to more than (1000 + it) / 1000 of what the
 // narrow ones pad to (fwd_narrow_keys_pay; 0: never): about what a narrow
-// block costs more a key. At head dim 128 the 128-key blocks ran 0.7-3.9%
-// faster than the 176-key ones at 512-4k keys (176 pad those by 3.1%) and
-// 0.7-1.1% slower at 8k-16k (1.0% padding); head dim 96 (128 vs 160 keys):
+// block costs more a key. At head dim 128 the 128-key blocks ran 4.9% faster
+// than the 160-key ones at 1k keys (160 pad those by 9.4%) and 1.2-3.1%
+// slower from 2k (1.6% padding, at 16k 0.6%); head dim 96 (128 vs 160 keys):
 // +16.5% and +5.6% at 512 and 1k (25% and 9.4% padding), 0.991-0.999 from 2k
 // (1.6%, at 16k 0.6%); head dim 192 (96 vs 112 keys): +2.9% at 1k (6.1% more
 // padding), 0.976-0.989 from 2k (0.3-0.8%)
@@ -35,7 +41,7 @@ template <int kHeadDim, bool kNarrowKeys>
 struct FwdTile;
 template <bool kNarrowKeys> struct FwdTile<64, kNarrowKeys>  { static constexpr int kBlockM = 192, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 3, kNarrowPaysPermille = 0; static constexpr bool kPingPong = true; };
 template <bool kNarrowKeys> struct FwdTile<96, kNarrowKeys>  { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 128 : 160, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 16; static constexpr bool kPingPong = true; };
-template <bool kNarrowKeys> struct FwdTile<128, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 128 : 176, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 16; static constexpr bool kPingPong = true; };
+template <bool kNarrowKeys> struct FwdTile<128, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 128 : 160, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 30; static constexpr bool kPingPong = true; };
 template <bool kNarrowKeys> struct FwdTile<192, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 96 : 112, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 30; static constexpr bool kPingPong = false; };
 template <bool kNarrowKeys> struct FwdTile<256, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = 80, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 0; static constexpr bool kPingPong = false; };
 

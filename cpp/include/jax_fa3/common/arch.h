@@ -9,7 +9,7 @@
 #endif
 
 // wgmma atoms with N not in {8, 16, 32, 64, 96, 128, 192, 256} (e.g. the
-// forward's 176/112/80-key blocks) exist in CuTe only with this switch; without
+// forward's 160/112/80-key blocks) exist in CuTe only with this switch; without
 // it the atom selectors quietly fall back to N = 16 pieces. Must precede every
 // CuTe include, hence here (kernel traits also assert the atom they got).
 #ifndef CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED
