@@ -21,7 +21,7 @@ with the cotangent. FLOPs follow the paper: the forward does ``4·b·s²·h·d``
 (forward FLOPs over the forward time), fwd+bwd (3.5× forward FLOPs over the
 fwd+bwd time) and bwd (2.5× forward FLOPs over the backward's time; without
 the ``bwd`` mode, over fwd+bwd time minus forward time, which the CSV/JSON
-also keep as ``bwd_derived_*`` when all three modes ran).
+keep as ``bwd_derived_*`` wherever fwd and fwdbwd both ran).
 
 Each timed sample dispatches back-to-back calls (rotating among a few sets of
 random inputs; as many as fill about ``--min-sample-ms``, judged from one timed
@@ -229,16 +229,18 @@ def tflops(flops: float, ms: float | None) -> float | None:
     return flops / (ms * 1e-3) / 1e12
 
 
-def xla_skip_reason(point: Point, args: argparse.Namespace, device) -> str | None:
-    """Why XLA is not run at this point (its s² scores would not fit), or None."""
+def xla_skip_reason(point: Point, args: argparse.Namespace, device, mode: str = "fwdbwd") -> str | None:
+    """Why XLA is not run at this point in this mode (its s² scores would not fit), or None."""
     score_bytes = 4 * point.batch * point.heads * point.seqlen**2
     if args.xla_max_seqlen and point.seqlen > args.xla_max_seqlen:
         return (f"skipped: seqlen > --xla-max-seqlen {args.xla_max_seqlen} "
                 "(XLA materialises the b*h*s^2 float32 scores)")
     limit = _device_memory_limit(device)
-    # Forward+backward keeps scores, probabilities and their gradients: ~3 s² buffers.
-    if limit and 3 * score_bytes > limit:
-        return (f"skipped: XLA needs ~3 x {score_bytes / 2**30:.1f} GiB of s^2 buffers, "
+    # Forward+backward keeps scores, probabilities and their gradients: ~3 s² buffers; the
+    # backward timed alone also holds every input set's residuals (its probabilities).
+    buffers = 3 + (args.input_sets if mode == "bwd" else 0)
+    if limit and buffers * score_bytes > limit:
+        return (f"skipped: XLA needs ~{buffers} x {score_bytes / 2**30:.1f} GiB of s^2 buffers, "
                 f"more than the device's {limit / 2**30:.1f} GiB")
     return None
 
@@ -505,7 +507,7 @@ def run_point(point: Point, args: argparse.Namespace, key, device, log: Callable
     for mode in args.modes:
         timers: dict[str, Timer] = {}
         for impl, rec in records.items():
-            skip = xla_skip_reason(point, args, device) if impl == "xla" else None
+            skip = xla_skip_reason(point, args, device, mode) if impl == "xla" else None
             if skip:
                 rec[f"{mode}_status"], rec[f"{mode}_note"] = NA, skip
                 log(f"    {impl:8s} {mode:7s} n/a: {skip}")

@@ -127,6 +127,19 @@ def test_backward_alone_is_checked():
     assert xla["check_out_max_abs_diff"] is None
 
 
+def test_xla_skip_counts_the_backward_residuals():
+    """The backward timed alone holds every input set's s² residuals: XLA is skipped sooner there."""
+
+    class Device:
+        def memory_stats(self):
+            return {"bytes_limit": 16 * 2**30}
+
+    args = benchmark.parse_args(["--input-sets", "3", "--xla-max-seqlen", "0"])
+    point = benchmark.Point(8192, 64, False, "bf16", 1, 16)  # 4 GiB of float32 scores
+    assert benchmark.xla_skip_reason(point, args, Device(), "fwdbwd") is None
+    assert "6 x 4.0 GiB" in benchmark.xla_skip_reason(point, args, Device(), "bwd")
+
+
 def test_grid_and_flops():
     args = benchmark.parse_args(["--seqlens", "512,1k,16k", "--head-dims", "128", "--dtypes", "bfloat16",
                                  "--causal", "yes"])
