@@ -36,7 +36,7 @@ namespace jax_fa3 {
 //
 // Shared memory (Q + kStages x (K + V)) must fit 227 KB and the consumer
 // registers (O: kHeadDim/2, S: kBlockN/2, P: kBlockN/4 per thread) the
-// setmaxnreg budget (240 with 2 consumer warpgroups, 160 with 3).
+// setmaxnreg budget (kConsumerRegs: 232 with 2 consumer warpgroups, 160 with 3).
 template <int kHeadDim, bool kNarrowKeys>
 struct FwdTile;
 template <bool kNarrowKeys> struct FwdTile<64, kNarrowKeys>  { static constexpr int kBlockM = 192, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 3, kNarrowPaysPermille = 0; static constexpr bool kPingPong = true; };
