@@ -229,7 +229,7 @@ def tflops(flops: float, ms: float | None) -> float | None:
     return flops / (ms * 1e-3) / 1e12
 
 
-def xla_skip_reason(point: Point, args: argparse.Namespace, device, mode: str = "fwdbwd") -> str | None:
+def xla_skip_reason(point: Point, args: argparse.Namespace, device, mode: str) -> str | None:
     """Why XLA is not run at this point in this mode (its s² scores would not fit), or None."""
     score_bytes = 4 * point.batch * point.heads * point.seqlen**2
     if args.xla_max_seqlen and point.seqlen > args.xla_max_seqlen:

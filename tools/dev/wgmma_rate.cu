@@ -45,24 +45,18 @@ __global__ void __launch_bounds__(128) rate_kernel(long long* cycles, float* sin
   Tensor tCrB = thr.partition_fragment_B(sB);
   Tensor acc = partition_fragment_C(mma, Shape<_64, Int<N>>{});
   clear(acc);
-  auto run = [&](auto& tCrA) {
-    long long start = clock64();
-    for (int it = 0; it < kIters; ++it) {
-      jax_fa3::warpgroup_gemm</*kZeroInit=*/false, kARegs>(mma, tCrA, tCrB, acc);
-      warpgroup_wait<1>();  // two GEMMs in flight, like the forward's S and P V
-    }
-    warpgroup_wait<0>();
-    return clock64() - start;
-  };
-  long long elapsed;
+  // Shared-memory descriptors (SS) or a register fragment (RS).
+  Tensor tCrA = thr.partition_fragment_A(sA);
   if constexpr (kARegs) {
-    Tensor tCrA = thr.partition_fragment_A(sA);
     for (int i = 0; i < size(tCrA); ++i) tCrA(i) = Element(float(i % 5) * 0.01f);
-    elapsed = run(tCrA);
-  } else {
-    Tensor tCrA = thr.partition_fragment_A(sA);
-    elapsed = run(tCrA);
   }
+  const long long start = clock64();
+  for (int it = 0; it < kIters; ++it) {
+    jax_fa3::warpgroup_gemm</*kZeroInit=*/false, kARegs>(mma, tCrA, tCrB, acc);
+    warpgroup_wait<1>();  // two GEMMs in flight, like the forward's S and P V
+  }
+  warpgroup_wait<0>();
+  const long long elapsed = clock64() - start;
   float s = 0.f;
   for (int i = 0; i < size(acc); ++i) s += acc(i);
   sink[threadIdx.x] = s;

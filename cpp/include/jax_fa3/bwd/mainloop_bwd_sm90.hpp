@@ -142,12 +142,36 @@ __device__ __forceinline__ void bwd_load(const BwdMainParams<Traits>& p, typenam
   }
 }
 
+// The thread's index within its warpgroup, read afresh: addresses derived
+// from it where they are used are not kept live (or spilled) through the
+// math in between.
+CUTE_DEVICE uint32_t fresh_warpgroup_thread() {
+  uint32_t tid;
+  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid));
+  return tid % 128;
+}
+
+// (row, column) in the warpgroup's dQ part of each of the thread's dQ values.
+template <class Traits>
+CUTE_DEVICE auto dq_coords() {
+  typename Traits::MmadQ mma_dq;
+  return mma_dq.get_thread_slice(fresh_warpgroup_thread())
+      .partition_C(make_identity_tensor(Shape<typename Traits::BlockM, Int<Traits::kDQSlice>>{}));
+}
+
 // Offset (floats) in a query block's dQ accumulator tile of the thread's dQ
 // values i, i + 1 (adjacent columns): BwdWorkspace::dq_tile_offset; a warp's
 // instruction covers 8 rows of one 8-column chunk, 256 contiguous bytes.
 template <class Traits, class Coords>
 CUTE_DEVICE int dq_pair_offset(const Coords& cdQ, int wg, int i) {
   return BwdWorkspace::dq_tile_offset(Traits::kBlockM, get<0>(cdQ(i)), wg * Traits::kDQSlice + get<1>(cdQ(i)));
+}
+
+// Adds the thread's dQ values i, i + 1 into the fp32 accumulator tile at gdq
+// (red.global.add.v2.f32: the result is unused, so no atomic round trip).
+template <class Traits, class Coords>
+CUTE_DEVICE void dq_add_pair(float* gdq, const Coords& cdQ, int wg, int i, float2 v) {
+  atomicAdd(reinterpret_cast<float2*>(gdq + dq_pair_offset<Traits>(cdQ, wg, i)), v);
 }
 
 // kDQFromRegs: a step's dQ part leaves the SM as fp32 reduce-adds, 64 KB a
@@ -177,17 +201,10 @@ struct DqHeld {
                  : "=f"(h.x), "=f"(h.y) : "f"(x.x), "f"(x.y));
   }
 
-  // The addresses from a fresh read of the thread index, not kept live.
   CUTE_DEVICE void send(int wg) const {
-    uint32_t tid_now;
-    asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid_now));
-    typename Traits::MmadQ mma_dq;
-    Tensor cdQ = mma_dq.get_thread_slice(tid_now % 128)
-                     .partition_C(make_identity_tensor(Shape<typename Traits::BlockM, Int<Traits::kDQSlice>>{}));
+    const auto cdQ = dq_coords<Traits>();
     CUTLASS_PRAGMA_UNROLL
-    for (int i = kFirst; i < kValues; i += 2) {
-      atomicAdd(reinterpret_cast<float2*>(gdq + dq_pair_offset<Traits>(cdQ, wg, i)), v[(i - kFirst) / 2]);
-    }
+    for (int i = kFirst; i < kValues; i += 2) dq_add_pair<Traits>(gdq, cdQ, wg, i, v[(i - kFirst) / 2]);
   }
 };
 
@@ -414,13 +431,10 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
     // every warpgroup's part. Buffer ds_stage was last read by the GEMMs of
     // step t - 2, which every warpgroup waited for before arriving at step
     // t - 1's barrier. The store addresses come from a fresh read of the
-    // thread index, so they are not kept live (or spilled) through the P/dS
-    // math.
+    // thread index (fresh_warpgroup_thread).
     {
-      uint32_t tid_now;
-      asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid_now));
       auto r2s = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_sdp);
-      auto thr_store = r2s.get_thread_slice(tid_now % 128);
+      auto thr_store = r2s.get_thread_slice(fresh_warpgroup_thread());
       auto store = [&](auto const& frag, Element* base) {
         Tensor st = make_tensor(make_smem_ptr(base), typename Traits::SmemLayoutdSt{})(_, _, ds_stage);
         copy(r2s, thr_store.retile_S(frag),
@@ -454,12 +468,9 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
     // dV and dQ retired (groups retire in order), dK still running: send
     // the dQ part under it, in pairs of adjacent columns (64 bits each).
     warpgroup_wait<1>();
-    uint32_t tid_now;
-    asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid_now));
-    Tensor cdQ = mma_dq.get_thread_slice(tid_now % 128).partition_C(make_identity_tensor(Shape<BlockM, Int<kDQSlice>>{}));
+    const auto cdQ = dq_coords<Traits>();
     if constexpr (Traits::kDQFromRegs) {
-      // Straight into the accumulator (fp32 adds at L2, red.global.add.v2.f32;
-      // the result is unused, so no atomic round trip), but for the values
+      // Straight into the accumulator (fp32 adds at L2), but for the values
       // DqHeld keeps for the next step. The fast walk's rotation keeps the
       // CTAs in flight on different query blocks.
       held.gdq = DqReducer<Traits>::at(p, b, hkv * (p.heads_q / p.heads_kv) + t / range.num_m, m).gdq;
@@ -467,7 +478,7 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
       for (int i = 0; i < size(tdQrdQ); i += 2) {
         const float2 v = make_float2(tdQrdQ(i), tdQrdQ(i + 1));
         if (i < DqHeld<Traits>::kFirst) {
-          atomicAdd(reinterpret_cast<float2*>(held.gdq + dq_pair_offset<Traits>(cdQ, wg, i)), v);
+          dq_add_pair<Traits>(held.gdq, cdQ, wg, i, v);
         } else {
           held.hold(i, v);
         }
