@@ -167,11 +167,16 @@ CUTE_DEVICE int dq_pair_offset(const Coords& cdQ, int wg, int i) {
   return BwdWorkspace::dq_tile_offset(Traits::kBlockM, get<0>(cdQ(i)), wg * Traits::kDQSlice + get<1>(cdQ(i)));
 }
 
-// Adds the thread's dQ values i, i + 1 into the fp32 accumulator tile at gdq
-// (red.global.add.v2.f32: the result is unused, so no atomic round trip).
+// Adds the thread's dQ values i, i + 1 into the fp32 accumulator tile at gdq:
+// a reduction (REDG), no atomic round trip. Written as PTX red rather than
+// atomicAdd with its result unused: ptxas then emits ATOMG instead whenever
+// the kernel holds a memory fence anywhere, even on a branch never taken (the
+// one SASS difference of note in a fast kernel that ran 15-22% slower with
+// such a branch, benchmarks/results/2026-12-04j_h200_bwd_det.md).
 template <class Traits, class Coords>
 CUTE_DEVICE void dq_add_pair(float* gdq, const Coords& cdQ, int wg, int i, float2 v) {
-  atomicAdd(reinterpret_cast<float2*>(gdq + dq_pair_offset<Traits>(cdQ, wg, i)), v);
+  float* dst = gdq + dq_pair_offset<Traits>(cdQ, wg, i);
+  asm volatile("red.relaxed.gpu.global.add.v2.f32 [%0], {%1, %2};" :: "l"(dst), "f"(v.x), "f"(v.y) : "memory");
 }
 
 // kDQFromRegs: a step's dQ part leaves the SM as fp32 reduce-adds, 64 KB a
