@@ -49,23 +49,26 @@ for step in $steps; do
     build)
       if [ -n "${JAX_FA3_WHEEL:-}" ]; then
         run_step build python3 -m pip install --no-deps --force-reinstall "$JAX_FA3_WHEEL" || exit 1
-        continue
-      fi
-      # A warm machine keeps the last install: skip the rebuild if the sources
-      # and kernel set are unchanged.
-      hash=$( (find cpp CMakeLists.txt pyproject.toml -type f -print0 | sort -z | xargs -0 sha1sum;
-               echo "${JAX_FA3_HEAD_DIMS:-all} ${JAX_FA3_DTYPES:-all}") | sha1sum | cut -c1-12)
-      if [ "$(cat /tmp/jax_fa3_build_hash 2>/dev/null)" = "$hash" ]; then
-        echo "== build: unchanged ($hash), kept"
-        site=$(cd /tmp && python3 -c "import jax_fa3, os; print(os.path.dirname(jax_fa3.__file__))")
-        cp -r jax_fa3/. "$site/"  # refresh the Python files only
       else
-        export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16} JAX_FA3_CUDA=ON JAX_FA3_PTXAS_VERBOSE=ON
-        run_step build python3 -m pip install --no-build-isolation --no-deps -v . || exit 1
-        echo "$hash" > /tmp/jax_fa3_build_hash
-        grep -E "bytes stack frame" "$OUT/build.log" | sed 's/^ *//' | sort | uniq -c | head -10
-        grep -cE "C7508|[1-9][0-9]* bytes spill stores" "$OUT/build.log" || true
+        # A warm machine keeps the last install: skip the rebuild if the sources
+        # and kernel set are unchanged.
+        hash=$( (find cpp CMakeLists.txt pyproject.toml -type f -print0 | sort -z | xargs -0 sha1sum;
+                 echo "${JAX_FA3_HEAD_DIMS:-all} ${JAX_FA3_DTYPES:-all}") | sha1sum | cut -c1-12)
+        if [ "$(cat /tmp/jax_fa3_build_hash 2>/dev/null)" = "$hash" ]; then
+          echo "== build: unchanged ($hash), kept"
+          site=$(cd /tmp && python3 -c "import jax_fa3, os; print(os.path.dirname(jax_fa3.__file__))")
+          cp -r jax_fa3/. "$site/"  # refresh the Python files only
+        else
+          export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16} JAX_FA3_CUDA=ON JAX_FA3_PTXAS_VERBOSE=ON
+          run_step build python3 -m pip install --no-build-isolation --no-deps -v . || exit 1
+          echo "$hash" > /tmp/jax_fa3_build_hash
+          grep -E "bytes stack frame" "$OUT/build.log" | sed 's/^ *//' | sort | uniq -c | head -10
+          grep -cE "C7508|[1-9][0-9]* bytes spill stores" "$OUT/build.log" || true
+        fi
       fi
+      # No local memory, HGMMA in every main kernel, no discarded-result atomics.
+      extension=$(cd /tmp && python3 -c "import importlib.util; print(importlib.util.find_spec('jax_fa3._C').origin)")
+      python3 tools/dev/sass_audit.py "$extension" > "$OUT/sass_audit.txt" 2>&1; echo "== sass audit: rc $? ($(tail -1 "$OUT/sass_audit.txt"))"
       ;;
     tests)
       workers=""

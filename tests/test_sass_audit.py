@@ -1,0 +1,67 @@
+"""The SASS audit (tools/dev/sass_audit.py): its rules on a small listing, and
+on the kernels this installation was built with (no GPU needed: cuobjdump
+reads the compiled code; skipped where the build has no CUDA kernels or no
+cuobjdump is found)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+import jax_fa3
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _audit_module():
+    spec = importlib.util.spec_from_file_location("sass_audit", ROOT / "tools" / "dev" / "sass_audit.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+LISTING = """
+\t\tFunction : _ZN7jax_fa33bwd15bwd_main_kernelIcleanE
+        /*0000*/                   LDC R1, c[0x0][0x28] ;                        /* 0x00000a00ff017b82 */
+        /*0010*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], RZ, !UPT ;  /* 0x00000000041879f0 */
+        /*0020*/              @!P0 REDG.E.ADD.F32x2.FTZ.RN.STRONG.GPU desc[UR4][R2.64], R4 ;  /* 0x0000000402007986 */
+        /*0030*/                   ATOMG.E.ADD.STRONG.GPU PT, R2, desc[UR36][R2.64], R7 ;  /* 0x00000007020279a8 */
+        /*0040*/                   EXIT ;                                        /* 0x000000000000794d */
+\t\tFunction : _ZN7jax_fa315fwd_kernel_sm90IspillsE
+        /*0000*/                   STL [R1], R2 ;                                /* 0x0000000201007387 */
+        /*0010*/                   LDL R2, [R1] ;                                /* 0x0000000001027983 */
+        /*0020*/                   EXIT ;                                        /* 0x000000000000794d */
+\t\tFunction : _ZN7jax_fa33bwd21bwd_convert_dq_kernelIE
+        /*0000*/                   ATOMG.E.ADD.F32x2.FTZ.RN.STRONG.GPU PT, RZ, desc[UR4][R2.64], R8 ;  /* 0x00 */
+        /*0010*/                   EXIT ;                                        /* 0x000000000000794d */
+"""
+
+
+def test_rules_on_a_listing():
+    audit = _audit_module()
+    clean, spills, atomic = audit.parse_sass(LISTING)
+    assert clean.instructions == 5 and clean.opcodes["HGMMA"] == 1 and clean.opcodes["REDG"] == 1
+    assert clean.is_main and clean.violations() == []  # an ATOMG whose result is used is fine
+    assert spills.is_main
+    assert spills.violations() == ["2 local-memory instructions (LDL/STL)", "no HGMMA in an attention main kernel"]
+    assert not atomic.is_main
+    assert atomic.violations() == ["1 ATOMG with a discarded result (should be REDG)"]
+
+
+def test_built_kernels_pass_the_audit(capsys):
+    if not jax_fa3.WITH_CUDA:
+        pytest.skip("jax_fa3 was built without CUDA kernels")
+    audit = _audit_module()
+    if audit.find_cuobjdump(None) is None:
+        pytest.skip("no cuobjdump (pip install nvidia-cuda-cuobjdump)")
+    extension = importlib.util.find_spec("jax_fa3._C").origin
+    status = audit.main([extension])
+    report = capsys.readouterr().out
+    assert status == 0, report
+    main_kernels = re.search(r"(\d+) attention main kernels", report)
+    assert main_kernels and int(main_kernels.group(1)) > 0, report

@@ -1,0 +1,148 @@
+"""Audits the SASS of built kernels, without a GPU.
+
+    python tools/dev/sass_audit.py <binary> [--cuobjdump PATH] [--all]
+
+<binary>: anything cuobjdump reads (the extension's .so, a harness executable,
+a cubin) or a wheel (its .so files are audited). Per kernel it counts the
+instructions that tell whether a hot kernel is what we meant it to be, and it
+exits 1 when a rule is broken:
+
+- no local memory (LDL/STL: register spills or a stack array) in any kernel;
+- every attention main kernel (forward, backward main) issues HGMMA (wgmma);
+- no ATOMG whose result goes to RZ: an atomic whose result is discarded
+  should be a reduction (REDG). ptxas turns atomicAdd with an unused result
+  into ATOMG instead of REDG when the kernel holds a memory fence anywhere
+  (benchmarks/results/2026-12-04j_h200_bwd_det.md).
+
+cuobjdump: --cuobjdump, $CUOBJDUMP, the PATH, or the one in the
+nvidia-cuda-cuobjdump wheel (`pip install nvidia-cuda-cuobjdump`; a CUDA 13
+cuobjdump reads the sm_90a code nvcc 13.0 writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+
+MAIN_KERNELS = ("fwd_kernel_sm90", "bwd_main_kernel")
+_FUNCTION = re.compile(r"^\s*Function\s*:\s*(\S+)")
+# "/*0c30*/  @!P0  ATOMG.E.ADD.STRONG.GPU PT, RZ, desc[UR4][R2.64], R5 ;"
+_INSTRUCTION = re.compile(r"^\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)((?:\.[A-Za-z0-9_]+)*)\s*(.*?);")
+
+
+@dataclass
+class Kernel:
+    name: str
+    opcodes: collections.Counter = field(default_factory=collections.Counter)
+    discarded_atomics: int = 0
+
+    @property
+    def instructions(self) -> int:
+        return sum(self.opcodes.values())
+
+    @property
+    def is_main(self) -> bool:
+        return any(k in self.name for k in MAIN_KERNELS)
+
+    def violations(self) -> list[str]:
+        out = []
+        local = self.opcodes["LDL"] + self.opcodes["STL"]
+        if local:
+            out.append(f"{local} local-memory instructions (LDL/STL)")
+        if self.is_main and not self.opcodes["HGMMA"]:
+            out.append("no HGMMA in an attention main kernel")
+        if self.discarded_atomics:
+            out.append(f"{self.discarded_atomics} ATOMG with a discarded result (should be REDG)")
+        return out
+
+
+def parse_sass(text: str) -> list[Kernel]:
+    """Kernels of a `cuobjdump -sass` listing, in order (a kernel that appears
+    in several ELF images is listed once per image)."""
+    kernels: list[Kernel] = []
+    for line in text.splitlines():
+        m = _FUNCTION.match(line)
+        if m:
+            kernels.append(Kernel(m.group(1)))
+            continue
+        m = _INSTRUCTION.match(line)
+        if m and kernels:
+            opcode, operands = m.group(1), m.group(3)
+            kernels[-1].opcodes[opcode] += 1
+            # ATOMG's first destinations: a predicate, then the result register.
+            if opcode == "ATOMG" and re.match(r"^\s*U?PT,\s*RZ,", operands):
+                kernels[-1].discarded_atomics += 1
+    return kernels
+
+
+def find_cuobjdump(explicit: str | None) -> str | None:
+    for candidate in (explicit, os.environ.get("CUOBJDUMP"), shutil.which("cuobjdump")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    for entry in sys.path:
+        for path in glob.glob(os.path.join(entry, "nvidia", "cu*", "bin", "cuobjdump")):
+            if os.access(path, os.X_OK):
+                return path
+    return None
+
+
+def demangled(names: list[str]) -> list[str]:
+    cxxfilt = shutil.which("c++filt")
+    if not cxxfilt:
+        return names
+    out = subprocess.run([cxxfilt], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
+    return out if len(out) == len(names) else names
+
+
+def sass_of(binary: str, cuobjdump: str) -> str:
+    if not binary.endswith(".whl"):
+        return subprocess.run([cuobjdump, "-sass", binary], capture_output=True, text=True, check=True).stdout
+    with tempfile.TemporaryDirectory() as tmp:
+        with zipfile.ZipFile(binary) as wheel:
+            libraries = [n for n in wheel.namelist() if n.endswith(".so")]
+            wheel.extractall(tmp, libraries)
+        return "".join(sass_of(os.path.join(tmp, n), cuobjdump) for n in libraries)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("binary")
+    parser.add_argument("--cuobjdump")
+    parser.add_argument("--all", action="store_true", help="list every kernel, not only the main ones")
+    args = parser.parse_args(argv)
+    cuobjdump = find_cuobjdump(args.cuobjdump)
+    if cuobjdump is None:
+        print("sass_audit: no cuobjdump (see --help)", file=sys.stderr)
+        return 2
+    kernels = parse_sass(sass_of(args.binary, cuobjdump))
+    if not kernels:
+        print(f"sass_audit: no SASS in {args.binary}", file=sys.stderr)
+        return 2
+    names = demangled([k.name for k in kernels])
+    print(f"{'instr':>6} {'HGMMA':>5} {'MUFU':>5} {'REDG':>4} {'ATOMG':>5} {'LDL+STL':>7}  kernel")
+    failed = 0
+    for kernel, name in zip(kernels, names):
+        problems = kernel.violations()
+        failed += bool(problems)
+        if args.all or kernel.is_main or problems:
+            o = kernel.opcodes
+            print(f"{kernel.instructions:6d} {o['HGMMA']:5d} {o['MUFU']:5d} {o['REDG']:4d} {o['ATOMG']:5d} "
+                  f"{o['LDL'] + o['STL']:7d}  {name[:150]}")
+            for problem in problems:
+                print(f"       ^ {problem}")
+    print(f"sass_audit: {len(kernels)} kernels, {sum(k.is_main for k in kernels)} attention main kernels, "
+          f"{failed} with problems")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
