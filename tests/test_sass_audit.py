@@ -58,7 +58,7 @@ def test_built_kernels_pass_the_audit(capsys):
         pytest.skip("jax_fa3 was built without CUDA kernels")
     audit = _audit_module()
     if audit.find_cuobjdump(None) is None:
-        pytest.skip("no cuobjdump (pip install nvidia-cuda-cuobjdump)")
+        pytest.skip("no cuobjdump with an nvdisasm (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
     extension = importlib.util.find_spec("jax_fa3._C").origin
     status = audit.main([extension])
     report = capsys.readouterr().out

@@ -15,7 +15,8 @@ exits 1 when a rule is broken:
   (benchmarks/results/2026-12-04j_h200_bwd_det.md).
 
 cuobjdump: --cuobjdump, $CUOBJDUMP, the PATH, or the one in the
-nvidia-cuda-cuobjdump wheel (`pip install nvidia-cuda-cuobjdump`; a CUDA 13
+nvidia-cuda-cuobjdump wheel; it needs nvdisasm (`pip install
+nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm` puts both in one folder; a CUDA 13
 cuobjdump reads the sm_90a code nvcc 13.0 writes).
 """
 
@@ -84,14 +85,24 @@ def parse_sass(text: str) -> list[Kernel]:
     return kernels
 
 
+def _executable(path: str | None) -> bool:
+    return bool(path) and os.path.isfile(path) and os.access(path, os.X_OK)
+
+
 def find_cuobjdump(explicit: str | None) -> str | None:
-    for candidate in (explicit, os.environ.get("CUOBJDUMP"), shutil.which("cuobjdump")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
+    """A cuobjdump that can disassemble: `cuobjdump -sass` runs nvdisasm, found
+    beside it, on the PATH or at $NVDISASM_PATH (sass_of puts cuobjdump's
+    folder first on the PATH)."""
+    candidates = [explicit, os.environ.get("CUOBJDUMP"), shutil.which("cuobjdump")]
     for entry in sys.path:
-        for path in glob.glob(os.path.join(entry, "nvidia", "cu*", "bin", "cuobjdump")):
-            if os.access(path, os.X_OK):
-                return path
+        candidates += glob.glob(os.path.join(entry, "nvidia", "cu*", "bin", "cuobjdump"))
+    for candidate in candidates:
+        if not _executable(candidate):
+            continue
+        beside = os.path.join(os.path.dirname(candidate), "nvdisasm")
+        nvdisasm_path = os.environ.get("NVDISASM_PATH", "")
+        if _executable(beside) or shutil.which("nvdisasm") or _executable(os.path.join(nvdisasm_path, "nvdisasm")):
+            return candidate
     return None
 
 
@@ -105,7 +116,11 @@ def demangled(names: list[str]) -> list[str]:
 
 def sass_of(binary: str, cuobjdump: str) -> str:
     if not binary.endswith(".whl"):
-        return subprocess.run([cuobjdump, "-sass", binary], capture_output=True, text=True, check=True).stdout
+        env = dict(os.environ, PATH=os.path.dirname(cuobjdump) + os.pathsep + os.environ.get("PATH", ""))
+        run = subprocess.run([cuobjdump, "-sass", binary], capture_output=True, text=True, env=env)
+        if run.returncode != 0:
+            raise RuntimeError(f"{cuobjdump} -sass {binary} failed: {run.stderr.strip()}")
+        return run.stdout
     with tempfile.TemporaryDirectory() as tmp:
         with zipfile.ZipFile(binary) as wheel:
             libraries = [n for n in wheel.namelist() if n.endswith(".so")]
@@ -121,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cuobjdump = find_cuobjdump(args.cuobjdump)
     if cuobjdump is None:
-        print("sass_audit: no cuobjdump (see --help)", file=sys.stderr)
+        print("sass_audit: no cuobjdump with an nvdisasm (see --help)", file=sys.stderr)
         return 2
     kernels = parse_sass(sass_of(args.binary, cuobjdump))
     if not kernels:
