@@ -77,8 +77,10 @@ DEFAULT_HEAD_DIMS = (64, 128, 256)
 PROG = "python -m jax_fa3.benchmark"
 NA = "n/a"
 
-# Backward FLOPs over forward FLOPs (the paper's convention).
+# Backward FLOPs over forward FLOPs (the paper's convention), and each mode's
+# FLOPs in forward FLOPs.
 BWD_FLOP_RATIO = 2.5
+MODE_FLOPS = {"fwd": 1.0, "fwdbwd": 1.0 + BWD_FLOP_RATIO, "bwd": BWD_FLOP_RATIO}
 
 
 # ----------------------------------------------------------------------------
@@ -281,11 +283,11 @@ def make_step(impl: str, causal: bool, mode: str) -> Callable:
     For bwd, ``vjp`` is the function :func:`make_bwd_inputs` got from ``jax.vjp``: a
     pytree of the forward's residuals, so the jit-compiled call runs the backward only.
     """
+    if mode == "bwd":
+        return jax.jit(lambda vjp, dout: vjp(dout))
     attn = attention_fn(impl, causal)
     if mode == "fwd":
         return jax.jit(lambda q, k, v, dout: attn(q, k, v))
-    if mode == "bwd":
-        return jax.jit(lambda vjp, dout: vjp(dout))
 
     def fwdbwd(q, k, v, dout):
         _, vjp = jax.vjp(attn, q, k, v)
@@ -402,14 +404,14 @@ def _is_mismatch(diff: float, scale: float, rtol: float) -> bool:
 
 def check_point(records: dict[str, dict], outputs: dict[tuple[str, str], object], rtol: float) -> None:
     """Fills the check_* fields: each implementation's output and gradients vs jax_fa3's."""
+    # Gradients from fwdbwd, or from bwd where only that ran.
+    grad_mode = "fwdbwd" if ("jax_fa3", "fwdbwd") in outputs else "bwd"
     for impl, rec in records.items():
         if impl == "jax_fa3":
             bad = [m for m in MODES if (impl, m) in outputs and not _all_finite(outputs[(impl, m)])]
             rec["check"] = f"non-finite {'/'.join(bad)}" if bad else ""
             continue
         flags = []
-        # Gradients from fwdbwd, or from bwd where only that ran.
-        grad_mode = "fwdbwd" if ("jax_fa3", "fwdbwd") in outputs else "bwd"
         for mode, field in (("fwd", "check_out_max_abs_diff"), (grad_mode, "check_grad_max_abs_diff")):
             if ("jax_fa3", mode) in outputs and (impl, mode) in outputs:
                 diff, scale = compare(outputs[("jax_fa3", mode)], outputs[(impl, mode)])
@@ -450,13 +452,13 @@ def finish_record(rec: dict) -> None:
     The derived backward time (fwd+bwd minus fwd) is also kept as bwd_derived_*.
     """
     flops = rec["fwd_flops"]
-    rec["fwd_tflops"] = tflops(flops, rec["fwd_ms"])
-    rec["fwdbwd_tflops"] = tflops((1 + BWD_FLOP_RATIO) * flops, rec["fwdbwd_ms"])
+    for mode in MODES:
+        rec[f"{mode}_tflops"] = tflops(MODE_FLOPS[mode] * flops, rec[f"{mode}_ms"])
     if rec["fwd_ms"] is not None and rec["fwdbwd_ms"] is not None:
         rec["bwd_derived_ms"] = rec["fwdbwd_ms"] - rec["fwd_ms"]
-        rec["bwd_derived_tflops"] = tflops(BWD_FLOP_RATIO * flops, rec["bwd_derived_ms"])
-    measured = rec["bwd_ms"] is not None
-    rec["bwd_tflops"] = tflops(BWD_FLOP_RATIO * flops, rec["bwd_ms"]) if measured else rec["bwd_derived_tflops"]
+        rec["bwd_derived_tflops"] = tflops(MODE_FLOPS["bwd"] * flops, rec["bwd_derived_ms"])
+    if rec["bwd_ms"] is None:
+        rec["bwd_tflops"] = rec["bwd_derived_tflops"]
 
 
 def prepare(rec: dict, mode: str, point: Point, inputs: Sequence[tuple], args: argparse.Namespace,
@@ -482,7 +484,7 @@ def record_timing(rec: dict, mode: str, point: Point, timer: Timer, log: Callabl
     timing = timer.timing()
     rec.update({f"{mode}_status": "ok", f"{mode}_ms": timing.median_ms, f"{mode}_ms_min": timing.min_ms,
                 f"{mode}_calls_per_sample": timing.calls_per_sample, f"{mode}_first_call_s": timing.first_call_s})
-    flops = fwd_flops(point) * {"fwd": 1, "fwdbwd": 1 + BWD_FLOP_RATIO, "bwd": BWD_FLOP_RATIO}[mode]
+    flops = fwd_flops(point) * MODE_FLOPS[mode]
     log(f"    {rec['impl']:8s} {mode:7s} {timing.median_ms:9.3f} ms (min {timing.min_ms:.3f})"
         f" {_fmt_tflops(tflops(flops, timing.median_ms)):>8s} TFLOP/s  (first call {timing.first_call_s:.1f} s)")
 

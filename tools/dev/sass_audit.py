@@ -100,8 +100,9 @@ def find_cuobjdump(explicit: str | None) -> str | None:
         if not _executable(candidate):
             continue
         beside = os.path.join(os.path.dirname(candidate), "nvdisasm")
-        nvdisasm_path = os.environ.get("NVDISASM_PATH", "")
-        if _executable(beside) or shutil.which("nvdisasm") or _executable(os.path.join(nvdisasm_path, "nvdisasm")):
+        nvdisasm_path = os.environ.get("NVDISASM_PATH")
+        if (_executable(beside) or shutil.which("nvdisasm")
+                or (nvdisasm_path and _executable(os.path.join(nvdisasm_path, "nvdisasm")))):
             return candidate
     return None
 
