@@ -3,7 +3,8 @@
 Both validate their arguments at trace time, turn the mask options into one
 window relative to the bottom-right diagonal, and call a single
 ``jax.custom_vjp`` primitive whose forward and backward are the XLA FFI custom
-calls of :mod:`jax_fa3._ffi` (Hopper kernels on CUDA, the C++ backend on CPU).
+calls of :mod:`jax_fa3._ffi` (Hopper kernels on CUDA, the C++ backend on CPU),
+partitioned and batched by :mod:`jax_fa3._sharding`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 
-from jax_fa3 import _checks, _ffi
+from jax_fa3 import _checks, _sharding
 
 
 def _window(left, right, seqlen_q: int, seqlen_k: int):
@@ -30,7 +31,7 @@ def _window(left, right, seqlen_q: int, seqlen_k: int):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
 def _attention(q, k, v, softmax_scale, softcap, window_left, window_right, deterministic):
-    return _ffi.fwd(q, k, v, softmax_scale=softmax_scale, softcap=softcap,
+    return _sharding.fwd(q, k, v, softmax_scale=softmax_scale, softcap=softcap,
                     window_left=window_left, window_right=window_right)
 
 
@@ -42,7 +43,7 @@ def _attention_fwd(q, k, v, softmax_scale, softcap, window_left, window_right, d
 def _attention_bwd(softmax_scale, softcap, window_left, window_right, deterministic, residuals, cotangents):
     q, k, v, out, lse = residuals
     dout, dlse = cotangents
-    return _ffi.bwd(
+    return _sharding.bwd(
         q, k, v, out, dout.astype(out.dtype), lse, dlse.astype(jnp.float32),
         softmax_scale=softmax_scale, softcap=softcap, window_left=window_left,
         window_right=window_right, deterministic=deterministic,
@@ -84,7 +85,9 @@ def flash_attention(q, k, v, *, softmax_scale=None, causal=False, window_size=(-
     192 and 256 and smaller head dims run on the next one. Any ``seqlen_q`` and
     ``seqlen_k`` ≥ 1 work. Arrays on the CPU run the C++ backend, arrays on an
     H100/H200 run the Hopper kernels. Works under ``jit``, ``grad``, ``vmap``
-    and ``checkpoint``.
+    and ``checkpoint``, and on sharded arrays: each device computes its own
+    batch / heads shard (and query-row shard without a mask), other
+    shardings are gathered first (README, *Transformations*).
     """
     _checks.check_qkv(q, k, v)
     scale, softcap, left, right = _checks.resolve_options(

@@ -1,0 +1,274 @@
+"""The two custom calls as XLA sees them: partitioned and batched.
+
+Partitioning: XLA cannot split a custom call by itself; on sharded operands it
+would gather them whole to every device. ``custom_partitioning`` gives it the
+rule instead: every device runs the call on its own shard, with
+
+- the batch (and any vmapped leading dimension) sharded as the queries are;
+- the heads sharded alike in q and k/v, whole GQA groups per device; or, where
+  the q heads' sharding splits groups (MQA over a model axis, say), k/v
+  replicated along the axes inside a group;
+- the query sequence sharded only without a mask (rows are independent there;
+  a mask's diagonal depends on the global row, which a shard does not know);
+- keys and head_dim whole (the softmax runs over all keys; the GEMMs contract
+  head_dim).
+
+A dimension sharded any other way is gathered first, by XLA. dK and dV sum over
+query rows and over the q heads of a group, so where either is split across
+devices the backward adds the devices' parts (an fp32 ``psum``).
+
+Batching: ``custom_partitioning`` has no batching rule, so the partitioned
+calls sit inside ``custom_vmap``: a vmapped axis becomes one more leading
+dimension (unbatched operands are broadcast to it), which the handlers fold
+into the batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.custom_batching import custom_vmap
+from jax.experimental.custom_partitioning import ArrayMapping, SdyShardingRule, custom_partitioning
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jax_fa3 import _ffi
+
+
+def _axes(entry) -> tuple[str, ...]:
+    """A PartitionSpec entry as a tuple of mesh axis names."""
+    if entry is None:
+        return ()
+    return tuple(entry) if isinstance(entry, (tuple, list)) else (entry,)
+
+
+def _entry(axes: tuple[str, ...]):
+    """The PartitionSpec entry that shards a dimension over `axes`, in order."""
+    return None if not axes else axes[0] if len(axes) == 1 else axes
+
+
+def _size(mesh, axes) -> int:
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def _dividing_prefix(mesh, axes, n: int) -> tuple[str, ...]:
+    """The longest leading run of `axes` whose size divides n."""
+    for end in range(len(axes), 0, -1):
+        if n % _size(mesh, axes[:end]) == 0:
+            return axes[:end]
+    return ()
+
+
+class _Layout:
+    """The shardings one call runs with, derived from how q is sharded.
+
+    ``q``: q, out, dout and dq; ``kv``: k, v, dk and dv; ``lse``: lse and dlse;
+    ``kv_partial_over``: the mesh axes along which a device holds only part of
+    the query rows or of a GQA group, over which dK/dV parts are summed.
+    """
+
+    def __init__(self, mesh, q_spec, q_shape, k_shape, rows_independent: bool):
+        rank = len(q_shape)
+        spec = tuple(q_spec) + (None,) * (rank - len(tuple(q_spec)))
+        lead = [_dividing_prefix(mesh, _axes(e), n) for e, n in zip(spec[:-3], q_shape[:-3])]
+        seq = _dividing_prefix(mesh, _axes(spec[-3]), q_shape[-3]) if rows_independent else ()
+        heads_q, heads_kv = q_shape[-2], k_shape[-2]
+        q_heads = _dividing_prefix(mesh, _axes(spec[-2]), heads_q)
+        kv_heads = _dividing_prefix(mesh, q_heads, heads_kv)
+        within_group = q_heads[len(kv_heads):]
+        # Shards of q heads inside one group need the group's kv head whole: the
+        # axes outside the group must split the kv heads exactly, one per shard.
+        if within_group and (_size(mesh, kv_heads) != heads_kv
+                             or (heads_q // heads_kv) % _size(mesh, within_group)):
+            q_heads, within_group = kv_heads, ()
+        self.q = P(*map(_entry, lead), _entry(seq), _entry(q_heads), None)
+        self.kv = P(*map(_entry, lead), None, _entry(kv_heads), None)
+        self.lse = P(*map(_entry, lead), _entry(q_heads), _entry(seq))
+        self.kv_partial_over = seq + within_group
+
+
+def _rows_independent(q_shape, k_shape, window_left: int, window_right: int) -> bool:
+    """Whether every query row sees every key (no mask): then rows can be split."""
+    return window_left >= k_shape[-3] - 1 and window_right >= q_shape[-3] - 1
+
+
+def _layout_of(mesh, arg_shapes, window_left, window_right) -> _Layout:
+    q, k = arg_shapes[0], arg_shapes[1]
+    # Without a mesh in context JAX cannot name q's sharding by mesh axes:
+    # then everything runs replicated (gathered by XLA), correct if not fast.
+    spec = q.sharding.spec if isinstance(q.sharding, NamedSharding) else P()
+    return _Layout(mesh, spec, q.shape, k.shape, _rows_independent(q.shape, k.shape, window_left, window_right))
+
+
+# Older jax (0.6) has no way to mark Shardy factors that must stay whole; the
+# partition callback keeps them whole there all the same.
+_MARKS_REPLICATED = "need_replication_factors" in inspect.signature(SdyShardingRule).parameters
+
+
+def _shardy_rule(window_left, window_right, value_types, backward: bool) -> SdyShardingRule:
+    """The Shardy rule of the call on these operand types: a factor name per dimension.
+
+    With GQA the q and k/v heads are separate factors: a compound factor
+    (kv heads x group) would let Shardy split a mesh axis into sub-axes, which
+    the partition callback cannot name; _Layout aligns the two instead.
+    """
+    q_shape, k_shape = tuple(value_types[0].shape), tuple(value_types[1].shape)
+    lead = tuple(f"b{i}" for i in range(len(q_shape) - 3))
+    kv_heads = "h" if q_shape[-2] == k_shape[-2] else "g"
+    q, kv, lse = ArrayMapping(*lead, "s", "h", "d"), ArrayMapping(*lead, "t", kv_heads, "d"), ArrayMapping(*lead, "h", "s")
+    if backward:
+        operands, results = (q, kv, kv, q, q, lse, lse), (q, kv, kv)
+    else:
+        operands, results = (q, kv, kv), (q, lse)
+    if not _MARKS_REPLICATED:
+        return SdyShardingRule(operands, results)
+    # In the order the factors first appear (Shardy wants their indices sorted).
+    whole = ("d", "t") if _rows_independent(q_shape, k_shape, window_left, window_right) else ("s", "d", "t")
+    return SdyShardingRule(operands, results, need_replication_factors=whole)
+
+
+# ----------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------
+
+
+def _fwd_local(q, k, v, softmax_scale, softcap, window_left, window_right):
+    return _ffi.fwd(q, k, v, softmax_scale=softmax_scale, softcap=softcap, window_left=window_left,
+                    window_right=window_right)
+
+
+_fwd_partitioned = custom_partitioning(_fwd_local, static_argnums=(3, 4, 5, 6))
+
+
+def _fwd_partition(softmax_scale, softcap, window_left, window_right, mesh, arg_shapes, result_shape):
+    del result_shape
+    layout = _layout_of(mesh, arg_shapes, window_left, window_right)
+
+    def local(q, k, v):
+        return _fwd_local(q, k, v, softmax_scale, softcap, window_left, window_right)
+
+    q, kv, lse = (NamedSharding(mesh, spec) for spec in (layout.q, layout.kv, layout.lse))
+    return mesh, local, (q, lse), (q, kv, kv)
+
+
+def _fwd_infer(softmax_scale, softcap, window_left, window_right, mesh, arg_shapes, result_shape):
+    del softmax_scale, softcap, result_shape
+    layout = _layout_of(mesh, arg_shapes, window_left, window_right)
+    return NamedSharding(mesh, layout.q), NamedSharding(mesh, layout.lse)
+
+
+def _fwd_rule(softmax_scale, softcap, window_left, window_right, mesh, value_types, result_types):
+    del softmax_scale, softcap, mesh, result_types
+    return _shardy_rule(window_left, window_right, value_types, backward=False)
+
+
+_fwd_partitioned.def_partition(partition=_fwd_partition, infer_sharding_from_operands=_fwd_infer,
+                               sharding_rule=_fwd_rule)
+
+
+# ----------------------------------------------------------------------------
+# Backward
+# ----------------------------------------------------------------------------
+
+
+def _bwd_local(q, k, v, out, dout, lse, dlse, softmax_scale, softcap, window_left, window_right, deterministic):
+    return _ffi.bwd(q, k, v, out, dout, lse, dlse, softmax_scale=softmax_scale, softcap=softcap,
+                    window_left=window_left, window_right=window_right, deterministic=deterministic)
+
+
+_bwd_partitioned = custom_partitioning(_bwd_local, static_argnums=(7, 8, 9, 10, 11))
+
+
+def _bwd_partition(softmax_scale, softcap, window_left, window_right, deterministic, mesh, arg_shapes,
+                   result_shape):
+    del result_shape
+    layout = _layout_of(mesh, arg_shapes, window_left, window_right)
+    partial_over = layout.kv_partial_over
+
+    def local(q, k, v, out, dout, lse, dlse):
+        dq, dk, dv = _bwd_local(q, k, v, out, dout, lse, dlse, softmax_scale, softcap, window_left,
+                                window_right, deterministic)
+        if partial_over:
+            # Each device holds dK/dV of its rows / heads only: add them in fp32.
+            dk, dv = (jax.lax.psum(x.astype(jnp.float32), partial_over).astype(x.dtype) for x in (dk, dv))
+        return dq, dk, dv
+
+    q, kv, lse = (NamedSharding(mesh, spec) for spec in (layout.q, layout.kv, layout.lse))
+    return mesh, local, (q, kv, kv), (q, kv, kv, q, q, lse, lse)
+
+
+def _bwd_infer(softmax_scale, softcap, window_left, window_right, deterministic, mesh, arg_shapes, result_shape):
+    del softmax_scale, softcap, deterministic, result_shape
+    layout = _layout_of(mesh, arg_shapes, window_left, window_right)
+    q, kv = NamedSharding(mesh, layout.q), NamedSharding(mesh, layout.kv)
+    return q, kv, kv
+
+
+def _bwd_rule(softmax_scale, softcap, window_left, window_right, deterministic, mesh, value_types, result_types):
+    del softmax_scale, softcap, deterministic, mesh, result_types
+    return _shardy_rule(window_left, window_right, value_types, backward=True)
+
+
+_bwd_partitioned.def_partition(partition=_bwd_partition, infer_sharding_from_operands=_bwd_infer,
+                               sharding_rule=_bwd_rule)
+
+
+# ----------------------------------------------------------------------------
+# Batching
+# ----------------------------------------------------------------------------
+
+
+def _batched(fn, n_results: int):
+    """`fn` with a vmap rule: a vmapped axis becomes a new leading dimension of every operand."""
+    call = custom_vmap(fn)
+
+    @call.def_vmap
+    def rule(axis_size, in_batched, *args):
+        args = [x if batched else jnp.broadcast_to(x, (axis_size, *x.shape)) for x, batched in zip(args, in_batched)]
+        return call(*args), (True,) * n_results
+
+    return call
+
+
+@functools.lru_cache(maxsize=None)
+def _fwd_call(softmax_scale, softcap, window_left, window_right):
+    return _batched(lambda q, k, v: _fwd_partitioned(q, k, v, softmax_scale, softcap, window_left, window_right), 2)
+
+
+@functools.lru_cache(maxsize=None)
+def _bwd_call(softmax_scale, softcap, window_left, window_right, deterministic):
+    return _batched(lambda *args: _bwd_partitioned(*args, softmax_scale, softcap, window_left, window_right,
+                                                   deterministic), 3)
+
+
+def _partitionable() -> bool:
+    """Whether the call may carry its partitioning rule: not inside shard_map.
+
+    Inside a shard_map whose mesh keeps some axes automatic, the shardings the
+    rule returns cannot say which axes are manual, and XLA's partitioner
+    aborts on them; there the plain call runs and XLA gathers its operands
+    along the automatic axes. (With every axis manual the rule has nothing to
+    do anyway.)
+    """
+    return not jax.sharding.get_abstract_mesh().manual_axes
+
+
+def fwd(q, k, v, *, softmax_scale, softcap, window_left, window_right):
+    """Forward: ``out`` (like q) and ``lse`` float32 ``[..., heads_q, seqlen_q]``; see :func:`_ffi.fwd`."""
+    if not _partitionable():
+        return _ffi.fwd(q, k, v, softmax_scale=softmax_scale, softcap=softcap, window_left=window_left,
+                        window_right=window_right)
+    return _fwd_call(softmax_scale, softcap, window_left, window_right)(q, k, v)
+
+
+def bwd(q, k, v, out, dout, lse, dlse, *, softmax_scale, softcap, window_left, window_right, deterministic):
+    """Backward: ``dq, dk, dv`` (like q, k, v); see :func:`_ffi.bwd`."""
+    args = (q, k, v, out, dout, lse, dlse)
+    if not _partitionable():
+        return _ffi.bwd(*args, softmax_scale=softmax_scale, softcap=softcap, window_left=window_left,
+                        window_right=window_right, deterministic=deterministic)
+    return _bwd_call(softmax_scale, softcap, window_left, window_right, deterministic)(*args)
