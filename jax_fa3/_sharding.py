@@ -8,10 +8,11 @@ rule instead: every device runs the call on its own shard, with
 - the heads sharded alike in q and k/v, whole GQA groups per device; or, where
   the q heads' sharding splits groups (MQA over a model axis, say), k/v
   replicated along the axes inside a group;
-- the query sequence sharded only without a mask (rows are independent there;
-  a mask's diagonal depends on the global row, which a shard does not know);
+- the query rows sharded into contiguous blocks; under a mask each device
+  runs the call with the window moved to its block's place on the diagonal
+  (a ``lax.switch`` on its index over the per-block windows);
 - keys and head_dim whole (the softmax runs over all keys; the GEMMs contract
-  head_dim).
+  head_dim): sharded keys are gathered (all-gather context parallelism).
 
 A dimension sharded any other way is gathered first, by XLA. dK and dV sum over
 query rows and over the q heads of a group, so where either is split across
@@ -71,11 +72,11 @@ class _Layout:
     the query rows or of a GQA group, over which dK/dV parts are summed.
     """
 
-    def __init__(self, mesh, q_spec, q_shape, k_shape, rows_independent: bool):
+    def __init__(self, mesh, q_spec, q_shape, k_shape):
         rank = len(q_shape)
         spec = tuple(q_spec) + (None,) * (rank - len(tuple(q_spec)))
         lead = [_dividing_prefix(mesh, _axes(e), n) for e, n in zip(spec[:-3], q_shape[:-3])]
-        seq = _dividing_prefix(mesh, _axes(spec[-3]), q_shape[-3]) if rows_independent else ()
+        seq = _dividing_prefix(mesh, _axes(spec[-3]), q_shape[-3])
         heads_q, heads_kv = q_shape[-2], k_shape[-2]
         q_heads = _dividing_prefix(mesh, _axes(spec[-2]), heads_q)
         kv_heads = _dividing_prefix(mesh, q_heads, heads_kv)
@@ -88,20 +89,39 @@ class _Layout:
         self.q = P(*map(_entry, lead), _entry(seq), _entry(q_heads), None)
         self.kv = P(*map(_entry, lead), None, _entry(kv_heads), None)
         self.lse = P(*map(_entry, lead), _entry(q_heads), _entry(seq))
+        self.row_axes = seq
         self.kv_partial_over = seq + within_group
 
 
-def _rows_independent(q_shape, k_shape, window_left: int, window_right: int) -> bool:
-    """Whether every query row sees every key (no mask): then rows can be split."""
-    return window_left >= k_shape[-3] - 1 and window_right >= q_shape[-3] - 1
-
-
-def _layout_of(mesh, arg_shapes, window_left, window_right) -> _Layout:
+def _layout_of(mesh, arg_shapes) -> _Layout:
     q, k = arg_shapes[0], arg_shapes[1]
     # Without a mesh in context JAX cannot name q's sharding by mesh axes:
     # then everything runs replicated (gathered by XLA), correct if not fast.
     spec = q.sharding.spec if isinstance(q.sharding, NamedSharding) else P()
-    return _Layout(mesh, spec, q.shape, k.shape, _rows_independent(q.shape, k.shape, window_left, window_right))
+    return _Layout(mesh, spec, q.shape, k.shape)
+
+
+def _on_row_block(mesh, row_axes, seqlen_q: int, seqlen_k: int, window_left: int, window_right: int, call):
+    """``call(window_left, window_right)`` (a function of arrays) for the device's block of query rows.
+
+    Device i of n holds rows [i m, (i + 1) m): its row r is row i m + r of
+    the whole, so relative to its own diagonal (r + seqlen_k - m) the window
+    moves by (i + 1) m - seqlen_q. Without a mask (every row sees every key)
+    the window needs no move.
+    """
+    n = _size(mesh, row_axes)
+    if n == 1 or (window_left >= seqlen_k - 1 and window_right >= seqlen_q - 1):
+        return call(window_left, window_right)
+    m = seqlen_q // n
+    branches = [call(window_left - shift, window_right + shift) for shift in ((i + 1) * m - seqlen_q for i in range(n))]
+
+    def run(*arrays):
+        index = 0
+        for axis in row_axes:  # the block index: the axes in order, the first the most significant
+            index = index * mesh.shape[axis] + jax.lax.axis_index(axis)
+        return jax.lax.switch(index, branches, *arrays)
+
+    return run
 
 
 # Older jax (0.6) has no way to mark Shardy factors that must stay whole; the
@@ -109,7 +129,7 @@ def _layout_of(mesh, arg_shapes, window_left, window_right) -> _Layout:
 _MARKS_REPLICATED = "need_replication_factors" in inspect.signature(SdyShardingRule).parameters
 
 
-def _shardy_rule(window_left, window_right, value_types, backward: bool) -> SdyShardingRule:
+def _shardy_rule(value_types, backward: bool) -> SdyShardingRule:
     """The Shardy rule of the call on these operand types: a factor name per dimension.
 
     With GQA the q and k/v heads are separate factors: a compound factor
@@ -127,8 +147,7 @@ def _shardy_rule(window_left, window_right, value_types, backward: bool) -> SdyS
     if not _MARKS_REPLICATED:
         return SdyShardingRule(operands, results)
     # In the order the factors first appear (Shardy wants their indices sorted).
-    whole = ("d", "t") if _rows_independent(q_shape, k_shape, window_left, window_right) else ("s", "d", "t")
-    return SdyShardingRule(operands, results, need_replication_factors=whole)
+    return SdyShardingRule(operands, results, need_replication_factors=("d", "t"))
 
 
 # ----------------------------------------------------------------------------
@@ -146,24 +165,23 @@ _fwd_partitioned = custom_partitioning(_fwd_local, static_argnums=(3, 4, 5, 6))
 
 def _fwd_partition(softmax_scale, softcap, window_left, window_right, mesh, arg_shapes, result_shape):
     del result_shape
-    layout = _layout_of(mesh, arg_shapes, window_left, window_right)
-
-    def local(q, k, v):
-        return _fwd_local(q, k, v, softmax_scale, softcap, window_left, window_right)
-
+    layout = _layout_of(mesh, arg_shapes)
+    local = _on_row_block(
+        mesh, layout.row_axes, arg_shapes[0].shape[-3], arg_shapes[1].shape[-3], window_left, window_right,
+        lambda left, right: lambda q, k, v: _fwd_local(q, k, v, softmax_scale, softcap, left, right))
     q, kv, lse = (NamedSharding(mesh, spec) for spec in (layout.q, layout.kv, layout.lse))
     return mesh, local, (q, lse), (q, kv, kv)
 
 
 def _fwd_infer(softmax_scale, softcap, window_left, window_right, mesh, arg_shapes, result_shape):
-    del softmax_scale, softcap, result_shape
-    layout = _layout_of(mesh, arg_shapes, window_left, window_right)
+    del softmax_scale, softcap, window_left, window_right, result_shape
+    layout = _layout_of(mesh, arg_shapes)
     return NamedSharding(mesh, layout.q), NamedSharding(mesh, layout.lse)
 
 
 def _fwd_rule(softmax_scale, softcap, window_left, window_right, mesh, value_types, result_types):
-    del softmax_scale, softcap, mesh, result_types
-    return _shardy_rule(window_left, window_right, value_types, backward=False)
+    del softmax_scale, softcap, window_left, window_right, mesh, result_types
+    return _shardy_rule(value_types, backward=False)
 
 
 _fwd_partitioned.def_partition(partition=_fwd_partition, infer_sharding_from_operands=_fwd_infer,
@@ -186,12 +204,14 @@ _bwd_partitioned = custom_partitioning(_bwd_local, static_argnums=(7, 8, 9, 10, 
 def _bwd_partition(softmax_scale, softcap, window_left, window_right, deterministic, mesh, arg_shapes,
                    result_shape):
     del result_shape
-    layout = _layout_of(mesh, arg_shapes, window_left, window_right)
+    layout = _layout_of(mesh, arg_shapes)
     partial_over = layout.kv_partial_over
+    grads = _on_row_block(
+        mesh, layout.row_axes, arg_shapes[0].shape[-3], arg_shapes[1].shape[-3], window_left, window_right,
+        lambda left, right: lambda *args: _bwd_local(*args, softmax_scale, softcap, left, right, deterministic))
 
     def local(q, k, v, out, dout, lse, dlse):
-        dq, dk, dv = _bwd_local(q, k, v, out, dout, lse, dlse, softmax_scale, softcap, window_left,
-                                window_right, deterministic)
+        dq, dk, dv = grads(q, k, v, out, dout, lse, dlse)
         if partial_over:
             # Each device holds dK/dV of its rows / heads only: add them in fp32.
             dk, dv = (jax.lax.psum(x.astype(jnp.float32), partial_over).astype(x.dtype) for x in (dk, dv))
@@ -202,15 +222,15 @@ def _bwd_partition(softmax_scale, softcap, window_left, window_right, determinis
 
 
 def _bwd_infer(softmax_scale, softcap, window_left, window_right, deterministic, mesh, arg_shapes, result_shape):
-    del softmax_scale, softcap, deterministic, result_shape
-    layout = _layout_of(mesh, arg_shapes, window_left, window_right)
+    del softmax_scale, softcap, window_left, window_right, deterministic, result_shape
+    layout = _layout_of(mesh, arg_shapes)
     q, kv = NamedSharding(mesh, layout.q), NamedSharding(mesh, layout.kv)
     return q, kv, kv
 
 
 def _bwd_rule(softmax_scale, softcap, window_left, window_right, deterministic, mesh, value_types, result_types):
-    del softmax_scale, softcap, deterministic, mesh, result_types
-    return _shardy_rule(window_left, window_right, value_types, backward=True)
+    del softmax_scale, softcap, window_left, window_right, deterministic, mesh, result_types
+    return _shardy_rule(value_types, backward=True)
 
 
 _bwd_partitioned.def_partition(partition=_bwd_partition, infer_sharding_from_operands=_bwd_infer,

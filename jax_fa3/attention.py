@@ -86,8 +86,8 @@ def flash_attention(q, k, v, *, softmax_scale=None, causal=False, window_size=(-
     ``seqlen_k`` ≥ 1 work. Arrays on the CPU run the C++ backend, arrays on an
     H100/H200 run the Hopper kernels. Works under ``jit``, ``grad``, ``vmap``
     and ``checkpoint``, and on sharded arrays: each device computes its own
-    batch / heads shard (and query-row shard without a mask), other
-    shardings are gathered first (README, *Transformations*).
+    batch / heads / query-row shard against all keys; other shardings are
+    gathered first (README, *Transformations*).
     """
     _checks.check_qkv(q, k, v)
     scale, softcap, left, right = _checks.resolve_options(

@@ -43,24 +43,29 @@ JIT_SCRIPT = PRELUDE + textwrap.dedent(
     def arr(shape, dtype=jnp.bfloat16):
         return jnp.asarray(rng.standard_normal(shape), dtype)
 
-    # name, heads (q, kv), options, q / k-v specs, seqlen_q, whether each device
-    # computes on its own shard (no operand gathered), whether dK/dV are sums
-    # of per-device parts (query rows or a GQA group split across devices).
+    # name, heads (q, kv), options, q / k-v specs, (seqlen_q, seqlen_k), whether
+    # each device computes on its own shard (no operand gathered), whether
+    # dK/dV are sums of per-device parts (query rows or a GQA group split
+    # across devices).
     CASES = [
         ("batch x heads, GQA, causal", (8, 4), dict(causal=True),
-         P("data", None, "model", None), P("data", None, "model", None), 33, True, False),
+         P("data", None, "model", None), P("data", None, "model", None), (33, 47), True, False),
         ("batch x heads, MHA, window + softcap", (8, 8), dict(window_size=(9, 4), softcap=3.0),
-         P("data", None, "model", None), P("data", None, "model", None), 33, True, False),
+         P("data", None, "model", None), P("data", None, "model", None), (33, 47), True, False),
         ("MQA: q heads over model, k/v replicated", (8, 1), dict(causal=True),
-         P("data", None, "model", None), P("data", None, None, None), 33, True, True),
+         P("data", None, "model", None), P("data", None, None, None), (33, 47), True, True),
         ("GQA groups split across model", (8, 2), dict(window_size=(5, 3)),
-         P(None, None, ("data", "model"), None), P(None, None, "data", None), 33, True, True),
+         P(None, None, ("data", "model"), None), P(None, None, "data", None), (33, 47), True, True),
         ("query rows without a mask", (8, 4), {},
-         P("data", "model", None, None), P("data", None, None, None), 64, True, True),
-        ("query rows, causal: rows gathered", (8, 4), dict(causal=True),
-         P("data", "model", None, None), P("data", None, None, None), 64, False, False),
+         P("data", "model", None, None), P("data", None, None, None), (64, 47), True, True),
+        ("query rows, causal", (8, 4), dict(causal=True),
+         P("data", "model", None, None), P("data", None, None, None), (64, 47), True, True),
+        ("query rows in 8 blocks, window, rows that see no key", (4, 2), dict(window_size=(20, 3)),
+         P(None, ("data", "model"), None, None), P(), (64, 47), True, True),
+        ("query rows x heads, keys sharded too: keys gathered", (8, 4), dict(causal=True, softcap=2.0),
+         P("data", "model", None, None), P("data", "model", None, None), (64, 96), False, True),
         ("q heads splitting kv heads unevenly: heads gathered", (8, 2), {},
-         P("data", None, "model", None), P("data", None, None, None), 33, False, False),
+         P("data", None, "model", None), P("data", None, None, None), (33, 47), False, False),
     ]
 
     def attention_and_grads(fn, q, k, v, dout, dlse, **options):
@@ -68,9 +73,9 @@ JIT_SCRIPT = PRELUDE + textwrap.dedent(
         return (out, lse, *vjp((dout.astype(out.dtype), dlse)))
 
     names = ("out", "lse", "dq", "dk", "dv")
-    for name, (heads_q, heads_kv), options, q_spec, kv_spec, seqlen_q, local, partial_kv in CASES:
+    for name, (heads_q, heads_kv), options, q_spec, kv_spec, (seqlen_q, seqlen_k), local, partial_kv in CASES:
         q = arr((4, seqlen_q, heads_q, 64))
-        k, v = arr((4, 47, heads_kv, 64)), arr((4, 47, heads_kv, 64))
+        k, v = arr((4, seqlen_k, heads_kv, 64)), arr((4, seqlen_k, heads_kv, 64))
         dout, dlse = arr(q.shape), arr((4, heads_q, seqlen_q), jnp.float32)
         f = jax.jit(lambda *a: attention_and_grads(jax_fa3.flash_attention, *a, **options))
         q_sh, kv_sh, lse_sh = (NamedSharding(mesh, s) for s in (q_spec, kv_spec, P(*q_spec[:1], q_spec[2], q_spec[1])))
