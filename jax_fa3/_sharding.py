@@ -10,7 +10,9 @@ rule instead: every device runs the call on its own shard, with
   replicated along the axes inside a group;
 - the query rows sharded into contiguous blocks; under a mask each device
   runs the call with the window moved to its block's place on the diagonal
-  (a ``lax.switch`` on its index over the per-block windows);
+  (a ``lax.switch`` on its index over the per-block windows), and under a
+  causal-like mask devices trade half-blocks so that each does the same work
+  (_RowBlocks);
 - keys and head_dim whole (the softmax runs over all keys; the GEMMs contract
   head_dim): sharded keys are gathered (all-gather context parallelism).
 
@@ -101,27 +103,92 @@ def _layout_of(mesh, arg_shapes) -> _Layout:
     return _Layout(mesh, spec, q.shape, k.shape)
 
 
-def _on_row_block(mesh, row_axes, seqlen_q: int, seqlen_k: int, window_left: int, window_right: int, call):
-    """``call(window_left, window_right)`` (a function of arrays) for the device's block of query rows.
+class _RowBlocks:
+    """Where a device's query rows sit in the whole sequence, and the calls for them.
 
-    Device i of n holds rows [i m, (i + 1) m): its row r is row i m + r of
-    the whole, so relative to its own diagonal (r + seqlen_k - m) the window
-    moves by (i + 1) m - seqlen_q. Without a mask (every row sees every key)
-    the window needs no move.
+    Row sharding gives device i of n the rows [i m, (i + 1) m). A block of
+    `rows` rows from row g0 on has its own diagonal at r + seqlen_k - rows for
+    its row r (row g0 + r of the whole), so its window moves by
+    g0 + rows - seqlen_q; without a mask nothing moves.
+
+    Under a causal-like mask (each row sees every key up to its diagonal) a
+    row's work grows with the row, and the last block would hold the most.
+    There device i trades the second half of its rows with device n - 1 - i:
+    it computes half-blocks 2i and 2n - 1 - 2i of 2n, the same work on every
+    device, and sends the traded half's results back.
     """
-    n = _size(mesh, row_axes)
-    if n == 1 or (window_left >= seqlen_k - 1 and window_right >= seqlen_q - 1):
-        return call(window_left, window_right)
-    m = seqlen_q // n
-    branches = [call(window_left - shift, window_right + shift) for shift in ((i + 1) * m - seqlen_q for i in range(n))]
 
-    def run(*arrays):
+    def __init__(self, mesh, row_axes, seqlen_q: int, seqlen_k: int, window_left: int, window_right: int):
+        self.axes, self.sizes = row_axes, [mesh.shape[a] for a in row_axes]
+        self.n = _size(mesh, row_axes)
+        self.seqlen_q, self.window = seqlen_q, (window_left, window_right)
+        self.rows = seqlen_q // self.n
+        unmasked = window_left >= seqlen_k - 1 and window_right >= seqlen_q - 1
+        self.moves = self.n > 1 and not unmasked
+        self.balanced = self.moves and window_left >= seqlen_k - 1 and self.rows % 2 == 0
+
+    def _index(self):
+        """This device's block: the row axes in order, the first the most significant."""
         index = 0
-        for axis in row_axes:  # the block index: the axes in order, the first the most significant
-            index = index * mesh.shape[axis] + jax.lax.axis_index(axis)
-        return jax.lax.switch(index, branches, *arrays)
+        for axis, size in zip(self.axes, self.sizes):
+            index = index * size + jax.lax.axis_index(axis)
+        return index
 
-    return run
+    def _on_block(self, call, block_of_device, rows: int):
+        """``call(left, right)`` for block ``block_of_device(i)`` (of ``rows`` rows) on device i."""
+        if not self.moves:
+            return call(*self.window)
+        left, right = self.window
+        shifts = ((block_of_device(i) + 1) * rows - self.seqlen_q for i in range(self.n))
+        branches = [call(left - shift, right + shift) for shift in shifts]
+        return lambda *arrays: jax.lax.switch(self._index(), branches, *arrays)
+
+    def _trade(self, x):
+        return jax.lax.ppermute(x, self.axes, [(i, self.n - 1 - i) for i in range(self.n)])
+
+    def _halves(self, call):
+        half = self.rows // 2
+        return (self._on_block(call, lambda i: 2 * i, half),
+                self._on_block(call, lambda i: 2 * self.n - 1 - 2 * i, half))
+
+    def forward(self, call):
+        """``call(left, right) -> f(q, k, v) -> (out, lse)`` run on this device's rows."""
+        if not self.balanced:
+            return self._on_block(call, lambda i: i, self.rows)
+        first, second = self._halves(call)
+
+        def run(q, k, v):
+            q_first, q_second = jnp.split(q, 2, axis=-3)
+            out_first, lse_first = first(q_first, k, v)
+            out_second, lse_second = (self._trade(x) for x in second(self._trade(q_second), k, v))
+            return jnp.concatenate([out_first, out_second], -3), jnp.concatenate([lse_first, lse_second], -1)
+
+        return run
+
+    def backward(self, call):
+        """``call(left, right) -> f(q, k, v, out, dout, lse, dlse) -> (dq, dk, dv)``, dk and dv in fp32."""
+        if not self.balanced:
+            grads = self._on_block(call, lambda i: i, self.rows)
+            return lambda *args: _dkv_fp32(*grads(*args))
+        first, second = self._halves(call)
+
+        def run(q, k, v, out, dout, lse, dlse):
+            rows = [jnp.split(x, 2, axis=-3) for x in (q, out, dout)] + [jnp.split(x, 2, axis=-1) for x in (lse, dlse)]
+            (q1, o1, do1, l1, dl1), (q2, o2, do2, l2, dl2) = zip(*rows)
+            dq_first, dk_first, dv_first = first(q1, k, v, o1, do1, l1, dl1)
+            traded = (self._trade(x) for x in (q2, o2, do2, l2, dl2))
+            dq_second, dk_second, dv_second = second(next(traded), k, v, *traded)
+            dq = jnp.concatenate([dq_first, self._trade(dq_second)], -3)
+            return _dkv_fp32(dq, dk_first, dv_first, dk_second, dv_second)
+
+        return run
+
+
+def _dkv_fp32(dq, *dkv):
+    """dq, and the sums of the (dk, dv) pairs given, in fp32."""
+    dk = sum(x.astype(jnp.float32) for x in dkv[0::2])
+    dv = sum(x.astype(jnp.float32) for x in dkv[1::2])
+    return dq, dk, dv
 
 
 # Older jax (0.6) has no way to mark Shardy factors that must stay whole; the
@@ -166,9 +233,9 @@ _fwd_partitioned = custom_partitioning(_fwd_local, static_argnums=(3, 4, 5, 6))
 def _fwd_partition(softmax_scale, softcap, window_left, window_right, mesh, arg_shapes, result_shape):
     del result_shape
     layout = _layout_of(mesh, arg_shapes)
-    local = _on_row_block(
-        mesh, layout.row_axes, arg_shapes[0].shape[-3], arg_shapes[1].shape[-3], window_left, window_right,
-        lambda left, right: lambda q, k, v: _fwd_local(q, k, v, softmax_scale, softcap, left, right))
+    blocks = _RowBlocks(mesh, layout.row_axes, arg_shapes[0].shape[-3], arg_shapes[1].shape[-3], window_left,
+                        window_right)
+    local = blocks.forward(lambda left, right: lambda q, k, v: _fwd_local(q, k, v, softmax_scale, softcap, left, right))
     q, kv, lse = (NamedSharding(mesh, spec) for spec in (layout.q, layout.kv, layout.lse))
     return mesh, local, (q, lse), (q, kv, kv)
 
@@ -206,16 +273,17 @@ def _bwd_partition(softmax_scale, softcap, window_left, window_right, determinis
     del result_shape
     layout = _layout_of(mesh, arg_shapes)
     partial_over = layout.kv_partial_over
-    grads = _on_row_block(
-        mesh, layout.row_axes, arg_shapes[0].shape[-3], arg_shapes[1].shape[-3], window_left, window_right,
+    blocks = _RowBlocks(mesh, layout.row_axes, arg_shapes[0].shape[-3], arg_shapes[1].shape[-3], window_left,
+                        window_right)
+    grads = blocks.backward(
         lambda left, right: lambda *args: _bwd_local(*args, softmax_scale, softcap, left, right, deterministic))
 
     def local(q, k, v, out, dout, lse, dlse):
         dq, dk, dv = grads(q, k, v, out, dout, lse, dlse)
         if partial_over:
             # Each device holds dK/dV of its rows / heads only: add them in fp32.
-            dk, dv = (jax.lax.psum(x.astype(jnp.float32), partial_over).astype(x.dtype) for x in (dk, dv))
-        return dq, dk, dv
+            dk, dv = (jax.lax.psum(x, partial_over) for x in (dk, dv))
+        return dq, dk.astype(k.dtype), dv.astype(v.dtype)
 
     q, kv, lse = (NamedSharding(mesh, spec) for spec in (layout.q, layout.kv, layout.lse))
     return mesh, local, (q, kv, kv), (q, kv, kv, q, q, lse, lse)

@@ -43,29 +43,34 @@ JIT_SCRIPT = PRELUDE + textwrap.dedent(
     def arr(shape, dtype=jnp.bfloat16):
         return jnp.asarray(rng.standard_normal(shape), dtype)
 
-    # name, heads (q, kv), options, q / k-v specs, (seqlen_q, seqlen_k), whether
-    # each device computes on its own shard (no operand gathered), whether
-    # dK/dV are sums of per-device parts (query rows or a GQA group split
-    # across devices).
+    # name, heads (q, kv), options, q / k-v specs, (seqlen_q, seqlen_k), how
+    # devices share the work ("local": each computes on its own shard, no
+    # operand gathered; "trade": also, trading half-blocks of query rows under
+    # a causal mask; "gathered": an operand is gathered first), whether dK/dV
+    # are sums of per-device parts (query rows or a GQA group split).
     CASES = [
         ("batch x heads, GQA, causal", (8, 4), dict(causal=True),
-         P("data", None, "model", None), P("data", None, "model", None), (33, 47), True, False),
+         P("data", None, "model", None), P("data", None, "model", None), (33, 47), "local", False),
         ("batch x heads, MHA, window + softcap", (8, 8), dict(window_size=(9, 4), softcap=3.0),
-         P("data", None, "model", None), P("data", None, "model", None), (33, 47), True, False),
+         P("data", None, "model", None), P("data", None, "model", None), (33, 47), "local", False),
         ("MQA: q heads over model, k/v replicated", (8, 1), dict(causal=True),
-         P("data", None, "model", None), P("data", None, None, None), (33, 47), True, True),
+         P("data", None, "model", None), P("data", None, None, None), (33, 47), "local", True),
         ("GQA groups split across model", (8, 2), dict(window_size=(5, 3)),
-         P(None, None, ("data", "model"), None), P(None, None, "data", None), (33, 47), True, True),
+         P(None, None, ("data", "model"), None), P(None, None, "data", None), (33, 47), "local", True),
         ("query rows without a mask", (8, 4), {},
-         P("data", "model", None, None), P("data", None, None, None), (64, 47), True, True),
-        ("query rows, causal", (8, 4), dict(causal=True),
-         P("data", "model", None, None), P("data", None, None, None), (64, 47), True, True),
+         P("data", "model", None, None), P("data", None, None, None), (64, 47), "local", True),
+        ("query rows, causal: half-blocks traded", (8, 4), dict(causal=True),
+         P("data", "model", None, None), P("data", None, None, None), (64, 47), "trade", True),
+        ("query rows in 8 blocks, causal, more keys: traded", (4, 2), dict(causal=True),
+         P(None, ("data", "model"), None, None), P(), (64, 80), "trade", True),
+        ("query rows, causal, odd blocks: not traded", (4, 4), dict(causal=True),
+         P(None, "model", None, None), P(), (36, 47), "local", True),
         ("query rows in 8 blocks, window, rows that see no key", (4, 2), dict(window_size=(20, 3)),
-         P(None, ("data", "model"), None, None), P(), (64, 47), True, True),
+         P(None, ("data", "model"), None, None), P(), (64, 47), "local", True),
         ("query rows x heads, keys sharded too: keys gathered", (8, 4), dict(causal=True, softcap=2.0),
-         P("data", "model", None, None), P("data", "model", None, None), (64, 96), False, True),
+         P("data", "model", None, None), P("data", "model", None, None), (64, 96), "gathered", True),
         ("q heads splitting kv heads unevenly: heads gathered", (8, 2), {},
-         P("data", None, "model", None), P("data", None, None, None), (33, 47), False, False),
+         P("data", None, "model", None), P("data", None, None, None), (33, 47), "gathered", False),
     ]
 
     def attention_and_grads(fn, q, k, v, dout, dlse, **options):
@@ -73,7 +78,7 @@ JIT_SCRIPT = PRELUDE + textwrap.dedent(
         return (out, lse, *vjp((dout.astype(out.dtype), dlse)))
 
     names = ("out", "lse", "dq", "dk", "dv")
-    for name, (heads_q, heads_kv), options, q_spec, kv_spec, (seqlen_q, seqlen_k), local, partial_kv in CASES:
+    for name, (heads_q, heads_kv), options, q_spec, kv_spec, (seqlen_q, seqlen_k), sharing, partial_kv in CASES:
         q = arr((4, seqlen_q, heads_q, 64))
         k, v = arr((4, seqlen_k, heads_kv, 64)), arr((4, seqlen_k, heads_kv, 64))
         dout, dlse = arr(q.shape), arr((4, heads_q, seqlen_q), jnp.float32)
@@ -84,8 +89,9 @@ JIT_SCRIPT = PRELUDE + textwrap.dedent(
         got = f(*args)
         whole = f(q, k, v, dout, dlse)  # one device
         hlo = f.lower(*args).compile().as_text()
-        if local:
+        if sharing != "gathered":
             assert "all-gather" not in hlo, f"{name}: an operand is gathered"
+            assert ("collective-permute" in hlo) == (sharing == "trade"), f"{name}: rows traded or not as expected"
             for x, s, n in zip(got, (q_sh, lse_sh, q_sh, kv_sh, kv_sh), names):
                 assert x.sharding.is_equivalent_to(s, x.ndim), f"{name}: {n} sharded as {x.sharding}, not {s}"
         for n, g, w in zip(names, got, whole):
