@@ -70,8 +70,9 @@ class _Layout:
     """The shardings one call runs with, derived from how q is sharded.
 
     ``q``: q, out, dout and dq; ``kv``: k, v, dk and dv; ``lse``: lse and dlse;
-    ``kv_partial_over``: the mesh axes along which a device holds only part of
-    the query rows or of a GQA group, over which dK/dV parts are summed.
+    ``row_axes``: the mesh axes splitting the query rows; ``kv_partial_over``:
+    the mesh axes along which a device holds only part of the query rows or of
+    a GQA group, over which dK/dV parts are summed.
     """
 
     def __init__(self, mesh, q_spec, q_shape, k_shape):
@@ -169,26 +170,25 @@ class _RowBlocks:
         """``call(left, right) -> f(q, k, v, out, dout, lse, dlse) -> (dq, dk, dv)``, dk and dv in fp32."""
         if not self.balanced:
             grads = self._on_block(call, lambda i: i, self.rows)
-            return lambda *args: _dkv_fp32(*grads(*args))
+
+            def whole_block(*args):
+                dq, dk, dv = grads(*args)
+                return dq, dk.astype(jnp.float32), dv.astype(jnp.float32)
+
+            return whole_block
         first, second = self._halves(call)
 
         def run(q, k, v, out, dout, lse, dlse):
             rows = [jnp.split(x, 2, axis=-3) for x in (q, out, dout)] + [jnp.split(x, 2, axis=-1) for x in (lse, dlse)]
-            (q1, o1, do1, l1, dl1), (q2, o2, do2, l2, dl2) = zip(*rows)
-            dq_first, dk_first, dv_first = first(q1, k, v, o1, do1, l1, dl1)
-            traded = (self._trade(x) for x in (q2, o2, do2, l2, dl2))
-            dq_second, dk_second, dv_second = second(next(traded), k, v, *traded)
-            dq = jnp.concatenate([dq_first, self._trade(dq_second)], -3)
-            return _dkv_fp32(dq, dk_first, dv_first, dk_second, dv_second)
+            (q1, o1, do1, l1, dl1), second_half = zip(*rows)
+            q2, o2, do2, l2, dl2 = (self._trade(x) for x in second_half)
+            dq1, dk1, dv1 = first(q1, k, v, o1, do1, l1, dl1)
+            dq2, dk2, dv2 = second(q2, k, v, o2, do2, l2, dl2)
+            f32 = jnp.float32
+            return (jnp.concatenate([dq1, self._trade(dq2)], -3), dk1.astype(f32) + dk2.astype(f32),
+                    dv1.astype(f32) + dv2.astype(f32))
 
         return run
-
-
-def _dkv_fp32(dq, *dkv):
-    """dq, and the sums of the (dk, dv) pairs given, in fp32."""
-    dk = sum(x.astype(jnp.float32) for x in dkv[0::2])
-    dv = sum(x.astype(jnp.float32) for x in dkv[1::2])
-    return dq, dk, dv
 
 
 # Older jax (0.6) has no way to mark Shardy factors that must stay whole; the
