@@ -29,10 +29,29 @@ def _window(left, right, seqlen_q: int, seqlen_k: int):
     return tuple(bound if w is None else max(-bound, min(bound, w)) for w in (left, right))
 
 
+def _first_order(fn):
+    """``fn`` (a function of arrays) with a clear error where JAX would differentiate it.
+
+    The custom VJP below gives first derivatives; a second one (grad of grad,
+    a Hessian) would differentiate the custom calls themselves, which have no
+    derivative rule, and JAX's own message would name its internals.
+    """
+    wrapped = jax.custom_jvp(fn)
+
+    def refuse(primals, tangents):
+        raise NotImplementedError(
+            "jax_fa3.flash_attention has first derivatives only, in reverse mode (jax.grad, jax.vjp, "
+            "jax.value_and_grad): grad of grad is not implemented (nor forward mode: jax.jvp, jax.hessian)")
+
+    wrapped.defjvp(refuse)
+    return wrapped
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
 def _attention(q, k, v, softmax_scale, softcap, window_left, window_right, deterministic):
-    return _sharding.fwd(q, k, v, softmax_scale=softmax_scale, softcap=softcap,
-                    window_left=window_left, window_right=window_right)
+    fwd = functools.partial(_sharding.fwd, softmax_scale=softmax_scale, softcap=softcap, window_left=window_left,
+                            window_right=window_right)
+    return _first_order(fwd)(q, k, v)
 
 
 def _attention_fwd(q, k, v, softmax_scale, softcap, window_left, window_right, deterministic):
@@ -43,11 +62,9 @@ def _attention_fwd(q, k, v, softmax_scale, softcap, window_left, window_right, d
 def _attention_bwd(softmax_scale, softcap, window_left, window_right, deterministic, residuals, cotangents):
     q, k, v, out, lse = residuals
     dout, dlse = cotangents
-    return _sharding.bwd(
-        q, k, v, out, dout.astype(out.dtype), lse, dlse.astype(jnp.float32),
-        softmax_scale=softmax_scale, softcap=softcap, window_left=window_left,
-        window_right=window_right, deterministic=deterministic,
-    )
+    bwd = functools.partial(_sharding.bwd, softmax_scale=softmax_scale, softcap=softcap, window_left=window_left,
+                            window_right=window_right, deterministic=deterministic)
+    return _first_order(bwd)(q, k, v, out, dout.astype(out.dtype), lse, dlse.astype(jnp.float32))
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)

@@ -72,3 +72,16 @@ def test_valid_options_trace():
     out, lse = _trace(causal=True, window_size=(8, -1), softcap=5.0, return_lse=True, softmax_scale=0.3)
     assert out.shape == Q.shape and out.dtype == Q.dtype
     assert lse.shape == (2, 4, 16) and lse.dtype == jnp.float32
+
+
+def test_second_derivatives_are_refused_with_a_clear_error():
+    def loss(q, k, v):
+        return jnp.sum(jax_fa3.flash_attention(q, k, v, causal=True).astype(jnp.float32) ** 2)
+
+    def grad_norm(q, k, v):
+        return sum(jnp.sum(g.astype(jnp.float32) ** 2) for g in jax.grad(loss, argnums=(0, 1, 2))(q, k, v))
+
+    first = jax.eval_shape(jax.grad(loss, argnums=(0, 1, 2)), Q, KV, KV)  # first derivatives trace
+    assert [g.shape for g in first] == [Q.shape, KV.shape, KV.shape]
+    with pytest.raises(NotImplementedError, match="first derivatives only"):
+        jax.eval_shape(jax.grad(grad_norm), Q, KV, KV)
