@@ -206,7 +206,8 @@ def _shardy_rule(value_types, backward: bool) -> SdyShardingRule:
     q_shape, k_shape = tuple(value_types[0].shape), tuple(value_types[1].shape)
     lead = tuple(f"b{i}" for i in range(len(q_shape) - 3))
     kv_heads = "h" if q_shape[-2] == k_shape[-2] else "g"
-    q, kv, lse = ArrayMapping(*lead, "s", "h", "d"), ArrayMapping(*lead, "t", kv_heads, "d"), ArrayMapping(*lead, "h", "s")
+    q, kv = ArrayMapping(*lead, "s", "h", "d"), ArrayMapping(*lead, "t", kv_heads, "d")
+    lse = ArrayMapping(*lead, "h", "s")
     if backward:
         operands, results = (q, kv, kv, q, q, lse, lse), (q, kv, kv)
     else:

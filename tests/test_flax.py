@@ -129,7 +129,8 @@ def test_nnx_module_matches_flax_reference(device, rng, case):
         pytest.skip(NO_FLAX_GQA)
     mha = dict(num_heads=4, in_features=64, qkv_features=64, in_kv_features=kv_features,
                normalize_qk=options.get("normalize_qk", False))
-    mha.update({k: options[k] for k in ("num_kv_heads",) if k in options})
+    if "num_kv_heads" in options:
+        mha["num_kv_heads"] = options["num_kv_heads"]
     attn = {k: options[k] for k in ("causal", "window_size", "softcap") if k in options}
     model = jf.MultiHeadAttention(**mha, dtype=dtype, rngs=nnx.Rngs(int(rng.integers(1 << 30))),
                                   **{k: v for k, v in options.items() if k not in mha})
