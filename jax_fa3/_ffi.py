@@ -64,8 +64,11 @@ COMPILED_KERNELS: tuple[tuple[str, int], ...] = tuple(_C.compiled_kernels())
 _VMAP_METHOD = "broadcast_all"
 
 
-def _result_type(like, shape, dtype):
+def _result_type(like, shape, dtype, spec=None):
     """The type of a custom-call result, typed along the same lines as ``like``.
+
+    ``spec``: where the sharding is part of the type (jax's explicit sharding
+    mode), the result's PartitionSpec on ``like``'s mesh.
 
     Inside ``jax.shard_map`` (with its type check on) an FFI call's results
     must say along which mesh axes they vary, as its operands do; a plain
@@ -75,10 +78,13 @@ def _result_type(like, shape, dtype):
     a result of another shape.
     """
     aval = jax.typeof(like) if hasattr(jax, "typeof") else None
-    spec = getattr(getattr(aval, "sharding", None), "spec", None)
-    if spec is not None and all(axis is None for axis in spec):
-        return aval.update(shape=tuple(shape), dtype=jnp.dtype(dtype), weak_type=False)
-    return jax.ShapeDtypeStruct(shape, dtype)
+    sharding = getattr(aval, "sharding", None)
+    if spec is None and sharding is not None and all(axis is None for axis in sharding.spec):
+        spec = jax.sharding.PartitionSpec()  # like is whole: so is the result, on like's mesh
+    if spec is None:
+        return jax.ShapeDtypeStruct(shape, dtype)
+    return aval.update(shape=tuple(shape), dtype=jnp.dtype(dtype), weak_type=False,
+                       sharding=jax.sharding.NamedSharding(sharding.mesh, spec))
 
 
 def _attrs(softmax_scale: float, softcap: float, window_left: int, window_right: int) -> dict:
@@ -90,14 +96,18 @@ def _attrs(softmax_scale: float, softcap: float, window_left: int, window_right:
     )
 
 
-def fwd(q, k, v, *, softmax_scale, softcap, window_left, window_right):
-    """Forward custom call: returns ``out`` (like q) and ``lse`` float32 ``[..., heads_q, seqlen_q]``."""
+def fwd(q, k, v, *, softmax_scale, softcap, window_left, window_right, result_specs=(None, None)):
+    """Forward custom call: returns ``out`` (like q) and ``lse`` float32 ``[..., heads_q, seqlen_q]``.
+
+    ``result_specs``: out's and lse's PartitionSpecs where shardings are types.
+    """
     *lead, seqlen_q, heads_q, _ = q.shape
     # Scratch for the kernels' tile counter: a constant size (vmap prepends
     # dimensions, which only makes it larger).
     workspace = _result_type(q, (_C.fwd_workspace_bytes,), jnp.uint8)
-    out_types = (_result_type(q, q.shape, q.dtype), _result_type(q, (*lead, heads_q, seqlen_q), jnp.float32),
-                 workspace)
+    out_spec, lse_spec = result_specs
+    out_types = (_result_type(q, q.shape, q.dtype, out_spec),
+                 _result_type(q, (*lead, heads_q, seqlen_q), jnp.float32, lse_spec), workspace)
     call = jax.ffi.ffi_call("jax_fa3_fwd", out_types, vmap_method=_VMAP_METHOD)
     out, lse, _ = call(q, k, v, **_attrs(softmax_scale, softcap, window_left, window_right))
     return out, lse
@@ -110,14 +120,19 @@ def _workspace_bytes_per_batch(q, k, deterministic: bool) -> int:
     return -(-nbytes // 256) * 256
 
 
-def bwd(q, k, v, out, dout, lse, dlse, *, softmax_scale, softcap, window_left, window_right, deterministic):
-    """Backward custom call: returns ``dq, dk, dv`` (like q, k, v)."""
+def bwd(q, k, v, out, dout, lse, dlse, *, softmax_scale, softcap, window_left, window_right, deterministic,
+        result_specs=(None, None)):
+    """Backward custom call: returns ``dq, dk, dv`` (like q, k, v).
+
+    ``result_specs``: dq's and dk's / dv's PartitionSpecs where shardings are types.
+    """
     lead = q.shape[:-3]
     # The workspace is sized per batch element so it scales under vmap, which
     # prepends dimensions to every result.
     workspace = _result_type(q, (*lead, _workspace_bytes_per_batch(q, k, deterministic)), jnp.uint8)
-    out_types = (_result_type(q, q.shape, q.dtype), _result_type(k, k.shape, k.dtype),
-                 _result_type(v, v.shape, v.dtype), workspace)
+    dq_spec, dkv_spec = result_specs
+    out_types = (_result_type(q, q.shape, q.dtype, dq_spec), _result_type(k, k.shape, k.dtype, dkv_spec),
+                 _result_type(v, v.shape, v.dtype, dkv_spec), workspace)
     call = jax.ffi.ffi_call("jax_fa3_bwd", out_types, vmap_method=_VMAP_METHOD)
     dq, dk, dv, _ = call(
         q, k, v, out, dout, lse, dlse,

@@ -96,6 +96,55 @@ class _Layout:
         self.kv_partial_over = seq + within_group
 
 
+def _typed_layout(q, k) -> _Layout | None:
+    """The layout of q's sharding where it is part of q's type (jax's explicit
+    sharding mode): the results are typed with it. None elsewhere."""
+    sharding = getattr(jax.typeof(q), "sharding", None) if hasattr(jax, "typeof") else None
+    mesh = getattr(sharding, "mesh", None)
+    explicit = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
+    if explicit is None or explicit not in getattr(mesh, "axis_types", ()):
+        return None
+    return _Layout(mesh, sharding.spec, q.shape, k.shape)
+
+
+def _reshard(x, target):
+    return x if jax.typeof(x).sharding == target else jax.sharding.reshard(x, target)
+
+
+def typed_like(x, like):
+    """``x`` resharded to ``like``'s sharding where shardings are types (a
+    gradient must have its primal's type); ``x`` elsewhere."""
+    return x if _typed_layout(like, like) is None else _reshard(x, jax.typeof(like).sharding)
+
+
+def typed_like_q(out, lse, q):
+    """``out`` typed like q and ``lse`` like q's batch, heads and rows, where
+    shardings are types (the call computes in its own layout, _Layout, which
+    gathers what it cannot split); unchanged elsewhere."""
+    if _typed_layout(q, q) is None:
+        return out, lse
+    sharding = jax.typeof(q).sharding
+    spec = tuple(sharding.spec) + (None,) * (q.ndim - len(tuple(sharding.spec)))
+    lse_sharding = NamedSharding(sharding.mesh, P(*spec[:-3], spec[-2], spec[-3]))
+    return _reshard(out, sharding), _reshard(lse, lse_sharding)
+
+
+def _per_device(fn):
+    """``fn`` as the partitioner traces it for one device's shard: outside the
+    caller's mesh, whose explicit axes (jax's sharding-in-types mode) would
+    annotate its ops with shardings that no partitioner pass removes any more.
+    """
+    use_abstract_mesh = getattr(jax.sharding, "use_abstract_mesh", None)
+    if use_abstract_mesh is None:  # jax 0.6: no mesh context to leave
+        return fn
+
+    def run(*args):
+        with use_abstract_mesh(jax.sharding.AbstractMesh((), ())):
+            return fn(*args)
+
+    return run
+
+
 def _layout_of(mesh, arg_shapes) -> _Layout:
     q, k = arg_shapes[0], arg_shapes[1]
     # Without a mesh in context JAX cannot name q's sharding by mesh axes:
@@ -224,8 +273,9 @@ def _shardy_rule(value_types, backward: bool) -> SdyShardingRule:
 
 
 def _fwd_local(q, k, v, softmax_scale, softcap, window_left, window_right):
+    typed = _typed_layout(q, k)
     return _ffi.fwd(q, k, v, softmax_scale=softmax_scale, softcap=softcap, window_left=window_left,
-                    window_right=window_right)
+                    window_right=window_right, result_specs=(typed.q, typed.lse) if typed else (None, None))
 
 
 _fwd_partitioned = custom_partitioning(_fwd_local, static_argnums=(3, 4, 5, 6))
@@ -238,7 +288,7 @@ def _fwd_partition(softmax_scale, softcap, window_left, window_right, mesh, arg_
                         window_right)
     local = blocks.forward(lambda left, right: lambda q, k, v: _fwd_local(q, k, v, softmax_scale, softcap, left, right))
     q, kv, lse = (NamedSharding(mesh, spec) for spec in (layout.q, layout.kv, layout.lse))
-    return mesh, local, (q, lse), (q, kv, kv)
+    return mesh, _per_device(local), (q, lse), (q, kv, kv)
 
 
 def _fwd_infer(softmax_scale, softcap, window_left, window_right, mesh, arg_shapes, result_shape):
@@ -262,8 +312,10 @@ _fwd_partitioned.def_partition(partition=_fwd_partition, infer_sharding_from_ope
 
 
 def _bwd_local(q, k, v, out, dout, lse, dlse, softmax_scale, softcap, window_left, window_right, deterministic):
+    typed = _typed_layout(q, k)
     return _ffi.bwd(q, k, v, out, dout, lse, dlse, softmax_scale=softmax_scale, softcap=softcap,
-                    window_left=window_left, window_right=window_right, deterministic=deterministic)
+                    window_left=window_left, window_right=window_right, deterministic=deterministic,
+                    result_specs=(typed.q, typed.kv) if typed else (None, None))
 
 
 _bwd_partitioned = custom_partitioning(_bwd_local, static_argnums=(7, 8, 9, 10, 11))
@@ -287,7 +339,7 @@ def _bwd_partition(softmax_scale, softcap, window_left, window_right, determinis
         return dq, dk.astype(k.dtype), dv.astype(v.dtype)
 
     q, kv, lse = (NamedSharding(mesh, spec) for spec in (layout.q, layout.kv, layout.lse))
-    return mesh, local, (q, kv, kv), (q, kv, kv, q, q, lse, lse)
+    return mesh, _per_device(local), (q, kv, kv), (q, kv, kv, q, q, lse, lse)
 
 
 def _bwd_infer(softmax_scale, softcap, window_left, window_right, deterministic, mesh, arg_shapes, result_shape):

@@ -51,7 +51,8 @@ def _first_order(fn):
 def _attention(q, k, v, softmax_scale, softcap, window_left, window_right, deterministic):
     fwd = functools.partial(_sharding.fwd, softmax_scale=softmax_scale, softcap=softcap, window_left=window_left,
                             window_right=window_right)
-    return _first_order(fwd)(q, k, v)
+    out, lse = _first_order(fwd)(q, k, v)
+    return _sharding.typed_like_q(out, lse, q)
 
 
 def _attention_fwd(q, k, v, softmax_scale, softcap, window_left, window_right, deterministic):
@@ -64,7 +65,8 @@ def _attention_bwd(softmax_scale, softcap, window_left, window_right, determinis
     dout, dlse = cotangents
     bwd = functools.partial(_sharding.bwd, softmax_scale=softmax_scale, softcap=softcap, window_left=window_left,
                             window_right=window_right, deterministic=deterministic)
-    return _first_order(bwd)(q, k, v, out, dout.astype(out.dtype), lse, dlse.astype(jnp.float32))
+    grads = _first_order(bwd)(q, k, v, out, dout.astype(out.dtype), lse, dlse.astype(jnp.float32))
+    return tuple(_sharding.typed_like(g, x) for g, x in zip(grads, (q, k, v)))
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)

@@ -31,14 +31,25 @@ JIT_SCRIPT = PRELUDE + textwrap.dedent(
     """
     import numerics
 
+    import contextlib
+
+    # shardy / gspmd: the partitioner, with the mesh's axes automatic;
+    # explicit: Shardy, the axes explicit (shardings are part of the types).
     mode = os.environ["JAX_FA3_PARTITIONER"]
-    shardy = mode == "shardy"
+    shardy = mode != "gspmd"
     if shardy and not hasattr(jax.config, "jax_use_shardy_partitioner"):
         print("skip: this jax has no Shardy"); raise SystemExit
     try:
         jax.config.update("jax_use_shardy_partitioner", shardy)
     except Exception as err:  # a jax without GSPMD
         print(f"skip: {mode} cannot be selected: {err}"); raise SystemExit
+    context = contextlib.nullcontext
+    if mode == "explicit":
+        explicit = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
+        if explicit is None or not hasattr(jax, "set_mesh"):
+            print("skip: this jax has no explicit sharding mode"); raise SystemExit
+        mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(explicit, explicit))
+        context = lambda: jax.set_mesh(mesh)
 
     def arr(shape, dtype=jnp.bfloat16):
         return jnp.asarray(rng.standard_normal(shape), dtype)
@@ -77,47 +88,48 @@ JIT_SCRIPT = PRELUDE + textwrap.dedent(
         (out, lse), vjp = jax.vjp(lambda q, k, v: fn(q, k, v, return_lse=True, **options), q, k, v)
         return (out, lse, *vjp((dout.astype(out.dtype), dlse)))
 
-    names = ("out", "lse", "dq", "dk", "dv")
-    for name, (heads_q, heads_kv), options, q_spec, kv_spec, (seqlen_q, seqlen_k), sharing, partial_kv in CASES:
-        q = arr((4, seqlen_q, heads_q, 64))
-        k, v = arr((4, seqlen_k, heads_kv, 64)), arr((4, seqlen_k, heads_kv, 64))
-        dout, dlse = arr(q.shape), arr((4, heads_q, seqlen_q), jnp.float32)
-        f = jax.jit(lambda *a: attention_and_grads(jax_fa3.flash_attention, *a, **options))
-        q_sh, kv_sh, lse_sh = (NamedSharding(mesh, s) for s in (q_spec, kv_spec, P(*q_spec[:1], q_spec[2], q_spec[1])))
-        shardings = (q_sh, kv_sh, kv_sh, q_sh, lse_sh)
-        args = [jax.device_put(x, s) for x, s in zip((q, k, v, dout, dlse), shardings)]
-        got = f(*args)
-        whole = f(q, k, v, dout, dlse)  # one device
-        hlo = f.lower(*args).compile().as_text()
-        if sharing != "gathered":
-            assert "all-gather" not in hlo, f"{name}: an operand is gathered"
-            assert ("collective-permute" in hlo) == (sharing == "trade"), f"{name}: rows traded or not as expected"
-            for x, s, n in zip(got, (q_sh, lse_sh, q_sh, kv_sh, kv_sh), names):
-                assert x.sharding.is_equivalent_to(s, x.ndim), f"{name}: {n} sharded as {x.sharding}, not {s}"
-        for n, g, w in zip(names, got, whole):
-            if partial_kv and n in ("dk", "dv"):
-                continue
-            # The same rows through the same kernel: bitwise the unsharded result.
-            np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(w, np.float32), err_msg=f"{name}: {n}")
-        if partial_kv:  # sums of per-device parts: the tests' error rule
-            up = [x.astype(jnp.float32) for x in (q, k, v, dout)]
-            ref = attention_and_grads(lambda *a, return_lse, **o: reference.attention(*a, return_lse=True, **o),
-                                      *up, dlse, **options)
-            base = attention_and_grads(lambda *a, return_lse, **o: reference.attention_in_dtype(*a, q.dtype, **o),
-                                       q, k, v, dout, dlse, **options)
-            for i in (3, 4):
-                numerics.assert_within_rule(f"{name}: {names[i]}", got[i], ref[i], base[i], q.dtype)
-        print(f"ok: {name}")
+    with context():
+        names = ("out", "lse", "dq", "dk", "dv")
+        for name, (heads_q, heads_kv), options, q_spec, kv_spec, (seqlen_q, seqlen_k), sharing, partial_kv in CASES:
+            q = arr((4, seqlen_q, heads_q, 64))
+            k, v = arr((4, seqlen_k, heads_kv, 64)), arr((4, seqlen_k, heads_kv, 64))
+            dout, dlse = arr(q.shape), arr((4, heads_q, seqlen_q), jnp.float32)
+            f = jax.jit(lambda *a: attention_and_grads(jax_fa3.flash_attention, *a, **options))
+            q_sh, kv_sh, lse_sh = (NamedSharding(mesh, s) for s in (q_spec, kv_spec, P(*q_spec[:1], q_spec[2], q_spec[1])))
+            shardings = (q_sh, kv_sh, kv_sh, q_sh, lse_sh)
+            args = [jax.device_put(x, s) for x, s in zip((q, k, v, dout, dlse), shardings)]
+            got = f(*args)
+            whole = f(q, k, v, dout, dlse)  # one device
+            hlo = f.lower(*args).compile().as_text()
+            if sharing != "gathered":
+                assert "all-gather" not in hlo, f"{name}: an operand is gathered"
+                assert ("collective-permute" in hlo) == (sharing == "trade"), f"{name}: rows traded or not as expected"
+                for x, s, n in zip(got, (q_sh, lse_sh, q_sh, kv_sh, kv_sh), names):
+                    assert x.sharding.is_equivalent_to(s, x.ndim), f"{name}: {n} sharded as {x.sharding}, not {s}"
+            for n, g, w in zip(names, got, whole):
+                if partial_kv and n in ("dk", "dv"):
+                    continue
+                # The same rows through the same kernel: bitwise the unsharded result.
+                np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(w, np.float32), err_msg=f"{name}: {n}")
+            if partial_kv:  # sums of per-device parts: the tests' error rule
+                up = [x.astype(jnp.float32) for x in (q, k, v, dout)]
+                ref = attention_and_grads(lambda *a, return_lse, **o: reference.attention(*a, return_lse=True, **o),
+                                          *up, dlse, **options)
+                base = attention_and_grads(lambda *a, return_lse, **o: reference.attention_in_dtype(*a, q.dtype, **o),
+                                           q, k, v, dout, dlse, **options)
+                for i in (3, 4):
+                    numerics.assert_within_rule(f"{name}: {names[i]}", got[i], ref[i], base[i], q.dtype)
+            print(f"ok: {name}")
 
-    # vmap over a sharded leading axis: the vmapped axis is one more batch dimension.
-    q = arr((2, 4, 33, 8, 64)); k = arr((2, 4, 47, 4, 64)); v = arr((2, 4, 47, 4, 64))
-    spec = P("data", None, None, "model", None)
-    f = jax.jit(jax.vmap(lambda q, k, v: jax_fa3.flash_attention(q, k, v, causal=True)))
-    args = [jax.device_put(x, NamedSharding(mesh, spec)) for x in (q, k, v)]
-    out = f(*args)
-    assert "all-gather" not in f.lower(*args).compile().as_text(), "vmap: an operand is gathered"
-    np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(f(q, k, v), np.float32))
-    print("ok: vmap over a sharded axis")
+        # vmap over a sharded leading axis: the vmapped axis is one more batch dimension.
+        q = arr((2, 4, 33, 8, 64)); k = arr((2, 4, 47, 4, 64)); v = arr((2, 4, 47, 4, 64))
+        spec = P("data", None, None, "model", None)
+        f = jax.jit(jax.vmap(lambda q, k, v: jax_fa3.flash_attention(q, k, v, causal=True)))
+        args = [jax.device_put(x, NamedSharding(mesh, spec)) for x in (q, k, v)]
+        out = f(*args)
+        assert "all-gather" not in f.lower(*args).compile().as_text(), "vmap: an operand is gathered"
+        np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(f(q, k, v), np.float32))
+        print("ok: vmap over a sharded axis")
     print("sharded ok")
     """
 )
@@ -221,7 +233,7 @@ def _run(script, **env):
     return result.stdout
 
 
-@pytest.mark.parametrize("partitioner", ["shardy", "gspmd"])
+@pytest.mark.parametrize("partitioner", ["shardy", "gspmd", "explicit"])
 def test_jit_with_sharded_inputs(partitioner):
     out = _run(JIT_SCRIPT, JAX_FA3_PARTITIONER=partitioner)
     if out.startswith("skip:"):
