@@ -20,6 +20,11 @@ A dimension sharded any other way is gathered first, by XLA. dK and dV sum over
 query rows and over the q heads of a group, so where either is split across
 devices the backward adds the devices' parts (an fp32 ``psum``).
 
+Types: with explicit mesh axes shardings are part of the types; the calls'
+results are typed with the layout they run in (_Layout), and the attention
+reshards ``out``/``lse`` to q's and each gradient to its primal's type
+(typed_like_q, typed_like).
+
 Batching: ``custom_partitioning`` has no batching rule, so the partitioned
 calls sit inside ``custom_vmap``: a vmapped axis becomes one more leading
 dimension (unbatched operands are broadcast to it), which the handlers fold
@@ -96,15 +101,19 @@ class _Layout:
         self.kv_partial_over = seq + within_group
 
 
-def _typed_layout(q, k) -> _Layout | None:
-    """The layout of q's sharding where it is part of q's type (jax's explicit
-    sharding mode): the results are typed with it. None elsewhere."""
-    sharding = getattr(jax.typeof(q), "sharding", None) if hasattr(jax, "typeof") else None
-    mesh = getattr(sharding, "mesh", None)
+def _explicit_sharding(x):
+    """``x``'s sharding where it is part of x's type (jax's explicit sharding mode), else None."""
+    sharding = getattr(jax.typeof(x), "sharding", None) if hasattr(jax, "typeof") else None
     explicit = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
-    if explicit is None or explicit not in getattr(mesh, "axis_types", ()):
+    if explicit is None or explicit not in getattr(getattr(sharding, "mesh", None), "axis_types", ()):
         return None
-    return _Layout(mesh, sharding.spec, q.shape, k.shape)
+    return sharding
+
+
+def _typed_layout(q, k) -> _Layout | None:
+    """The layout the results are typed with where q's sharding is its type."""
+    sharding = _explicit_sharding(q)
+    return None if sharding is None else _Layout(sharding.mesh, sharding.spec, q.shape, k.shape)
 
 
 def _reshard(x, target):
@@ -114,16 +123,17 @@ def _reshard(x, target):
 def typed_like(x, like):
     """``x`` resharded to ``like``'s sharding where shardings are types (a
     gradient must have its primal's type); ``x`` elsewhere."""
-    return x if _typed_layout(like, like) is None else _reshard(x, jax.typeof(like).sharding)
+    sharding = _explicit_sharding(like)
+    return x if sharding is None else _reshard(x, sharding)
 
 
 def typed_like_q(out, lse, q):
     """``out`` typed like q and ``lse`` like q's batch, heads and rows, where
     shardings are types (the call computes in its own layout, _Layout, which
     gathers what it cannot split); unchanged elsewhere."""
-    if _typed_layout(q, q) is None:
+    sharding = _explicit_sharding(q)
+    if sharding is None:
         return out, lse
-    sharding = jax.typeof(q).sharding
     spec = tuple(sharding.spec) + (None,) * (q.ndim - len(tuple(sharding.spec)))
     lse_sharding = NamedSharding(sharding.mesh, P(*spec[:-3], spec[-2], spec[-3]))
     return _reshard(out, sharding), _reshard(lse, lse_sharding)
