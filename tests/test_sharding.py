@@ -1,7 +1,8 @@
 """Sharded inputs on 8 CPU devices (subprocesses, since the device count is
 fixed when JAX starts): flash_attention under jit with sharded operands (the
-custom calls' partitioning rule, with Shardy and with GSPMD), and inside
-shard_map."""
+custom calls' partitioning rule, with Shardy, with GSPMD and with explicit
+mesh axes), inside shard_map, and a Flax module sharded through its
+parameters."""
 
 from __future__ import annotations
 
