@@ -67,13 +67,10 @@ def test_built_kernels_pass_the_audit(capsys):
     assert main_kernels and int(main_kernels.group(1)) > 0, report
 
 
-def test_stall_decoding_on_a_listing():
-    """tools/dev/sass_stalls.py reads ptxas's control bits: two instructions of the forward's softmax, an
+def test_schedule_decoding_on_a_listing():
+    """sass_audit --schedule reads ptxas's control bits: two instructions of the forward's softmax, an
     exponential that sets scoreboard 1 and a row-sum add that waits on scoreboard 2 (set by an earlier
     exponential, of R25), one cycle of stall each."""
-    spec = importlib.util.spec_from_file_location("sass_stalls", ROOT / "tools" / "dev" / "sass_stalls.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     listing = """
         Function : _ZN7jax_fa315fwd_kernel_sm90E
         /*10ee0*/                   MUFU.EX2 R27, R27 ;                                  /* 0x0000001b001b7308 */
@@ -81,8 +78,9 @@ def test_stall_decoding_on_a_listing():
         /*10ef0*/                   FADD R7, R25, R22 ;                                  /* 0x0000001619077221 */
                                                                                          /* 0x004fe20000000000 */
     """.splitlines()
-    mufu, fadd = module.instructions(listing, "fwd_kernel_sm90")
+    audit = _audit_module()
+    mufu, fadd = audit.schedule(listing, "fwd_kernel_sm90")
     # (address, text, stall, yield clear, write scoreboard, read scoreboard (7: none), wait mask)
     assert mufu == (0x10EE0, "MUFU.EX2 R27, R27", 1, False, 1, 7, 0)
     assert fadd == (0x10EF0, "FADD R7, R25, R22", 1, False, 7, 7, 0b000100)
-    assert list(module.instructions(listing, "bwd_main_kernel")) == []
+    assert list(audit.schedule(listing, "bwd_main_kernel")) == []

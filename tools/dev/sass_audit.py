@@ -1,6 +1,7 @@
 """Audits the SASS of built kernels, without a GPU.
 
     python tools/dev/sass_audit.py <binary> [--cuobjdump PATH] [--all]
+    python tools/dev/sass_audit.py <binary> --schedule KERNEL [--range START END]
 
 <binary>: anything cuobjdump reads (the extension's .so, a harness executable,
 a cubin) or a wheel (its .so files are audited). Per kernel it counts the
@@ -13,6 +14,18 @@ exits 1 when a rule is broken:
   should be a reduction (REDG). ptxas turns atomicAdd with an unused result
   into ATOMG instead of REDG when the kernel holds a memory fence anywhere
   (benchmarks/results/2026-12-04j_h200_bwd_det.md).
+
+--schedule: instead, the compiler's static schedule of the first kernel whose
+name contains KERNEL. cuobjdump prints each instruction with its 128-bit
+encoding; the top bits of the second 64-bit word are the control bits ptxas
+sets (the layout Volta introduced): stall cycles before the warp's next
+instruction may issue (4 bits), yield, the scoreboard the instruction sets
+when it writes (W) and when it has read its operands (R), and the scoreboards
+it waits for (w). Prints one line per instruction (address, stall, Y when the
+yield bit is clear, W/R/w, the instruction) and, with --range (hex
+addresses), the sum of the stall counts over [START, END): the fewest cycles
+one warp needs to issue that stretch before any scoreboard or barrier wait, a
+floor from the compiler's own latency model.
 
 cuobjdump: --cuobjdump, $CUOBJDUMP, the PATH, or the one in the
 nvidia-cuda-cuobjdump wheel; it needs nvdisasm (`pip install
@@ -38,6 +51,9 @@ MAIN_KERNELS = ("fwd_kernel_sm90", "bwd_main_kernel")
 _FUNCTION = re.compile(r"^\s*Function\s*:\s*(\S+)")
 # "/*0c30*/  @!P0  ATOMG.E.ADD.STRONG.GPU PT, RZ, desc[UR4][R2.64], R5 ;"
 _INSTRUCTION = re.compile(r"^\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)((?:\.[A-Za-z0-9_]+)*)\s*(.*?);")
+# An instruction with its encoding's first word, and the second word's line.
+_ENCODED = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(.*?);\s*/\* 0x([0-9a-f]{16}) \*/")
+_SECOND_WORD = re.compile(r"^\s*/\* 0x([0-9a-f]{16}) \*/")
 
 
 @dataclass
@@ -85,6 +101,40 @@ def parse_sass(text: str) -> list[Kernel]:
     return kernels
 
 
+def schedule(lines: list[str], kernel: str):
+    """(address, text, stall, yield_clear, write_sb, read_sb, wait_mask) per
+    instruction of the first kernel whose name contains ``kernel``."""
+    inside = False
+    for i, line in enumerate(lines):
+        function = _FUNCTION.match(line)
+        if function:
+            if inside:  # that kernel ended
+                return
+            inside = kernel in function.group(1)
+            continue
+        match = _ENCODED.match(line)
+        second = _SECOND_WORD.match(lines[i + 1]) if match and i + 1 < len(lines) else None
+        if not inside or not second:
+            continue
+        control = int(second.group(1), 16) >> 41
+        yield (int(match.group(1), 16), match.group(2).strip(), control & 0xF, not (control >> 4) & 1,
+               (control >> 5) & 7, (control >> 8) & 7, (control >> 11) & 0x3F)
+
+
+def print_schedule(lines: list[str], kernel: str, address_range) -> None:
+    start, end = (int(a, 16) for a in address_range) if address_range else (None, None)
+    total = count = 0
+    for address, text, stall, yield_clear, write_sb, read_sb, wait in schedule(lines, kernel):
+        fields = [f"W{write_sb}" if write_sb != 7 else "", f"R{read_sb}" if read_sb != 7 else "",
+                  "w" + "".join(str(b) for b in range(6) if wait >> b & 1) if wait else ""]
+        print(f"{address:05x} s{stall:<2} {'Y' if yield_clear else ' '} {fields[0]:3} {fields[1]:3} {fields[2]:7} {text}")
+        if start is not None and start <= address < end:
+            total += stall
+            count += 1
+    if start is not None:
+        print(f"[{start:#x}, {end:#x}): {count} instructions, {total} cycles of stall counts", file=sys.stderr)
+
+
 def _executable(path: str | None) -> bool:
     return bool(path) and os.path.isfile(path) and os.access(path, os.X_OK)
 
@@ -130,16 +180,22 @@ def sass_of(binary: str, cuobjdump: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("binary")
     parser.add_argument("--cuobjdump")
     parser.add_argument("--all", action="store_true", help="list every kernel, not only the main ones")
+    parser.add_argument("--schedule", metavar="KERNEL", help="print this kernel's control bits instead (see --help)")
+    parser.add_argument("--range", nargs=2, metavar=("START", "END"), help="with --schedule: sum the stalls here")
     args = parser.parse_args(argv)
     cuobjdump = find_cuobjdump(args.cuobjdump)
     if cuobjdump is None:
         print("sass_audit: no cuobjdump with an nvdisasm (see --help)", file=sys.stderr)
         return 2
-    kernels = parse_sass(sass_of(args.binary, cuobjdump))
+    listing = sass_of(args.binary, cuobjdump)
+    if args.schedule:
+        print_schedule(listing.splitlines(), args.schedule, args.range)
+        return 0
+    kernels = parse_sass(listing)
     if not kernels:
         print(f"sass_audit: no SASS in {args.binary}", file=sys.stderr)
         return 2
