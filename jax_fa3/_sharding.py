@@ -71,6 +71,17 @@ def _dividing_prefix(mesh, axes, n: int) -> tuple[str, ...]:
     return ()
 
 
+def _full(spec, rank: int) -> tuple:
+    """A PartitionSpec's entries, one per dimension of an array of this rank."""
+    return tuple(spec) + (None,) * (rank - len(tuple(spec)))
+
+
+def _lse_spec(q_spec, rank: int):
+    """lse's (and dlse's) spec for a q spec: q's batch, then its heads and rows."""
+    entries = _full(q_spec, rank)
+    return P(*entries[:-3], entries[-2], entries[-3])
+
+
 class _Layout:
     """The shardings one call runs with, derived from how q is sharded.
 
@@ -81,8 +92,7 @@ class _Layout:
     """
 
     def __init__(self, mesh, q_spec, q_shape, k_shape):
-        rank = len(q_shape)
-        spec = tuple(q_spec) + (None,) * (rank - len(tuple(q_spec)))
+        spec = _full(q_spec, len(q_shape))
         lead = [_dividing_prefix(mesh, _axes(e), n) for e, n in zip(spec[:-3], q_shape[:-3])]
         seq = _dividing_prefix(mesh, _axes(spec[-3]), q_shape[-3])
         heads_q, heads_kv = q_shape[-2], k_shape[-2]
@@ -96,7 +106,7 @@ class _Layout:
             q_heads, within_group = kv_heads, ()
         self.q = P(*map(_entry, lead), _entry(seq), _entry(q_heads), None)
         self.kv = P(*map(_entry, lead), None, _entry(kv_heads), None)
-        self.lse = P(*map(_entry, lead), _entry(q_heads), _entry(seq))
+        self.lse = _lse_spec(self.q, len(q_shape))
         self.row_axes = seq
         self.kv_partial_over = seq + within_group
 
@@ -134,9 +144,7 @@ def typed_like_q(out, lse, q):
     sharding = _explicit_sharding(q)
     if sharding is None:
         return out, lse
-    spec = tuple(sharding.spec) + (None,) * (q.ndim - len(tuple(sharding.spec)))
-    lse_sharding = NamedSharding(sharding.mesh, P(*spec[:-3], spec[-2], spec[-3]))
-    return _reshard(out, sharding), _reshard(lse, lse_sharding)
+    return _reshard(out, sharding), _reshard(lse, NamedSharding(sharding.mesh, _lse_spec(sharding.spec, q.ndim)))
 
 
 def _per_device(fn):
