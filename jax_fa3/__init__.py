@@ -8,14 +8,14 @@ C++ backend for arrays on the CPU. Public API:
 - :func:`dot_product_attention`: a drop-in for ``jax.nn.dot_product_attention``.
 - :func:`ring_attention`: inside ``jax.shard_map``, attention over a sequence
   sharded with its keys and values (ring context parallelism);
-  :func:`zigzag_indices` orders a sequence for its causal load balance.
+  :func:`ring_permutation` orders a sequence for its load-balanced layouts.
 - :mod:`jax_fa3.reference`: a pure-JAX float32 reference with the same semantics.
 """
 
 from jax_fa3 import reference
 from jax_fa3._ffi import COMPILED_KERNELS, WITH_CUDA
 from jax_fa3.attention import dot_product_attention, flash_attention
-from jax_fa3.ring import ring_attention, zigzag_indices
+from jax_fa3.ring import ring_attention, ring_permutation
 
 __version__ = "0.1.0"
 
@@ -26,5 +26,5 @@ __all__ = [
     "flash_attention",
     "reference",
     "ring_attention",
-    "zigzag_indices",
+    "ring_permutation",
 ]

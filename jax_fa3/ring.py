@@ -17,8 +17,18 @@ Layouts of the sequence over the ring (device ``i`` of ``n``):
 - ``"contiguous"``: device i holds rows ``[i L, (i + 1) L)``. Any mask; under
   a causal mask the last device does ``n`` shards of work and the first one.
 - ``"zigzag"``: the sequence in ``2 n`` blocks, device i holds blocks ``i``
-  and ``2 n - 1 - i`` (reorder with :func:`zigzag_indices`). Under a causal
-  mask every device then does the same work at every step. No mask or causal.
+  and ``2 n - 1 - i``. Under a causal mask every device does the same work at
+  every step: one causal step, then half a shard pair a step.
+- ``"striped"``: device i holds rows ``i, i + n, i + 2 n, ...``. Under a
+  causal mask every device runs the same causal call at every step, on rows
+  moved by one where its shard comes later, so that no step needs a switch.
+Zigzag and striped support causal or no mask; :func:`ring_permutation` gives
+their row orders.
+
+Where devices differ in the call they run at a step (contiguous and zigzag
+under a mask), a ``lax.switch`` on the device index picks it; XLA:GPU runs a
+switch outside command buffers by copying the index to the host and waiting
+for the stream (its ConditionalThunk), a host round trip per step.
 """
 
 from __future__ import annotations
@@ -33,26 +43,41 @@ import numpy as np
 from jax_fa3 import _checks, _sharding
 from jax_fa3.attention import _first_order, _window
 
-LAYOUTS = ("contiguous", "zigzag")
+LAYOUTS = ("contiguous", "zigzag", "striped")
+
+# The log-sum-exp given to a row that must take no part in a backward call:
+# every probability exp(s - lse) of the row is then 0 (finite, so that no
+# inf - inf can arise in the kernels).
+_NO_ROW_LSE = 1e30
 
 
-def zigzag_indices(seqlen: int, num_shards: int) -> np.ndarray:
-    """The row order of the ``"zigzag"`` layout: ``perm`` of shape ``[seqlen]``.
+def ring_permutation(seqlen: int, num_shards: int, layout: str) -> np.ndarray:
+    """The order of a sequence's rows in a ``ring_attention`` layout: ``perm``, int ``[seqlen]``.
 
     ``jnp.take(x, perm, axis=1)`` reorders a ``[batch, seqlen, ...]`` array so
-    that its contiguous shards over ``num_shards`` devices hold blocks ``i``
-    and ``2 num_shards - 1 - i`` of ``2 num_shards`` equal blocks;
-    ``jnp.take(y, np.argsort(perm), axis=1)`` restores the order.
-    ``seqlen`` must be a multiple of ``2 num_shards``.
+    that its contiguous shards over ``num_shards`` devices hold what
+    ``layout`` says; ``jnp.take(y, np.argsort(perm), axis=1)`` restores the
+    order. ``"zigzag"``: device i gets blocks ``i`` and ``2 num_shards - 1 - i``
+    of ``2 num_shards``; ``seqlen`` a multiple of ``2 num_shards``.
+    ``"striped"``: device i gets rows ``i, i + num_shards, i + 2 num_shards, ...``.
+    ``"contiguous"``: the identity. Except for zigzag, ``seqlen`` a multiple of
+    ``num_shards``.
     """
     for name, value in (("seqlen", seqlen), ("num_shards", num_shards)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if seqlen % (2 * num_shards):
-        raise ValueError(f"seqlen ({seqlen}) must be a multiple of 2 * num_shards ({2 * num_shards})")
-    blocks = np.arange(seqlen).reshape(2 * num_shards, -1)
-    order = [b for i in range(num_shards) for b in (i, 2 * num_shards - 1 - i)]
-    return blocks[order].reshape(-1)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    blocks = 2 * num_shards if layout == "zigzag" else num_shards
+    if seqlen % blocks:
+        raise ValueError(f"seqlen ({seqlen}) must be a multiple of {blocks} for layout={layout!r} on {num_shards} shards")
+    rows = np.arange(seqlen)
+    if layout == "striped":
+        return rows.reshape(-1, num_shards).T.reshape(-1)
+    if layout == "zigzag":
+        order = [b for i in range(num_shards) for b in (i, 2 * num_shards - 1 - i)]
+        return rows.reshape(2 * num_shards, -1)[order].reshape(-1)
+    return rows
 
 
 # A step's call on one device: which rows of its queries and of the K/V shard
@@ -75,6 +100,14 @@ def _filled_like(like, fill, dtype=jnp.float32):
     return jnp.where(True, jnp.asarray(fill, dtype), like.astype(dtype))
 
 
+def _shift_rows(x, by: int, axis: int, fill):
+    """``x`` with its rows moved by ``by`` (+1: down, -1: up) along ``axis``; the row left empty holds ``fill``."""
+    edge = _filled_like(jax.lax.slice_in_dim(x, 0, 1, axis=axis), fill, x.dtype)
+    if by == 1:
+        return jnp.concatenate([edge, jax.lax.slice_in_dim(x, 0, x.shape[axis] - 1, axis=axis)], axis=axis)
+    return jnp.concatenate([jax.lax.slice_in_dim(x, 1, x.shape[axis], axis=axis), edge], axis=axis)
+
+
 def _pad_rows(x, part: str, axis: int, fill):
     """``x`` (the rows of ``part``) back at its place among all rows, ``fill`` elsewhere."""
     if part == "all":
@@ -89,7 +122,7 @@ class _Ring:
 
     axis_name: str | tuple[str, ...]
     n: int
-    zigzag: bool
+    layout: str
     seqlen_q: int  # this device's rows
     seqlen_k: int
     softmax_scale: float
@@ -122,10 +155,25 @@ class _Ring:
             return ("all", "first", *unmasked)
         return ("second", "all", *unmasked)  # only the late query block sees this shard, whole
 
+    def _striped_call(self, i: int, j: int) -> _Call:
+        # Row a of device i is row a n + i of the sequence: under the causal
+        # mask it sees key b n + j for b <= a where j <= i, for b < a where
+        # j > i: the same causal call, on rows moved down by one (late_rows).
+        lq, lk = self.seqlen_q, self.seqlen_k
+        return ("all", "all", *_window(None, self.right, lq, lk))
+
     def calls(self, step: int) -> list[_Call | None]:
         """The call of each device at ``step``, when it holds the K/V shard of device ``i - step``."""
-        call = self._zigzag_call if self.zigzag else self._contiguous_call
-        return [call(i, (i - step) % self.n) for i in range(self.n)]
+        call = {"contiguous": self._contiguous_call, "zigzag": self._zigzag_call, "striped": self._striped_call}
+        return [call[self.layout](i, (i - step) % self.n) for i in range(self.n)]
+
+    def late_rows(self, step: int):
+        """Striped under the causal mask: whether this device's rows see one key fewer of the shard it holds at
+        ``step`` (a traced bool), or None where that never happens. The choice is data, not a switch."""
+        if self.layout != "striped" or self.right is None:
+            return None
+        late = [(i - step) % self.n > i for i in range(self.n)]
+        return jnp.asarray(late)[self.index()] if any(late) else None
 
     def index(self):
         return jax.lax.axis_index(self.axis_name)
@@ -138,7 +186,7 @@ class _Ring:
         """``f(*arrays)`` running ``branch(call)(*arrays)`` with this device's call at ``step``."""
         calls = self.calls(step)
         distinct = list(dict.fromkeys(calls))
-        branches = [branch(call) for call in distinct]
+        branches = [branch(call, step) for call in distinct]
         if len(branches) == 1:
             return branches[0]
         table = jnp.asarray([distinct.index(call) for call in calls], jnp.int32)
@@ -146,16 +194,22 @@ class _Ring:
 
     # -- forward --------------------------------------------------------------
 
-    def _fwd_branch(self, call: _Call | None):
+    def _fwd_branch(self, call: _Call | None, step: int):
         def run(q, k, v):
             if call is None:
                 return _filled_like(q, 0.0), _filled_like(jnp.swapaxes(q[..., 0], -1, -2), -jnp.inf)
             q_rows, kv_rows, left, right = call
+            late = self.late_rows(step)
+            if late is not None:  # row a + 1 computed as row a; the first sees no key of this shard
+                q = jnp.where(late, _shift_rows(q, -1, -3, 0), q)
             out, lse = _sharding.fwd(_rows(q, q_rows, -3), _rows(k, kv_rows, -3), _rows(v, kv_rows, -3),
                                      softmax_scale=self.softmax_scale, softcap=self.softcap,
                                      window_left=left, window_right=right)
-            return (_pad_rows(out.astype(jnp.float32), q_rows, -3, 0.0),
-                    _pad_rows(lse, q_rows, -1, -jnp.inf))
+            out, lse = _pad_rows(out.astype(jnp.float32), q_rows, -3, 0.0), _pad_rows(lse, q_rows, -1, -jnp.inf)
+            if late is not None:
+                out = jnp.where(late, _shift_rows(out, 1, -3, 0.0), out)
+                lse = jnp.where(late, _shift_rows(lse, 1, -1, -jnp.inf), lse)
+            return out, lse
 
         return run
 
@@ -172,17 +226,26 @@ class _Ring:
 
     # -- backward -------------------------------------------------------------
 
-    def _bwd_branch(self, call: _Call | None):
+    def _bwd_branch(self, call: _Call | None, step: int):
         def run(q, k, v, out, dout, lse, dlse):
             if call is None:
                 return tuple(_filled_like(x, 0.0) for x in (q, k, v))
             q_rows, kv_rows, left, right = call
+            late = self.late_rows(step)
+            if late is not None:  # as in the forward; the row moved in at the end takes no part: its lse makes
+                # every probability of the row 0
+                q, out, dout = (jnp.where(late, _shift_rows(x, -1, -3, 0), x) for x in (q, out, dout))
+                lse = jnp.where(late, _shift_rows(lse, -1, -1, _NO_ROW_LSE), lse)
+                dlse = jnp.where(late, _shift_rows(dlse, -1, -1, 0.0), dlse)
             by_rows = [_rows(x, q_rows, -3) for x in (q, out, dout)] + [_rows(x, q_rows, -1) for x in (lse, dlse)]
             sq, so, sdo, slse, sdlse = by_rows
             dq, dk, dv = _sharding.bwd(sq, _rows(k, kv_rows, -3), _rows(v, kv_rows, -3), so, sdo, slse, sdlse,
                                        softmax_scale=self.softmax_scale, softcap=self.softcap,
                                        window_left=left, window_right=right, deterministic=self.deterministic)
-            return (_pad_rows(dq.astype(jnp.float32), q_rows, -3, 0.0),
+            dq = _pad_rows(dq.astype(jnp.float32), q_rows, -3, 0.0)
+            if late is not None:
+                dq = jnp.where(late, _shift_rows(dq, 1, -3, 0.0), dq)
+            return (dq,
                     _pad_rows(dk.astype(jnp.float32), kv_rows, -3, 0.0),
                     _pad_rows(dv.astype(jnp.float32), kv_rows, -3, 0.0))
 
@@ -245,14 +308,16 @@ def _ring_size(axis_name) -> int:
     except NameError as err:
         raise ValueError(
             f"ring_attention: axis_name {axis_name!r} is not bound here; call ring_attention inside "
-            "jax.shard_map (or jax.pmap) over a mesh with that axis, on each device's shard") from err
+            "jax.shard_map (or jax.pmap, or jax.vmap with that axis_name) over a mesh with that axis, on each "
+            "device's shard") from err
 
 
 def ring_attention(q, k, v, axis_name, *, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                    return_lse=False, deterministic=False, layout="contiguous"):
     """Attention over a sequence sharded along the mesh axis ``axis_name``, K/V passed around the ring.
 
-    Call inside ``jax.shard_map`` (or ``jax.pmap``), on each device's shard of
+    Call inside ``jax.shard_map`` (or ``jax.pmap``, or ``jax.vmap`` with an
+    ``axis_name``, which runs a ring on one device), on each device's shard of
     the sequence; ``axis_name`` (a name or a tuple of names, the first the
     most significant) numbers the devices along the sequence. Batch and heads
     may be sharded over other axes as usual.
@@ -269,10 +334,12 @@ def ring_attention(q, k, v, axis_name, *, softmax_scale=None, causal=False, wind
         (``n * seqlen_q`` queries, ``n * seqlen_k`` keys for ``n`` devices on
         the ring; masks aligned to its bottom-right corner).
       return_lse: also return the log-sum-exp of this device's rows.
-      layout: ``"contiguous"`` (device i holds the i-th of n blocks) or
-        ``"zigzag"`` (blocks i and 2n-1-i of 2n, see :func:`zigzag_indices`):
-        balances a causal mask; supports causal or no mask, and under the
-        causal mask needs ``seqlen_q == seqlen_k``, even.
+      layout: how the sequence's rows are spread over the devices:
+        ``"contiguous"`` (device i holds the i-th of n blocks; any mask),
+        ``"zigzag"`` (blocks i and 2n-1-i of 2n) or ``"striped"`` (rows i,
+        i + n, ...): these two balance a causal mask, support causal or no
+        mask, and under the causal mask need ``seqlen_q == seqlen_k`` (even
+        for zigzag). :func:`ring_permutation` gives their row orders.
 
     Returns:
       ``out`` shaped like ``q``; with ``return_lse=True`` also ``lse``, float32
@@ -291,17 +358,18 @@ def ring_attention(q, k, v, axis_name, *, softmax_scale=None, causal=False, wind
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     n = _ring_size(axis_name)
     seqlen_q, seqlen_k = q.shape[1], k.shape[1]
-    if layout == "zigzag" and (left, right) != (None, None):
-        if (left, right) != (None, 0):
-            raise ValueError(f"layout='zigzag' supports causal=True or no mask, got window_size={tuple(window_size)}; "
-                             "use layout='contiguous' for a sliding window")
-        if seqlen_q != seqlen_k or seqlen_q % 2:
-            raise ValueError("layout='zigzag' with causal=True needs equal, even local seqlen_q and seqlen_k, "
-                             f"got q.shape={tuple(q.shape)}, k.shape={tuple(k.shape)}")
     # The window clamped on the whole sequence (None: unbounded), as flash_attention takes it.
     whole_q, whole_k = n * seqlen_q, n * seqlen_k
     bound = whole_q + whole_k
     left, right = (None if w is None or w >= bound else w for w in _window(left, right, whole_q, whole_k))
-    ring = _Ring(axis_name, n, layout == "zigzag", seqlen_q, seqlen_k, scale, softcap, left, right, deterministic)
+    if layout != "contiguous" and (left, right) != (None, None):
+        if (left, right) != (None, 0):
+            raise ValueError(f"layout={layout!r} supports causal=True or no mask, got window_size="
+                             f"{tuple(window_size)}; use layout='contiguous' for a sliding window")
+        if seqlen_q != seqlen_k or (layout == "zigzag" and seqlen_q % 2):
+            even = ", even" if layout == "zigzag" else ""
+            raise ValueError(f"layout={layout!r} with causal=True needs equal{even} local seqlen_q and seqlen_k, "
+                             f"got q.shape={tuple(q.shape)}, k.shape={tuple(k.shape)}")
+    ring = _Ring(axis_name, n, layout, seqlen_q, seqlen_k, scale, softcap, left, right, deterministic)
     out, lse = _ring_attention(q, k, v, ring)
     return (out, lse) if return_lse else out
