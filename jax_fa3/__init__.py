@@ -14,13 +14,14 @@ C++ backend for arrays on the CPU. Public API:
 
 from jax_fa3 import reference
 from jax_fa3._ffi import COMPILED_KERNELS, WITH_CUDA
-from jax_fa3.attention import dot_product_attention, flash_attention
+from jax_fa3.attention import RESIDUAL_NAMES, dot_product_attention, flash_attention
 from jax_fa3.ring import ring_attention, ring_permutation
 
 __version__ = "0.1.0"
 
 __all__ = [
     "COMPILED_KERNELS",
+    "RESIDUAL_NAMES",
     "WITH_CUDA",
     "dot_product_attention",
     "flash_attention",

@@ -15,6 +15,7 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from jax_fa3 import _checks, _sharding
 
@@ -55,8 +56,22 @@ def _attention(q, k, v, softmax_scale, softcap, window_left, window_right, deter
     return _sharding.typed_like_q(out, lse, q)
 
 
+#: The names of the forward's saved ``out`` and ``lse`` (``jax.ad_checkpoint.checkpoint_name``), in
+#: ``flash_attention`` and ``ring_attention`` alike: under
+#: ``jax.checkpoint`` with ``jax.checkpoint_policies.save_only_these_names(*RESIDUAL_NAMES)`` the backward
+#: uses them instead of running the forward kernel again.
+RESIDUAL_NAMES = ("jax_fa3_out", "jax_fa3_lse")
+
+
+def named_residuals(out, lse):
+    """``out`` and ``lse`` named for remat policies (RESIDUAL_NAMES): the forward's results, which the layers
+    after it may need in their backward too, and its residuals alike."""
+    return tuple(checkpoint_name(x, name) for x, name in zip((out, lse), RESIDUAL_NAMES))
+
+
 def _attention_fwd(q, k, v, softmax_scale, softcap, window_left, window_right, deterministic):
-    out, lse = _attention(q, k, v, softmax_scale, softcap, window_left, window_right, deterministic)
+    out, lse = named_residuals(*_attention(q, k, v, softmax_scale, softcap, window_left, window_right,
+                                           deterministic))
     return (out, lse), (q, k, v, out, lse)
 
 

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_fa3 import _checks, _sharding
-from jax_fa3.attention import _first_order, _window
+from jax_fa3.attention import _first_order, _window, named_residuals
 
 LAYOUTS = ("contiguous", "zigzag", "striped")
 
@@ -286,7 +286,7 @@ def _ring_attention(q, k, v, ring: _Ring):
 
 
 def _ring_attention_fwd(q, k, v, ring):
-    out, lse = _ring_attention(q, k, v, ring)
+    out, lse = named_residuals(*_ring_attention(q, k, v, ring))
     return (out, lse), (q, k, v, out, lse)
 
 

@@ -53,6 +53,32 @@ def test_value_and_grad_and_checkpoint(device, rng):
         assert float(jnp.max(jnp.abs(g.astype(jnp.float32)))) > 0
 
 
+def test_remat_policy_can_keep_the_forward_results(device, rng):
+    # Layers rematerialised in a scan: the backward recomputes each layer's forward, kernel included, unless
+    # the policy keeps the attention's named results (the bwd call then takes the saved out and lse).
+    x = random_array(rng, SHAPE_Q, jnp.bfloat16, device)
+    w = random_array(rng, (3, SHAPE_Q[-1], SHAPE_Q[-1]), jnp.bfloat16, device)
+
+    def model(policy):
+        def layer(x, wi):
+            out = jax_fa3.flash_attention(x, x, x, causal=True)
+            return (out @ wi).astype(x.dtype), None
+
+        def loss(x, w):
+            y, _ = jax.lax.scan(jax.checkpoint(layer, policy=policy), x, w)
+            return jnp.sum(jnp.sin(y.astype(jnp.float32)))
+
+        return jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).compile()
+
+    policies = jax.checkpoint_policies
+    for policy, forward_calls in ((policies.nothing_saveable, 2),
+                                  (policies.save_only_these_names(*jax_fa3.RESIDUAL_NAMES), 1)):
+        compiled = model(policy)
+        assert compiled.as_text().count('custom_call_target="jax_fa3_fwd"') == forward_calls, policy
+        for g, want, name in zip(compiled(x, w), model(policies.everything_saveable)(x, w), ("dx", "dw")):
+            _assert_same(g, want, f"{name} under {policy}")
+
+
 # Under a mask (and at head dim 64 without one) the deterministic backward runs
 # its CTAs in its own chunked order; 300 keys are several key blocks per head,
 # so CTAs wait on each other's dQ turns.
