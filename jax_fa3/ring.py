@@ -15,7 +15,7 @@ the shard and arrive back at its owner after the last step.
 Layouts of the sequence over the ring (device ``i`` of ``n``):
 
 - ``"contiguous"``: device i holds rows ``[i L, (i + 1) L)``. Any mask; under
-  a causal mask the last device does ``n`` shards of work and the first one.
+  a causal mask device i computes i whole shard pairs and half the diagonal one.
 - ``"zigzag"``: the sequence in ``2 n`` blocks, device i holds blocks ``i``
   and ``2 n - 1 - i``. Under a causal mask every device does the same work at
   every step: one causal step, then half a shard pair a step.
@@ -183,7 +183,8 @@ class _Ring:
         return jax.lax.ppermute(tree, self.axis_name, [(i, (i + 1) % self.n) for i in range(self.n)])
 
     def on_device(self, step: int, branch):
-        """``f(*arrays)`` running ``branch(call)(*arrays)`` with this device's call at ``step``."""
+        """``f(*arrays)`` running ``branch(call, step)(*arrays)`` with this device's call at ``step``: a switch
+        on the device index where devices differ."""
         calls = self.calls(step)
         distinct = list(dict.fromkeys(calls))
         branches = [branch(call, step) for call in distinct]
