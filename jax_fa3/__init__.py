@@ -13,7 +13,7 @@ C++ backend for arrays on the CPU. Public API:
 """
 
 from jax_fa3 import reference
-from jax_fa3._ffi import COMPILED_KERNELS, WITH_CUDA
+from jax_fa3._ffi import COMPILED_KERNELS, WITH_CUDA, export_disabled_checks
 from jax_fa3.attention import RESIDUAL_NAMES, dot_product_attention, flash_attention
 from jax_fa3.ring import ring_attention, ring_permutation
 
@@ -24,6 +24,7 @@ __all__ = [
     "RESIDUAL_NAMES",
     "WITH_CUDA",
     "dot_product_attention",
+    "export_disabled_checks",
     "flash_attention",
     "reference",
     "ring_attention",

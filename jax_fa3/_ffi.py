@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
+from jax import export as jax_export
 
 try:
     from jax_fa3 import _C
@@ -52,6 +53,23 @@ _check_abi()
 for _platform, _targets in _C.registrations().items():
     for _name, _capsule in _targets.items():
         jax.ffi.register_ffi_target(_name, _capsule, platform=_platform)
+
+#: The custom-call targets the calls lower to (the extension registers exactly these).
+FWD_TARGET, BWD_TARGET = "jax_fa3_fwd", "jax_fa3_bwd"
+
+
+def export_disabled_checks() -> list:
+    """The ``disabled_checks`` that let ``jax.export`` serialize code calling jax_fa3.
+
+    ``jax.export.export(fn, disabled_checks=jax_fa3.export_disabled_checks())``:
+    jax refuses custom calls without its compatibility guarantee by default.
+    The exported program calls jax_fa3's targets by name, so it runs where a
+    jax_fa3 with the same calls is installed and imported (no guarantee across
+    jax_fa3 versions). Lowering for several platforms (``platforms=("cpu",
+    "cuda")``) works: both register the same targets.
+    """
+    return [jax_export.DisabledSafetyCheck.custom_call(target) for target in (FWD_TARGET, BWD_TARGET)]
+
 
 #: Whether the CUDA kernels were compiled into this build.
 WITH_CUDA: bool = bool(_C.with_cuda)
@@ -108,7 +126,7 @@ def fwd(q, k, v, *, softmax_scale, softcap, window_left, window_right, result_sp
     out_spec, lse_spec = result_specs
     out_types = (_result_type(q, q.shape, q.dtype, out_spec),
                  _result_type(q, (*lead, heads_q, seqlen_q), jnp.float32, lse_spec), workspace)
-    call = jax.ffi.ffi_call("jax_fa3_fwd", out_types, vmap_method=_VMAP_METHOD)
+    call = jax.ffi.ffi_call(FWD_TARGET, out_types, vmap_method=_VMAP_METHOD)
     out, lse, _ = call(q, k, v, **_attrs(softmax_scale, softcap, window_left, window_right))
     return out, lse
 
@@ -133,7 +151,7 @@ def bwd(q, k, v, out, dout, lse, dlse, *, softmax_scale, softcap, window_left, w
     dq_spec, dkv_spec = result_specs
     out_types = (_result_type(q, q.shape, q.dtype, dq_spec), _result_type(k, k.shape, k.dtype, dkv_spec),
                  _result_type(v, v.shape, v.dtype, dkv_spec), workspace)
-    call = jax.ffi.ffi_call("jax_fa3_bwd", out_types, vmap_method=_VMAP_METHOD)
+    call = jax.ffi.ffi_call(BWD_TARGET, out_types, vmap_method=_VMAP_METHOD)
     dq, dk, dv, _ = call(
         q, k, v, out, dout, lse, dlse,
         **_attrs(softmax_scale, softcap, window_left, window_right),

@@ -141,3 +141,42 @@ def test_vmap_of_grad_and_nested_vmap(device, rng):
     for i in range(2):
         for j in range(2):
             _assert_same(nested[i, j], f(qss[i, j], k, v), f"nested vmap [{i},{j}]")
+
+
+def _exportable():
+    loss = lambda q, k, v: _loss(q, k, v, causal=True)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+
+
+def test_export_with_the_disabled_checks(device, rng):
+    from jax import export
+
+    q, k, v = _qkv(rng, device)
+    fn = _exportable()
+    with pytest.raises(ValueError, match="custom calls whose targets have no compatibility guarantees"):
+        export.export(fn)(q, k, v)
+    # Both platforms lower (both register the targets); the program runs on the device at hand.
+    exported = export.export(fn, disabled_checks=jax_fa3.export_disabled_checks(), platforms=("cpu", "cuda"))(q, k, v)
+    assert exported.platforms == ("cpu", "cuda")
+    want = jax.tree.leaves(fn(q, k, v))
+    for got, w in zip(jax.tree.leaves(exported.call(q, k, v)), want):
+        np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(w, np.float32))
+
+
+def test_export_serializes(rng):
+    pytest.importorskip("flatbuffers", reason="jax.export serialization needs flatbuffers")
+    from jax import export
+
+    q, k, v = _qkv(rng, jax.devices("cpu")[0])
+    fn = _exportable()
+    exported = export.export(fn, disabled_checks=jax_fa3.export_disabled_checks())(q, k, v)
+    restored = export.deserialize(exported.serialize())
+    for got, w in zip(jax.tree.leaves(restored.call(q, k, v)), jax.tree.leaves(fn(q, k, v))):
+        np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(w, np.float32))
+
+
+def test_the_extension_registers_the_exported_targets():
+    from jax_fa3 import _C, _ffi
+
+    for platform, targets in _C.registrations().items():
+        assert set(targets) == {_ffi.FWD_TARGET, _ffi.BWD_TARGET}, platform
