@@ -49,6 +49,10 @@ for step in $steps; do
     build)
       if [ -n "${JAX_FA3_WHEEL:-}" ]; then
         run_step build python3 -m pip install --no-deps --force-reinstall "$JAX_FA3_WHEEL" || exit 1
+        # The wheel brings the compiled extension; the Python package is this checkout's (a wheel built
+        # before a Python-only change stays usable: the kernels it carries must still match cpp/).
+        site=$(cd /tmp && python3 -c "import jax_fa3, os; print(os.path.dirname(jax_fa3.__file__))")
+        cp -r jax_fa3/. "$site/"
       else
         # A warm machine keeps the last install: skip the rebuild if the sources
         # and kernel set are unchanged.
