@@ -37,11 +37,7 @@ NAMES = ("out", "lse", "dq", "dk", "dv")
 
 def _with_grads(fn, options):
     """(q, k, v, dout, dlse) -> (out, lse, dq, dk, dv) of fn(q, k, v, return_lse=True, **options)."""
-    def run(q, k, v, dout, dlse):
-        (out, lse), vjp = jax.vjp(lambda q, k, v: fn(q, k, v, return_lse=True, **options), q, k, v)
-        return (out, lse, *vjp((dout.astype(out.dtype), dlse)))
-
-    return run
+    return lambda *arrays: numerics.forward_and_grads(fn, *arrays, **options)
 
 
 def vmap_ring(fn, n, args):
@@ -60,8 +56,9 @@ def vmap_ring(fn, n, args):
 
 
 def check_ring(run_ring, n, layout, q, k, v, dout, dlse, options, axis="ring"):
-    """Runs ring_attention over ``axis`` through ``run_ring(fn, n, args)`` on the rows reordered into ``layout``, and applies
-    the error rule to the restored results against the float32 reference on the whole sequence."""
+    """Runs ring_attention over ``axis`` through ``run_ring(fn, n, args)`` on the rows reordered into
+    ``layout``, and applies the error rule to the restored results against the float32 reference on the whole
+    sequence."""
     perm_q, perm_k = (ring_permutation(x.shape[1], n, layout) for x in (q, k))
     back_q, back_k = np.argsort(perm_q), np.argsort(perm_k)
     args = [jnp.take(x, p, axis=1) for x, p in zip((q, k, v, dout), (perm_q, perm_k, perm_k, perm_q))]
