@@ -70,7 +70,8 @@ def ring_permutation(seqlen: int, num_shards: int, layout: str) -> np.ndarray:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     blocks = 2 * num_shards if layout == "zigzag" else num_shards
     if seqlen % blocks:
-        raise ValueError(f"seqlen ({seqlen}) must be a multiple of {blocks} for layout={layout!r} on {num_shards} shards")
+        raise ValueError(
+            f"seqlen ({seqlen}) must be a multiple of {blocks} for layout={layout!r} on {num_shards} shards")
     rows = np.arange(seqlen)
     if layout == "striped":
         return rows.reshape(-1, num_shards).T.reshape(-1)
