@@ -32,6 +32,8 @@ def _parse():
     parser.add_argument("--kv-heads", type=int, default=2)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--markdown", metavar="FILE", help="also write the table, with device, date, jax version and "
+                        "git revision, to FILE")
     return parser.parse_args()
 
 
@@ -45,6 +47,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
 import jax_fa3  # noqa: E402
+from jax_fa3.benchmark import git_revision  # noqa: E402
 
 try:
     from jax import shard_map  # noqa: E402
@@ -67,7 +70,11 @@ def main() -> None:
     devices = jax.devices()
     n = len(devices)
     mesh = Mesh(np.array(devices), ("seq",))
-    print(f"{n} x {devices[0].device_kind} ({devices[0].platform}); jax {jax.__version__}")
+    header = (f"{n} x {devices[0].device_kind} ({devices[0].platform}), jax {jax.__version__}, jax_fa3 @ "
+              f"{git_revision()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; causal, batch {ARGS.batch}, "
+              f"seqlen {ARGS.seqlen}, heads {ARGS.heads}/{ARGS.kv_heads}, head_dim {ARGS.head_dim}, bf16; "
+              f"forward + backward, mean of {ARGS.iters}")
+    print(header)
     if ARGS.seqlen % (2 * n):
         sys.exit(f"--seqlen must be a multiple of 2 x {n} devices")
     keys = jax.random.split(jax.random.PRNGKey(0), 4)
@@ -81,9 +88,19 @@ def main() -> None:
         loss = lambda q, k, v, dout: jnp.sum(attention(q, k, v).astype(jnp.float32) * dout.astype(jnp.float32))
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
 
+    # Causal forward 2 B S^2 H D FLOPs, the backward 2.5 times that.
+    flops = 3.5 * 2 * ARGS.batch * ARGS.seqlen**2 * ARGS.heads * ARGS.head_dim
+    table = ["| way | ms | TFLOP/s per device | dq, dk, dv: max error / max, against one device |", "|---|---|---|---|"]
+
+    def report(name, seconds, devices_used, errors):
+        errors = ", ".join(f"{e:.1e}" for e in errors) if errors else "(the reference)"
+        table.append(f"| {name} | {seconds * 1e3:.2f} | {flops / devices_used / seconds / 1e12:.3g} | {errors} |")
+        print(table[-1])
+
     causal = lambda q, k, v: jax_fa3.flash_attention(q, k, v, causal=True)
     (_, want), seconds = timed(step(causal), q, k, v, dout)
-    print(f"{'one device, whole sequence':34s} {seconds * 1e3:9.2f} ms")
+    print("\n".join(table[:2]))
+    report("one device, whole sequence", seconds, 1, None)
 
     runs = [("all-gather (flash_attention, jit)", "contiguous", step(causal))]
     for layout in jax_fa3.ring.LAYOUTS:
@@ -102,8 +119,10 @@ def main() -> None:
         for g, w in zip(grads, want):
             g, w = np.asarray(g, np.float32)[:, back], np.asarray(w, np.float32)
             errors.append(float(np.max(np.abs(g - w)) / np.max(np.abs(w))))
-        print(f"{name:34s} {seconds * 1e3:9.2f} ms   dq, dk, dv against one device (max error / max): "
-              + ", ".join(f"{e:.1e}" for e in errors))
+        report(name, seconds, n, errors)
+    if ARGS.markdown:
+        with open(ARGS.markdown, "w") as f:
+            f.write(f"# Context parallelism: all-gather and ring attention\n\n{header}\n\n" + "\n".join(table) + "\n")
 
 
 if __name__ == "__main__":
