@@ -6,7 +6,9 @@ device's K/V shard: inside ``jax.shard_map``, the K/V shards travel around the
 ring of devices along ``axis_name`` (``ppermute``, issued before each step's
 kernel so that XLA can overlap the transfer with it). Every device runs the
 kernels on its query rows against each K/V shard in turn and merges the partial
-results through their log-sum-exps; shards its mask hides entirely are skipped.
+results through their log-sum-exps; shards its mask hides entirely are skipped,
+and steps where no device has work (a sliding window sees only the neighbouring
+shards) are not taken: K/V jump over them in one transfer.
 The backward pass walks the ring again with the merged output and LSE, so each
 step's kernel computes exact gradient parts: dQ adds up in float32 on its
 device, and each K/V shard's dK/dV accumulate in float32 as they travel with
@@ -179,9 +181,18 @@ class _Ring:
     def index(self):
         return jax.lax.axis_index(self.axis_name)
 
-    def pass_on(self, tree):
-        """Each device's ``tree`` sent to the next device on the ring."""
-        return jax.lax.ppermute(tree, self.axis_name, [(i, (i + 1) % self.n) for i in range(self.n)])
+    def pass_on(self, tree, hops: int):
+        """Each device's ``tree`` sent ``hops`` devices on along the ring (one transfer, whatever the hops)."""
+        if hops % self.n == 0:
+            return tree
+        return jax.lax.ppermute(tree, self.axis_name, [(i, (i + hops) % self.n) for i in range(self.n)])
+
+    def steps(self) -> list[int]:
+        """The steps at which some device's mask sees some of the shard it holds. A sliding window needs only
+        the shards next to a device's own: the others are skipped, K/V jumping over them in one transfer.
+        Step 0 is always there: the last query row sees the last key (masks are bottom-right aligned), and in
+        every layout the device holding that row holds that key."""
+        return [step for step in range(self.n) if any(call is not None for call in self.calls(step))]
 
     def on_device(self, step: int, branch):
         """``f(*arrays)`` running ``branch(call, step)(*arrays)`` with this device's call at ``step``: a switch
@@ -216,13 +227,14 @@ class _Ring:
         return run
 
     def forward(self, q, k, v):
+        steps = self.steps()
         out = lse = None
-        for step in range(self.n):
-            if step + 1 < self.n:
-                k_next, v_next = self.pass_on((k, v))
+        for step, following in zip(steps, steps[1:] + [None]):
+            if following is not None:  # issued before this step's kernel, so that the two can overlap
+                k_next, v_next = self.pass_on((k, v), following - step)
             part_out, part_lse = self.on_device(step, self._fwd_branch)(q, k, v)
             out, lse = (part_out, part_lse) if out is None else _merge(out, lse, part_out, part_lse)
-            if step + 1 < self.n:
+            if following is not None:
                 k, v = k_next, v_next
         return out.astype(q.dtype), lse
 
@@ -254,18 +266,19 @@ class _Ring:
         return run
 
     def backward(self, q, k, v, out, dout, lse, dlse):
+        steps = self.steps()
         dq = dk = dv = None
-        for step in range(self.n):
-            if step + 1 < self.n:
-                k_next, v_next = self.pass_on((k, v))
+        for step, following in zip(steps, steps[1:] + [None]):
+            if following is not None:
+                k_next, v_next = self.pass_on((k, v), following - step)
             parts = self.on_device(step, self._bwd_branch)(q, k, v, out, dout, lse, dlse)
             if dq is None:
                 dq, dk, dv = parts
             else:
                 dq, dk, dv = dq + parts[0], dk + parts[1], dv + parts[2]
-            # dK/dV travel with their shard; the last hop takes them home.
-            dk, dv = self.pass_on((dk, dv))
-            if step + 1 < self.n:
+            # dK/dV travel with their shard; after the last step they go home (the shard of device i - step).
+            dk, dv = self.pass_on((dk, dv), (following if following is not None else self.n) - step)
+            if following is not None:
                 k, v = k_next, v_next
         return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 

@@ -86,6 +86,9 @@ VMAP_CASES = [
     ("striped", 4, (8, 2), (24, 24), 128, dict(causal=True)),
     ("striped", 3, (4, 4), (11, 11), 64, dict(causal=True, deterministic=True)),
     ("striped", 3, (4, 2), (11, 7), 64, {}),
+    # Sliding windows: only steps 0, 1 (the shard before) and 5 (the one after) have work; K/V jump from 1 to 5.
+    ("contiguous", 6, (4, 2), (16, 16), 64, dict(window_size=(7, 3))),
+    ("contiguous", 4, (4, 4), (12, 12), 128, dict(window_size=(5, 0), softcap=2.0)),
 ]
 
 
@@ -111,7 +114,8 @@ SHARD_MAP_SCRIPT = PRELUDE + textwrap.dedent(
         return jnp.asarray(rng.standard_normal(shape), dtype)
 
     # name, ring axes of the 2 x 4 mesh ("model": the batch over "data"), heads (q, kv), rows per device
-    # (q, k/v), options, layout, vmapped, whether devices differ in their calls (a switch in the HLO).
+    # (q, k/v), options, layout, vmapped, whether devices differ in their calls (a switch in the HLO), and
+    # where given, how many forward kernel calls the program holds (steps without work are skipped).
     CASES = [
         ("contiguous, causal, GQA", "model", (8, 2), (24, 24), dict(causal=True), "contiguous", False, True),
         ("contiguous, window + softcap, ring of 8", ("data", "model"), (4, 4), (12, 12),
@@ -121,9 +125,11 @@ SHARD_MAP_SCRIPT = PRELUDE + textwrap.dedent(
         ("striped, causal, ring of 8", ("data", "model"), (8, 2), (16, 16), dict(causal=True), "striped", False,
          False),
         ("striped, causal, vmapped", "model", (4, 2), (10, 10), dict(causal=True), "striped", True, False),
+        ("contiguous, sliding window on 8: 2 steps", ("data", "model"), (4, 2), (16, 16), dict(window_size=(7, 0)),
+         "contiguous", False, True, 2),
     ]
 
-    for name, axis, (heads_q, heads_kv), (rows_q, rows_k), options, layout, vmapped, switched in CASES:
+    for name, axis, (heads_q, heads_kv), (rows_q, rows_k), options, layout, vmapped, switched, *calls in CASES:
         n = mesh.shape["model"] if axis == "model" else len(jax.devices())
         batch_axis = "data" if axis == "model" else None
         lead = (3,) if vmapped else ()
@@ -159,6 +165,8 @@ SHARD_MAP_SCRIPT = PRELUDE + textwrap.dedent(
         assert "all-gather" not in hlo, f"{name}: an operand is gathered"
         assert "collective-permute" in hlo, f"{name}: no ring"
         assert (re.search(r"\\bconditional\\(", hlo) is not None) == switched, f"{name}: switch or not as expected"
+        if calls:
+            assert hlo.count('custom_call_target="jax_fa3_fwd"') == calls[0], f"{name}: forward calls"
         print(f"ok: {name}")
     print("ring ok")
     """
