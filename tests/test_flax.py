@@ -21,6 +21,7 @@ flax = pytest.importorskip("flax")
 from flax import linen as nn  # noqa: E402
 from flax import nnx  # noqa: E402
 
+import jax_fa3  # noqa: E402
 import jax_fa3.flax as jf  # noqa: E402
 from jax_fa3 import reference  # noqa: E402
 from jax_fa3.flax import adapter as adapter_module  # noqa: E402
@@ -387,3 +388,79 @@ def test_attention_fn_fallbacks_warn_once(device, rng, monkeypatch):
         out = f32_module.apply(params, x32)
     np.testing.assert_allclose(out, nn.MultiHeadDotProductAttention(num_heads=4).apply(params, x32), rtol=1e-6,
                                atol=1e-6)
+
+
+def ring_out_and_grads(model, cotangent, x, n, layout):
+    """The module called by the n members of a ring emulated with vmap (axis "ring"), each on its shard of the
+    sequence in ``layout`` order: the whole output back in order, and the parameter gradients summed."""
+    graphdef, state = nnx.split(model)
+    perm = jax_fa3.ring_permutation(x.shape[1], n, layout)
+
+    def shards(a):  # [batch, seqlen, ...] in layout order -> [n, batch, seqlen / n, ...]
+        a = jnp.take(a, perm, axis=1)
+        return jnp.moveaxis(a.reshape(a.shape[0], n, -1, *a.shape[2:]), 1, 0)
+
+    def member(state, x, cotangent):
+        def loss(state):
+            out = nnx.merge(graphdef, state)(x)
+            return jnp.sum(out.astype(jnp.float32) * cotangent), out
+        (_, out), grads = jax.value_and_grad(loss, has_aux=True)(state)
+        return out, grads
+
+    outs, grads = jax.jit(jax.vmap(member, in_axes=(None, 0, 0), axis_name="ring"))(
+        state, shards(x), shards(cotangent))
+    out = jnp.moveaxis(outs, 0, 1).reshape(x.shape[0], x.shape[1], -1)
+    return jnp.take(out, np.argsort(perm), axis=1), flat(jax.tree.map(lambda g: g.sum(0), grads))
+
+
+@pytest.mark.parametrize("layout, options", [("striped", dict(causal=True)),
+                                             ("contiguous", dict(causal=True, window_size=(9, 0)))])
+def test_nnx_module_in_a_ring(device, rng, layout, options):
+    # The module inside a ring of 4 (ring_axis_name) on a shard of the sequence each, against Flax's module on
+    # the whole sequence with the reference attention: the tests' error rule on the output and every gradient.
+    mha = dict(num_heads=4, in_features=64, qkv_features=64)
+    model = jf.MultiHeadAttention(**mha, dtype=BF16, ring_axis_name="ring", ring_layout=layout,
+                                  rngs=nnx.Rngs(int(rng.integers(1 << 30))), **options)
+    params = nnx.state(model, nnx.Param)
+
+    def flax_module(module_dtype, attention_dtype):
+        m = nnx.MultiHeadAttention(**mha, dtype=module_dtype, decode=False, rngs=nnx.Rngs(0),
+                                   attention_fn=ref_attention_fn(attention_dtype, **options))
+        nnx.update(m, params)
+        return m
+
+    x = random_array(rng, (2, 48, 64), jnp.float32, device)
+    dout = random_array(rng, (2, 48, 64), jnp.float32, device)
+    got = ring_out_and_grads(model, dout, x, 4, layout)
+    with jax.default_matmul_precision(HIGHEST):
+        ref = nnx_out_and_grads(flax_module(jnp.float32, jnp.float32), dout, x)
+    base = nnx_out_and_grads(flax_module(BF16, BF16), dout, x)
+    check_rule(got, ref, base)
+
+
+def test_linen_module_in_a_ring_matches_nnx(device, rng):
+    nnx_model = jf.MultiHeadAttention(4, 64, dtype=BF16, causal=True, ring_axis_name="ring", ring_layout="zigzag",
+                                      rngs=nnx.Rngs(int(rng.integers(1 << 30))))
+    linen_model = jf.linen.MultiHeadAttention(num_heads=4, dtype=BF16, causal=True, ring_axis_name="ring",
+                                              ring_layout="zigzag")
+    x = random_array(rng, (2, 32, 64), jnp.float32, device)
+    perm = jax_fa3.ring_permutation(32, 4, "zigzag")
+    shards = jnp.moveaxis(jnp.take(x, perm, axis=1).reshape(2, 4, 8, 64), 1, 0)
+    params = nnx.state(nnx_model, nnx.Param).to_pure_dict()  # the same parameters (test_linen_gqa_matches_nnx)
+    graphdef, state = nnx.split(nnx_model)
+    run = lambda f: jax.jit(jax.vmap(f, axis_name="ring"))(shards)
+    want = run(lambda x: nnx.merge(graphdef, state)(x))
+    got = run(lambda x: linen_model.apply({"params": params}, x))
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+
+
+def test_ring_options_are_checked():
+    with pytest.raises(ValueError, match="ring_axis_name is only supported by implementation='jax_fa3'"):
+        jf.MultiHeadAttention(4, 64, ring_axis_name="ring", implementation="xla", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="ring_layout must be one of"):
+        jf.MultiHeadAttention(4, 64, ring_axis_name="ring", ring_layout="spiral", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="ring_axis_name must be a mesh axis name"):
+        jf.MultiHeadAttention(4, 64, ring_axis_name=3, rngs=nnx.Rngs(0))
+    model = jf.MultiHeadAttention(4, 64, ring_axis_name="ring", decode=True, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="decode=True with ring_axis_name"):
+        model(jnp.ones((1, 4, 64), jnp.float32))

@@ -14,13 +14,14 @@ import jax
 import jax.numpy as jnp
 
 from jax_fa3 import attention as _attention
+from jax_fa3 import ring as _ring
 
 KERNEL_DTYPES = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
 IMPLEMENTATIONS = ("jax_fa3", "xla", "cudnn")
 
 
 def check_options(*, num_heads, num_kv_heads, dropout_rate, causal, window_size, softcap, attention_dtype,
-                  implementation):
+                  implementation, ring_axis_name=None, ring_layout="contiguous"):
     """Trace-free validation of the module options; returns ``(num_kv_heads, window_size)``."""
     if dropout_rate != 0.0:
         raise ValueError(
@@ -45,7 +46,21 @@ def check_options(*, num_heads, num_kv_heads, dropout_rate, causal, window_size,
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     if implementation != "jax_fa3" and softcap > 0:
         raise ValueError(f"softcap is only supported by implementation='jax_fa3', not {implementation!r}")
+    if ring_axis_name is not None:
+        names = ring_axis_name if isinstance(ring_axis_name, tuple) else (ring_axis_name,)
+        if not names or not all(isinstance(name, str) for name in names):
+            raise ValueError(f"ring_axis_name must be a mesh axis name or a tuple of them, got {ring_axis_name!r}")
+        if implementation != "jax_fa3":
+            raise ValueError(f"ring_axis_name is only supported by implementation='jax_fa3', not {implementation!r}")
+    if ring_layout not in _ring.LAYOUTS:
+        raise ValueError(f"ring_layout must be one of {_ring.LAYOUTS}, got {ring_layout!r}")
     return num_kv_heads, tuple(window_size)
+
+
+def check_no_ring_decode(ring_axis_name):
+    if ring_axis_name is not None:
+        raise ValueError("decode=True with ring_axis_name: the KV cache is not sharded over a ring; decode with a "
+                         "module without ring_axis_name")
 
 
 def resolve_inputs(module_name, flax_module, inputs_q, inputs_k, inputs_v, mask):
@@ -90,17 +105,23 @@ def write_cache(cached_key, cached_value, start, key, value):
             jax.lax.dynamic_update_slice(cached_value, value.astype(cached_value.dtype), index))
 
 
-def attend(q, k, v, *, causal, window_size, softcap, attention_dtype, implementation):
+def attend(q, k, v, *, causal, window_size, softcap, attention_dtype, implementation, ring_axis_name=None,
+           ring_layout="contiguous"):
     """Attention of q ``[batch..., Lq, H, D]`` over k, v ``[batch..., Lk, Hkv, D]``.
 
     Masks are bottom-right aligned (``flash_attention``'s convention; the same as
-    top-left when ``Lq == Lk``). The result has q's shape and dtype.
+    top-left when ``Lq == Lk``). The result has q's shape and dtype. With
+    ``ring_axis_name`` (inside ``shard_map``) the rows are this device's shard
+    of a sequence sharded over that axis: ``ring_attention``.
     """
     out_dtype = q.dtype
     dtype = kernel_dtype(q.dtype, attention_dtype)
     batch_shape = q.shape[:-3]
     q, k, v = (flatten_batch(x).astype(dtype) for x in (q, k, v))
-    if implementation == "jax_fa3":
+    if ring_axis_name is not None:
+        out = _ring.ring_attention(q, k, v, ring_axis_name, causal=causal, window_size=window_size,
+                                   softcap=softcap, layout=ring_layout)
+    elif implementation == "jax_fa3":
         out = _attention.flash_attention(q, k, v, causal=causal, window_size=window_size, softcap=softcap)
     else:
         left, right = window_size

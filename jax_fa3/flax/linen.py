@@ -32,7 +32,8 @@ class MultiHeadAttention(nn.Module):
     ``param_dtype``, ``attention_dtype`` (float32 q/k/v are cast to it, bfloat16
     by default, for the attention core only; None raises instead),
     ``dropout_rate`` (must be 0: a positive rate raises), ``precision``,
-    initialisers, ``use_bias``, ``normalize_qk``, ``decode``, ``implementation``.
+    initialisers, ``use_bias``, ``normalize_qk``, ``decode``, ``implementation``,
+    ``ring_axis_name`` and ``ring_layout`` (ring attention inside ``shard_map``).
 
     Decoding (``decode=True``): initialise with full-length inputs
     ``[batch..., max_length, features]`` (``init`` allocates an empty cache of
@@ -63,12 +64,15 @@ class MultiHeadAttention(nn.Module):
     normalize_qk: bool = False
     decode: bool = False
     implementation: str = "jax_fa3"
+    ring_axis_name: str | tuple[str, ...] | None = None
+    ring_layout: str = "contiguous"
 
     def __post_init__(self):
         _core.check_options(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
                             dropout_rate=self.dropout_rate, causal=self.causal, window_size=self.window_size,
                             softcap=self.softcap, attention_dtype=self.attention_dtype,
-                            implementation=self.implementation)
+                            implementation=self.implementation, ring_axis_name=self.ring_axis_name,
+                            ring_layout=self.ring_layout)
         super().__post_init__()
 
     @nn.compact
@@ -97,6 +101,8 @@ class MultiHeadAttention(nn.Module):
 
         options = dict(causal=self.causal, window_size=window_size, softcap=self.softcap,
                        attention_dtype=self.attention_dtype)
+        if self.decode:
+            _core.check_no_ring_decode(self.ring_axis_name)
         if self.decode and self.has_variable("cache", "cached_key"):
             cached_key = self.variable("cache", "cached_key")
             cached_value = self.variable("cache", "cached_value")
@@ -111,7 +117,8 @@ class MultiHeadAttention(nn.Module):
                 self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
                 self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
                 self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
-            x = _core.attend(query, key, value, implementation=self.implementation, **options)
+            x = _core.attend(query, key, value, implementation=self.implementation,
+                             ring_axis_name=self.ring_axis_name, ring_layout=self.ring_layout, **options)
         return nn.DenseGeneral(features=features, axis=(-2, -1), kernel_init=self.out_kernel_init or self.kernel_init,
                                bias_init=self.out_bias_init or self.bias_init, use_bias=self.use_bias,
                                dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision,

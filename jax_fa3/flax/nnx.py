@@ -60,6 +60,13 @@ class MultiHeadAttention(nnx.Module):
       implementation: ``"jax_fa3"`` (default), or ``"xla"``/``"cudnn"`` to run
         the same module on ``jax.nn.dot_product_attention`` for comparisons
         (no softcap; causal/window only for equal query and key lengths).
+      ring_axis_name: for a module called inside ``jax.shard_map`` on a shard
+        of the sequence: the mesh axis (or axes) the sequence is sharded over.
+        The attention then runs :func:`jax_fa3.ring_attention` over the whole
+        sequence (masks on the whole sequence); without it each device would
+        attend within its own shard only. Not with ``decode``.
+      ring_layout: the sequence's layout over the ring (``"contiguous"``,
+        ``"zigzag"``, ``"striped"``; see :func:`jax_fa3.ring_attention`).
       rngs: :class:`nnx.Rngs` for the parameter initialisers.
 
     Decoding (``decode=True``, after :meth:`init_cache`): each call appends its
@@ -97,12 +104,14 @@ class MultiHeadAttention(nnx.Module):
         normalize_qk: bool = False,
         decode: bool = False,
         implementation: str = "jax_fa3",
+        ring_axis_name: str | tuple[str, ...] | None = None,
+        ring_layout: str = "contiguous",
         rngs: nnx.Rngs,
     ):
         self.num_kv_heads, self.window_size = _core.check_options(
             num_heads=num_heads, num_kv_heads=num_kv_heads, dropout_rate=dropout_rate, causal=causal,
             window_size=window_size, softcap=softcap, attention_dtype=attention_dtype,
-            implementation=implementation)
+            implementation=implementation, ring_axis_name=ring_axis_name, ring_layout=ring_layout)
         self.num_heads = num_heads
         self.in_features = in_features
         self.qkv_features = in_features if qkv_features is None else qkv_features
@@ -120,6 +129,7 @@ class MultiHeadAttention(nnx.Module):
         self.normalize_qk = normalize_qk
         self.decode = decode
         self.implementation = implementation
+        self.ring_axis_name, self.ring_layout = ring_axis_name, ring_layout
 
         linear = functools.partial(nnx.LinearGeneral, dtype=dtype, param_dtype=param_dtype, kernel_init=kernel_init,
                                    bias_init=bias_init, use_bias=use_bias, precision=precision, rngs=rngs)
@@ -174,6 +184,7 @@ class MultiHeadAttention(nnx.Module):
         options = dict(causal=causal, window_size=self.window_size, softcap=self.softcap,
                        attention_dtype=self.attention_dtype)
         if self.decode if decode is None else decode:
+            _core.check_no_ring_decode(self.ring_axis_name)
             if self.cached_key is None:
                 raise ValueError("decode=True needs a KV cache: call init_cache(input_shape) first")
             start = self.cache_index[...]
@@ -183,5 +194,6 @@ class MultiHeadAttention(nnx.Module):
             self.cache_index[...] = start + query.shape[-3]
             x = _core.attend_cached(query, key, value, start, **options)
         else:
-            x = _core.attend(query, key, value, implementation=self.implementation, **options)
+            x = _core.attend(query, key, value, implementation=self.implementation,
+                             ring_axis_name=self.ring_axis_name, ring_layout=self.ring_layout, **options)
         return self.out(x)
