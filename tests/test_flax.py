@@ -285,6 +285,15 @@ def test_nnx_decode_matches_full_forward(device, rng, window):
     model.init_cache((2, 16, 64))
     chunks = jnp.concatenate([step(model, x[:, a:b]) for a, b in ((0, 5), (5, 6), (6, length))], axis=1)
     assert_within_rule("decode in chunks", chunks, ref, base, BF16)
+    # A prompt prefilled on the kernels (over a cache holding an earlier sequence), then decoded token by token.
+    graphdef, state = nnx.split(model)
+    lowered = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x, decode=True, prefill=True)).lower(state, x[:, :9])
+    assert "jax_fa3_fwd" in lowered.as_text(), "prefill does not run on the kernels"
+    prefill = nnx.jit(lambda m, x: m(x, decode=True, prefill=True))
+    prompt = prefill(model, x[:, :9])
+    assert int(model.cache_index[...]) == 9
+    tokens = jnp.concatenate([prompt] + [step(model, x[:, i:i + 1]) for i in range(9, length)], axis=1)
+    assert_within_rule("prefill, then decode", tokens, ref, base, BF16)
 
 
 def test_linen_decode_matches_full_forward(device, rng):
@@ -300,6 +309,16 @@ def test_linen_decode_matches_full_forward(device, rng):
         variables = {"params": variables["params"], **mutated}
         outs.append(out)
     assert_close(jnp.concatenate(outs, axis=1), full, "linen decode vs full forward", rtol=2**-6)
+    # Prefill a prompt on the kernels over the filled cache, then decode the rest.
+    out, mutated = jax.jit(lambda v, x: model.apply(v, x, prefill=True, mutable=["cache"]))(variables, x[:, :7])
+    variables = {"params": variables["params"], **mutated}
+    assert int(variables["cache"]["cache_index"]) == 7
+    outs = [out]
+    for i in range(7, 11):
+        out, mutated = step(variables, x[:, i:i + 1])
+        variables = {"params": variables["params"], **mutated}
+        outs.append(out)
+    assert_close(jnp.concatenate(outs, axis=1), full, "linen prefill + decode vs full forward", rtol=2**-6)
 
 
 def test_dropout_rate_raises():
@@ -452,6 +471,18 @@ def test_linen_module_in_a_ring_matches_nnx(device, rng):
     want = run(lambda x: nnx.merge(graphdef, state)(x))
     got = run(lambda x: linen_model.apply({"params": params}, x))
     np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+
+
+def test_prefill_and_decode_arguments_are_checked(rng):
+    model = jf.MultiHeadAttention(4, 64, num_kv_heads=2, causal=True, rngs=nnx.Rngs(0))
+    x = random_array(rng, (1, 4, 64), jnp.float32, jax.devices("cpu")[0])
+    with pytest.raises(ValueError, match="prefill=True fills the KV cache: it needs decode=True"):
+        model(x, prefill=True)
+    model.init_cache((1, 8, 64))
+    with pytest.raises(ValueError, match="decode: 4 new tokens but keys/values for 6"):
+        model(x, random_array(rng, (1, 6, 64), jnp.float32, jax.devices("cpu")[0]), decode=True)
+    with pytest.raises(ValueError, match="prefill=True fills the KV cache: it needs decode=True"):
+        jf.linen.MultiHeadAttention(num_heads=4, causal=True).init(jax.random.key(0), x, prefill=True)
 
 
 def test_ring_options_are_checked():

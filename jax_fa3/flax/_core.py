@@ -63,6 +63,11 @@ def check_no_ring_decode(ring_axis_name):
                          "module without ring_axis_name")
 
 
+def check_prefill_decodes(prefill):
+    if prefill:
+        raise ValueError("prefill=True fills the KV cache: it needs decode=True (and a cache)")
+
+
 def resolve_inputs(module_name, flax_module, inputs_q, inputs_k, inputs_v, mask):
     """The (query, key, value) inputs of a module call: key defaults to query and value to key."""
     if mask is not None:
@@ -94,9 +99,12 @@ def flatten_batch(x):
     return x.reshape((math.prod(x.shape[:-3]),) + x.shape[-3:])
 
 
-def write_cache(cached_key, cached_value, start, key, value):
+def write_cache(cached_key, cached_value, start, key, value, query_length):
     """The caches ``[batch..., max_length, Hkv, D]`` with ``key``/``value`` ``[batch..., L, Hkv, D]``
-    written at position ``start``."""
+    written at position ``start``, ``L`` the new tokens' count (``query_length``)."""
+    if key.shape[-3] != query_length:
+        raise ValueError(f"decode: {query_length} new tokens but keys/values for {key.shape[-3]}: the cache holds "
+                         "the keys of the decoded tokens themselves (self-attention)")
     shape = cached_key.shape
     if key.shape[:-3] != shape[:-3] or key.shape[-2:] != shape[-2:]:
         raise ValueError(f"decode: keys of shape {key.shape} do not fit the cache {shape}")

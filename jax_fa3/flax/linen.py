@@ -40,7 +40,8 @@ class MultiHeadAttention(nn.Module):
     that length), then apply with ``mutable=["cache"]`` and ``L >= 1`` new
     tokens per call. The new tokens attend to the filled cache slots, computed in
     plain JAX (float32 scores) since the filled length is dynamic; see the NNX
-    module's docstring.
+    module's docstring. ``prefill=True`` in a call starts a new sequence with
+    its tokens (cache slots from 0), computed on the kernels.
     """
 
     num_heads: int
@@ -76,7 +77,8 @@ class MultiHeadAttention(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, inputs_q, inputs_k=None, inputs_v=None, *, mask=None, deterministic=None):
+    def __call__(self, inputs_q, inputs_k=None, inputs_v=None, *, mask=None, deterministic=None,
+                 prefill: bool = False):
         del deterministic
         inputs_q, inputs_k, inputs_v = _core.resolve_inputs(
             "jax_fa3.flax.linen.MultiHeadAttention", "nn.MultiHeadDotProductAttention", inputs_q, inputs_k,
@@ -107,12 +109,17 @@ class MultiHeadAttention(nn.Module):
             cached_key = self.variable("cache", "cached_key")
             cached_value = self.variable("cache", "cached_value")
             cache_index = self.variable("cache", "cache_index")
-            start = cache_index.value
-            key, value = _core.write_cache(cached_key.value, cached_value.value, start, key, value)
-            cached_key.value, cached_value.value = key, value
-            cache_index.value = start + query.shape[-3]
-            x = _core.attend_cached(query, key, value, start, **options)
+            start = 0 if prefill else cache_index.value
+            cached_key.value, cached_value.value = _core.write_cache(cached_key.value, cached_value.value, start, key,
+                                                                     value, query.shape[-3])
+            cache_index.value = jnp.asarray(start + query.shape[-3], jnp.int32)
+            if prefill:  # the new sequence is these tokens alone: on the kernels
+                x = _core.attend(query, key, value, implementation=self.implementation, **options)
+            else:
+                x = _core.attend_cached(query, cached_key.value, cached_value.value, start, **options)
         else:
+            if not self.decode:
+                _core.check_prefill_decodes(prefill)
             if self.decode:  # initialisation: allocate the empty cache, sized by these full-length inputs
                 self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
                 self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)

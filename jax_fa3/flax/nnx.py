@@ -75,8 +75,9 @@ class MultiHeadAttention(nnx.Module):
     The slots are a static ``max_length`` while the filled prefix is dynamic, so
     this step does not run on the kernels: it is computed in plain JAX (float32
     scores and softmax, ``O(L * max_length)`` per head), exact for the filled
-    prefix and cheap for one token at a time. Prompts are best prefilled in
-    chunks. Writing past ``max_length`` is not checked (as in Flax).
+    prefix and cheap for one token at a time. A prompt that starts a sequence
+    runs on the kernels with ``prefill=True``. Writing past ``max_length`` is
+    not checked (as in Flax).
     """
 
     def __init__(
@@ -161,7 +162,7 @@ class MultiHeadAttention(nnx.Module):
         self.cache_index = nnx.Cache(jnp.array(0, jnp.int32))
 
     def __call__(self, inputs_q, inputs_k=None, inputs_v=None, *, mask=None, deterministic=None, rngs=None,
-                 decode: bool | None = None, is_causal: bool = False):
+                 decode: bool | None = None, is_causal: bool = False, prefill: bool = False):
         """Attention of ``inputs_q`` ``[batch..., Lq, in_features]`` over ``inputs_k``/``inputs_v``.
 
         ``inputs_k``/``inputs_v``: ``[batch..., Lk, in_kv_features]``; both
@@ -170,7 +171,10 @@ class MultiHeadAttention(nnx.Module):
         ``is_causal``). ``mask`` must be None: arbitrary masks are not served
         by the kernels. ``deterministic`` and ``rngs`` are accepted for
         compatibility and unused (there is no dropout). ``decode`` overrides
-        the module's. Returns ``[batch..., Lq, out_features]``.
+        the module's. ``prefill=True`` (when decoding) starts a new sequence:
+        the tokens fill the cache from slot 0 and attend to each other on the
+        kernels, instead of the plain-JAX attention to every cache slot.
+        Returns ``[batch..., Lq, out_features]``.
         """
         del deterministic, rngs
         inputs_q, inputs_k, inputs_v = _core.resolve_inputs(
@@ -187,13 +191,18 @@ class MultiHeadAttention(nnx.Module):
             _core.check_no_ring_decode(self.ring_axis_name)
             if self.cached_key is None:
                 raise ValueError("decode=True needs a KV cache: call init_cache(input_shape) first")
-            start = self.cache_index[...]
-            key, value = _core.write_cache(self.cached_key[...], self.cached_value[...], start, key, value)
-            self.cached_key[...] = key
-            self.cached_value[...] = value
-            self.cache_index[...] = start + query.shape[-3]
-            x = _core.attend_cached(query, key, value, start, **options)
+            start = 0 if prefill else self.cache_index[...]
+            cached_key, cached_value = _core.write_cache(self.cached_key[...], self.cached_value[...], start, key,
+                                                         value, query.shape[-3])
+            self.cached_key[...] = cached_key
+            self.cached_value[...] = cached_value
+            self.cache_index[...] = jnp.asarray(start + query.shape[-3], jnp.int32)
+            if prefill:  # the new sequence is these tokens alone: on the kernels
+                x = _core.attend(query, key, value, implementation=self.implementation, **options)
+            else:
+                x = _core.attend_cached(query, cached_key, cached_value, start, **options)
         else:
+            _core.check_prefill_decodes(prefill)
             x = _core.attend(query, key, value, implementation=self.implementation,
                              ring_axis_name=self.ring_axis_name, ring_layout=self.ring_layout, **options)
         return self.out(x)
