@@ -9,6 +9,7 @@ the same precision with plain-XLA attention (bf16 matmuls, float32 softmax)
 
 from __future__ import annotations
 
+import functools
 import inspect
 import warnings
 
@@ -60,6 +61,15 @@ def assert_close(a, b, what, rtol=2**-7):
     a, b = np.asarray(jnp.asarray(a, jnp.float32)), np.asarray(jnp.asarray(b, jnp.float32))
     assert a.shape == b.shape, what
     np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * float(np.max(np.abs(b))) + 1e-6, err_msg=what)
+
+
+def flax_twin(mha, params, attn, module_dtype, attention_dtype):
+    """Flax's own nnx.MultiHeadAttention (options ``mha``) holding ``params``, with the reference attention
+    (options ``attn``) in ``attention_dtype``: the yardstick of the NNX module."""
+    m = nnx.MultiHeadAttention(**mha, dtype=module_dtype, decode=False, rngs=nnx.Rngs(0),
+                               attention_fn=ref_attention_fn(attention_dtype, **attn))
+    nnx.update(m, params)
+    return m
 
 
 def nnx_out_and_grads(model, cotangent, *args):
@@ -135,13 +145,7 @@ def test_nnx_module_matches_flax_reference(device, rng, case):
     attn = {k: options[k] for k in ("causal", "window_size", "softcap") if k in options}
     model = jf.MultiHeadAttention(**mha, dtype=dtype, rngs=nnx.Rngs(int(rng.integers(1 << 30))),
                                   **{k: v for k, v in options.items() if k not in mha})
-    params = nnx.state(model, nnx.Param)
-
-    def flax_module(module_dtype, attention_dtype):
-        m = nnx.MultiHeadAttention(**mha, dtype=module_dtype, decode=False, rngs=nnx.Rngs(0),
-                                   attention_fn=ref_attention_fn(attention_dtype, **attn))
-        nnx.update(m, params)
-        return m
+    flax_module = functools.partial(flax_twin, mha, nnx.state(model, nnx.Param), attn)
 
     x = random_array(rng, (2, lq, 64), jnp.float32, device)
     kv = random_array(rng, (2, lk, kv_features), jnp.float32, device) if lk != lq or kv_features != 64 else None
@@ -440,13 +444,7 @@ def test_nnx_module_in_a_ring(device, rng, layout, options):
     mha = dict(num_heads=4, in_features=64, qkv_features=64)
     model = jf.MultiHeadAttention(**mha, dtype=BF16, ring_axis_name="ring", ring_layout=layout,
                                   rngs=nnx.Rngs(int(rng.integers(1 << 30))), **options)
-    params = nnx.state(model, nnx.Param)
-
-    def flax_module(module_dtype, attention_dtype):
-        m = nnx.MultiHeadAttention(**mha, dtype=module_dtype, decode=False, rngs=nnx.Rngs(0),
-                                   attention_fn=ref_attention_fn(attention_dtype, **options))
-        nnx.update(m, params)
-        return m
+    flax_module = functools.partial(flax_twin, mha, nnx.state(model, nnx.Param), options)
 
     x = random_array(rng, (2, 48, 64), jnp.float32, device)
     dout = random_array(rng, (2, 48, 64), jnp.float32, device)
