@@ -121,6 +121,39 @@ def test_deterministic_ring_is_bitwise_reproducible(device, rng, layout):
             np.testing.assert_array_equal(a, np.asarray(b), err_msg=name)
 
 
+def test_remat_policy_keeps_the_ring_forward(device, rng):
+    # Rematerialised layers in a scan: the backward reruns the ring's forward kernels (one per step) unless the
+    # policy keeps the named results; the gradients are the same either way.
+    n = 4
+    x = jax.device_put(jnp.asarray(rng.standard_normal((n, 1, 16, 2, 64)), jnp.bfloat16), device)
+    w = jax.device_put(jnp.asarray(0.1 * rng.standard_normal((3, 64, 64)), jnp.bfloat16), device)
+
+    def compiled(policy):
+        def layer(x, wi):
+            out = ring_attention(x, x, x, "ring", causal=True, layout="striped")
+            return (out @ wi).astype(x.dtype), None
+
+        def loss(x, w):
+            y, _ = jax.lax.scan(jax.checkpoint(layer, policy=policy), x, w)
+            return jnp.sum(y.astype(jnp.float32) ** 2)
+
+        member = jax.grad(loss, argnums=(0, 1))
+        return jax.jit(jax.vmap(member, in_axes=(0, None), axis_name="ring")).lower(x, w).compile()
+
+    policies = jax.checkpoint_policies
+    runs = {}
+    for name, policy, calls in (("nothing", policies.nothing_saveable, 2 * n),
+                                ("names", policies.save_only_these_names(*jax_fa3.RESIDUAL_NAMES), n)):
+        program = compiled(policy)
+        assert program.as_text().count('custom_call_target="jax_fa3_fwd"') == calls, name
+        runs[name] = program(x, w)
+    for a, b in zip(*runs.values()):
+        # The same kernels on the same data; XLA may pick other matmul algorithms in the two programs (GPU):
+        # equal up to about one bfloat16 rounding.
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        np.testing.assert_allclose(a, b, rtol=2**-7, atol=2**-7 * float(np.max(np.abs(b))))
+
+
 SHARD_MAP_SCRIPT = PRELUDE + textwrap.dedent(
     """
     import re
