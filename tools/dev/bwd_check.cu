@@ -8,7 +8,7 @@
 //                        hidden 2048, bf16, causal and not, fast and deterministic; each
 //                        timing's dq spot-checked against float64 (PASS/FAIL on its line)
 //
-// The harness allocates its own workspace (bwd_workspace_bytes) and computes
+// The harness allocates its own workspace (workspace_bytes) and computes
 // out/lse with its own float64 forward, so it does not depend on the forward
 // kernel. Outputs and workspace are poisoned with NaN before each launch.
 #include <cuda_runtime.h>
@@ -46,11 +46,43 @@ using namespace jax_fa3;
 #define BWD_CHECK_ONLY_HDIM 0
 #endif
 
+// A candidate walk for head dim 128 under measurement, in both modes instead of
+// BwdTile<128>'s: BwdWalk<BWD_CHECK_WALK128_M, 2, false, 0, BWD_CHECK_WALK128_DQT>
+// (nvcc reads commas in -D values as list separators, hence two macros; e.g.
+// -DBWD_CHECK_WALK128_M=80 -DBWD_CHECK_WALK128_DQT=1): the library's pipeline
+// with that walk, in the CTA order the library uses.
+#ifdef BWD_CHECK_WALK128_M
+#define BWD_CHECK_WALK128
+using CandidateWalk128 = BwdWalk<BWD_CHECK_WALK128_M, 2, false, 0, bool(BWD_CHECK_WALK128_DQT)>;
+template <class E, bool kMasked>
+static cudaError_t launch_candidate128(const BwdParams& p, cudaStream_t st) {
+  constexpr bool kChunked = kMasked || BwdTile<128>::kChunkedUnmasked;
+  return p.deterministic ? bwd::run_bwd_pipeline<E, 128, CandidateWalk128, kMasked, kChunked>(p, st)
+                         : bwd::run_bwd_pipeline<E, 128, CandidateWalk128, kMasked, false>(p, st);
+}
+#endif
+
+// The workspace the launches below need (the candidate's query blocks may
+// differ from the library's).
+static size_t workspace_bytes(const AttnShape& shape, bool deterministic) {
+#ifdef BWD_CHECK_WALK128
+  if (head_dim_bucket(shape.head_dim) == 128) {
+    return BwdWorkspace::make(shape, deterministic, CandidateWalk128::kBlockM, 128).total_bytes;
+  }
+#endif
+  return bwd_workspace_bytes(shape, deterministic);
+}
+
 template <class E, int kHd>
 static cudaError_t launch_hd(const BwdParams& p, bool masked, cudaStream_t st) {
   if constexpr (BWD_CHECK_ONLY_HDIM != 0 && kHd != BWD_CHECK_ONLY_HDIM) {
     return cudaErrorNotSupported;
   } else {
+#ifdef BWD_CHECK_WALK128
+    if constexpr (kHd == 128) {
+      return masked ? launch_candidate128<E, true>(p, st) : launch_candidate128<E, false>(p, st);
+    } else
+#endif
     return masked ? run_bwd_sm90<E, kHd, true>(p, st) : run_bwd_sm90<E, kHd, false>(p, st);
   }
 }
@@ -285,7 +317,7 @@ static DevBufs upload(const HostCase& h, bool deterministic) {
   CK(cudaMalloc(&d.dq, h.q.size() * 2));
   CK(cudaMalloc(&d.dk, h.k.size() * 2));
   CK(cudaMalloc(&d.dv, h.v.size() * 2));
-  d.ws_bytes = bwd_workspace_bytes(h.prob.shape, deterministic);
+  d.ws_bytes = workspace_bytes(h.prob.shape, deterministic);
   CK(cudaMalloc(&d.ws, std::max<size_t>(d.ws_bytes, 256)));
   return d;
 }
@@ -502,7 +534,7 @@ static void bench_one(int S, int D) {
   CK(cudaMemcpy(lse, lh.data(), lh.size() * 4, cudaMemcpyHostToDevice));
   CK(cudaMemset(dlse, 0, lh.size() * 4));
   AttnProblem prob{AttnShape{B, S, S, H, H, D}, dt, float(1.0 / std::sqrt(double(D))), 0.f, AttnMask{2 * S, 2 * S}};
-  const size_t wsb = std::max(bwd_workspace_bytes(prob.shape, true), bwd_workspace_bytes(prob.shape, false));
+  const size_t wsb = std::max(workspace_bytes(prob.shape, true), workspace_bytes(prob.shape, false));
   CK(cudaMalloc(&ws, wsb));
   cudaEvent_t e0, e1;
   CK(cudaEventCreate(&e0));

@@ -78,8 +78,9 @@ constexpr FwdVariant fwd_variant(bool masked, int seqlen_k) {
 // warpgroup's registers).
 //
 // How a CTA walks the queries differs by mode (BwdWalk): Fast and
-// Deterministic. kBlockM queries per step (a multiple of 64, the dQ wgmma's M),
-// a kStages-deep Q/dO ring, and where each step's dQ part goes:
+// Deterministic. kBlockM queries per step (a multiple of 64, the dQ wgmma's M,
+// unless kDQTransposed), a kStages-deep Q/dO ring, and where each step's dQ
+// part goes:
 //   kDQFromRegs: the MMA warpgroups add it into the fp32 accumulator straight
 //     from their registers (red.global.add.v2.f32; fast mode only), the last
 //     kDQHeldEighths / 8 of each thread's values only in the next step
@@ -87,7 +88,12 @@ constexpr FwdVariant fwd_variant(bool masked, int seqlen_k) {
 //     0.3-4.9% without a mask over three runs, the best of 1/8-6/8 and three
 //     send points, benchmarks/results/2026-12-04h_h200_bwd_dq_held.md);
 //   otherwise: through an fp32 smem tile that a writer warp bulk-reduces
-//     (the deterministic mode enforces its order there).
+//     (the deterministic mode enforces its order there);
+// and kDQTransposed: dQ computed as dQ^T = K^T dS^T (the dQ wgmma's M is the
+// head dim, not the queries), so that kBlockM need only be a multiple of 16.
+// No row uses it yet: FlashAttention-3's head dim 128 walks 80 queries a step
+// that way without a mask, a candidate to measure against ours
+// (tools/dev/build_bwd_variants.sh, benchmarks/notes.md).
 // Head dim 64 walks 128 queries a step in both modes: against 64-query steps
 // the fast mode gained 3-12% at every grid point once the 128-query kernel had
 // lost its wgmma serialisation (benchmarks/results/2026-12-03b_h200_blocks.md).
@@ -99,11 +105,12 @@ constexpr FwdVariant fwd_variant(bool masked, int seqlen_k) {
 // and 256 gained 16% and 12-14% at 1k-2k by it, about nothing at 16k; head
 // dim 128 lost 7% at 1k and 2% at 2k (96 and 192 not measured, left in the
 // default order) (benchmarks/results/2026-12-04g_h200_bwd_det_order.md).
-template <int kBlockM_, int kStages_, bool kDQFromRegs_, int kDQHeldEighths_ = 0>
+template <int kBlockM_, int kStages_, bool kDQFromRegs_, int kDQHeldEighths_ = 0, bool kDQTransposed_ = false>
 struct BwdWalk {
   static constexpr int kBlockM = kBlockM_, kStages = kStages_, kDQHeldEighths = kDQHeldEighths_;
-  static constexpr bool kDQFromRegs = kDQFromRegs_;
+  static constexpr bool kDQFromRegs = kDQFromRegs_, kDQTransposed = kDQTransposed_;
   static_assert(kDQHeldEighths == 0 || kDQFromRegs, "only dQ sent from registers can be held");
+  static_assert(!(kDQTransposed && kDQFromRegs), "transposed dQ values are not in adjacent pairs for red.v2");
 };
 template <int kHeadDim>
 struct BwdTile;

@@ -11,6 +11,7 @@
 //   (head dims 192/256: the two warpgroups split S/dP by query columns and
 //   dV/dK read P^T/dS^T from smem, SS)
 //   dS^T -> smem, then dQ[:, slice] = dS K[:, slice]   wgmma SS
+//     (kDQTransposed: dQ^T[slice, :] = K^T[slice, :] dS^T)
 //   dQ part -> smem -> (writer warp) reduce-add into the fp32 accumulator,
 //   or (kDQFromRegs) red.global.add from the registers into it (a share of
 //   it one step later: DqHeld).
@@ -151,20 +152,24 @@ CUTE_DEVICE uint32_t fresh_warpgroup_thread() {
   return tid % 128;
 }
 
-// (row, column) in the warpgroup's dQ part of each of the thread's dQ values.
+// Coordinates in the warpgroup's dQ accumulator tile (Traits::DQTile: (row,
+// column), or transposed (column, row)) of each of the thread's dQ values.
 template <class Traits>
 CUTE_DEVICE auto dq_coords() {
   typename Traits::MmadQ mma_dq;
   return mma_dq.get_thread_slice(fresh_warpgroup_thread())
-      .partition_C(make_identity_tensor(Shape<typename Traits::BlockM, Int<Traits::kDQSlice>>{}));
+      .partition_C(make_identity_tensor(typename Traits::DQTile{}));
 }
 
 // Offset (floats) in a query block's dQ accumulator tile of the thread's dQ
-// values i, i + 1 (adjacent columns): BwdWorkspace::dq_tile_offset; a warp's
-// instruction covers 8 rows of one 8-column chunk, 256 contiguous bytes.
+// value i: BwdWorkspace::dq_tile_offset. Not transposed, values i and i + 1
+// are adjacent columns and a warp's 64-bit stores of them cover 8 rows of one
+// 8-column chunk, 256 contiguous bytes.
 template <class Traits, class Coords>
-CUTE_DEVICE int dq_pair_offset(const Coords& cdQ, int wg, int i) {
-  return BwdWorkspace::dq_tile_offset(Traits::kBlockM, get<0>(cdQ(i)), wg * Traits::kDQSlice + get<1>(cdQ(i)));
+CUTE_DEVICE int dq_offset(const Coords& cdQ, int wg, int i) {
+  const int row = get<Traits::kDQTransposed ? 1 : 0>(cdQ(i));
+  const int col = get<Traits::kDQTransposed ? 0 : 1>(cdQ(i));
+  return BwdWorkspace::dq_tile_offset(Traits::kBlockM, row, wg * Traits::kDQSlice + col);
 }
 
 // Adds the thread's dQ values i, i + 1 into the fp32 accumulator tile at gdq:
@@ -175,7 +180,7 @@ CUTE_DEVICE int dq_pair_offset(const Coords& cdQ, int wg, int i) {
 // such a branch, benchmarks/results/2026-12-04j_h200_bwd_det.md).
 template <class Traits, class Coords>
 CUTE_DEVICE void dq_add_pair(float* gdq, const Coords& cdQ, int wg, int i, float2 v) {
-  float* dst = gdq + dq_pair_offset<Traits>(cdQ, wg, i);
+  float* dst = gdq + dq_offset<Traits>(cdQ, wg, i);
   asm volatile("red.relaxed.gpu.global.add.v2.f32 [%0], {%1, %2};" :: "l"(dst), "f"(v.x), "f"(v.y) : "memory");
 }
 
@@ -455,11 +460,17 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
       Tensor tdVsP = thr_dkv.partition_fragment_A(local_tile(sPt, Shape<_64, BlockM>{}, make_coord(ks, _0{})));
       warpgroup_gemm</*kZeroInit=*/false, /*kARegs=*/false>(mma_dkv, tdVsP, tdVrdO, tdVrdV);
     }
-    Tensor tdQrdS = thr_dq.partition_fragment_A(sdS);
-    Tensor tdQrK =
-        thr_dq.partition_fragment_B(local_tile(sKt, Shape<Int<kDQSlice>, BlockN>{}, make_coord(wg, _0{})));
-    Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<BlockM, Int<kDQSlice>>{});
-    warpgroup_gemm<true, false>(mma_dq, tdQrdS, tdQrK, tdQrdQ);
+    Tensor sKtSlice = local_tile(sKt, Shape<Int<kDQSlice>, BlockN>{}, make_coord(wg, _0{}));
+    Tensor tdQrdQ = partition_fragment_C(mma_dq, typename Traits::DQTile{});
+    if constexpr (Traits::kDQTransposed) {
+      Tensor tdQrK = thr_dq.partition_fragment_A(sKtSlice);
+      Tensor tdQrdS = thr_dq.partition_fragment_B(sdS);
+      warpgroup_gemm<true, false>(mma_dq, tdQrK, tdQrdS, tdQrdQ);
+    } else {
+      Tensor tdQrdS = thr_dq.partition_fragment_A(sdS);
+      Tensor tdQrK = thr_dq.partition_fragment_B(sKtSlice);
+      warpgroup_gemm<true, false>(mma_dq, tdQrdS, tdQrK, tdQrdQ);
+    }
     Tensor tdKrQ = thr_dkv.partition_fragment_B(
         local_tile(sQt(_, _, stage), Shape<Int<kDSlice>, BlockM>{}, make_coord(dsl, _0{})));
     if constexpr (kPdSInSmem) {
@@ -492,9 +503,15 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
       // Into this warpgroup's part of the smem tile, for the writer warp.
       Handoff::wait_empty(wg);
       float* sdq = ss.dq.data();
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < size(tdQrdQ); i += 2) {
-        *reinterpret_cast<float2*>(sdq + dq_pair_offset<Traits>(cdQ, wg, i)) = make_float2(tdQrdQ(i), tdQrdQ(i + 1));
+      if constexpr (Traits::kDQTransposed) {
+        // Values i, i + 1 are adjacent queries, 8 floats apart in the tile.
+        CUTLASS_PRAGMA_UNROLL
+        for (int i = 0; i < size(tdQrdQ); ++i) sdq[dq_offset<Traits>(cdQ, wg, i)] = tdQrdQ(i);
+      } else {
+        CUTLASS_PRAGMA_UNROLL
+        for (int i = 0; i < size(tdQrdQ); i += 2) {
+          *reinterpret_cast<float2*>(sdq + dq_offset<Traits>(cdQ, wg, i)) = make_float2(tdQrdQ(i), tdQrdQ(i + 1));
+        }
       }
       cutlass::arch::fence_view_async_shared();
       Handoff::mark_full(wg);

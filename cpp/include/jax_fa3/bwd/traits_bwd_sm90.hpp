@@ -37,6 +37,7 @@ struct BwdTraits {
   static constexpr int kStages = Walk::kStages;
   static constexpr bool kDQFromRegs = Walk::kDQFromRegs;
   static constexpr int kDQHeldEighths = Walk::kDQHeldEighths;  // DqHeld (mainloop)
+  static constexpr bool kDQTransposed = Walk::kDQTransposed;
   static constexpr int kWarpgroups = Tile::kConsumerWarpgroups;  // MMA warpgroups
   // Warp specialisation: warpgroup 0 is the producer (warp 0 issues the TMA
   // loads, warp 1 sends the dQ tiles to the fp32 accumulator unless
@@ -71,8 +72,11 @@ struct BwdTraits {
   // spills), so dP is issued only once P is computed (bwd_mma). On every
   // tile, not only softcapped ones: a wgmma issued on one side of a runtime
   // branch only made ptxas serialise all of the kernel's wgmmas (C7514).
+  // With 80 columns (head dim 128's 80-query walk) too: issued together, S
+  // and dP spilled 8-16 bytes there.
   static constexpr bool kDPAfterP = kSdPCols > 64;
-  static_assert(kBlockM % 64 == 0, "the dQ wgmma tiles kBlockM by its M = 64");
+  static_assert(kDQTransposed ? kBlockM % 16 == 0 && kDQSlice % 64 == 0 : kBlockM % 64 == 0,
+                "the dQ wgmma tiles kBlockM (or, transposed, kDQSlice) by its M = 64; kBlockM is the K of dV/dK");
   static_assert(kBlockN % 64 == 0 && kWarpgroups % kKeySplit == 0, "bad BwdTile row");
   static_assert(kHeadDim % kDSplit == 0 && kDSlice % 16 == 0, "bad BwdTile row");
   static_assert(kHeadDim % kWarpgroups == 0 && kDQSlice % 8 == 0, "bad BwdTile row");
@@ -97,9 +101,10 @@ struct BwdTraits {
   using SmemLayoutV = decltype(tile_to_shape(gmma_smem_atom<Element, GMMA::Major::K, kHeadDim>(),
                                              Shape<BlockN, HeadDim>{}));
   // dS: written as dS^T [kBlockN, kBlockM] straight from the accumulators
-  // (queries contiguous), read as the MN-major A [kBlockM, kBlockN] of dQ.
-  // Two buffers, alternating by step: a warpgroup may write step t+1's dS
-  // while the other still runs step t's dQ GEMM on the other buffer.
+  // (queries contiguous), read as the MN-major A [kBlockM, kBlockN] of dQ
+  // (transposed: its B). Two buffers, alternating by step: a warpgroup may
+  // write step t+1's dS while the other still runs step t's dQ GEMM on the
+  // other buffer.
   static constexpr int kStagesdS = 2;
   using SmemLayoutdS = decltype(tile_to_shape(gmma_smem_atom<Element, GMMA::Major::MN, kBlockM>(),
                                               Shape<BlockM, BlockN, Int<kStagesdS>>{}));
@@ -125,8 +130,13 @@ struct BwdTraits {
                            GMMA::Major::MN>(),
       Layout<Shape<_1, _1, _1>>{}));
   using MmadKV = std::conditional_t<kPdSInSmem, MmadKVSmem, MmadKVRegs>;
+  // dQ[:, slice] = dS K[:, slice] (A = dS, B = K^T's slice), or transposed
+  // dQ^T[slice, :] = K^T[slice, :] dS^T (A = K^T's slice, B = dS): the same
+  // smem views, both MN-major. DQTile: the warpgroup's accumulator tile.
+  using DQTile = std::conditional_t<kDQTransposed, Shape<Int<kDQSlice>, BlockM>, Shape<BlockM, Int<kDQSlice>>>;
   using MmadQ = decltype(make_tiled_mma(
-      GMMA::ss_op_selector<Element, Element, float, Shape<BlockM, Int<kDQSlice>, BlockN>, GMMA::Major::MN,
+      GMMA::ss_op_selector<Element, Element, float,
+                           Shape<decltype(get<0>(DQTile{})), decltype(get<1>(DQTile{})), BlockN>, GMMA::Major::MN,
                            GMMA::Major::MN>(),
       Layout<Shape<_1, _1, _1>>{}));
 
@@ -136,13 +146,15 @@ struct BwdTraits {
     cute::array_aligned<Element, cosize_v<SmemLayoutK>, 1024> k;
     cute::array_aligned<Element, cosize_v<SmemLayoutV>, 1024> v;
     cute::array_aligned<Element, cosize_v<SmemLayoutdS>, 1024> ds;
-    // P^T, laid out like dS^T; only used with kPdSInSmem.
-    cute::array_aligned<Element, kPdSInSmem ? cosize_v<SmemLayoutdS> : 8, 1024> p;
+    // P^T, laid out like dS^T; only used with kPdSInSmem (unused, 16 bytes:
+    // aligned to 1 KB, its type would take 1 KB).
+    cute::array_aligned<Element, kPdSInSmem ? cosize_v<SmemLayoutdS> : 8, kPdSInSmem ? 1024 : 16> p;
     // fp32 dQ tile of this step (BwdWorkspace::dq_tile_offset), one
     // contiguous kBlockM x kDQSlice part per MMA warpgroup: the bytes the
     // writer's bulk reduce-adds send to the workspace accumulator. Unused
-    // with kDQFromRegs.
-    cute::array_aligned<float, kDQFromRegs ? 4 : kBlockM * kHeadDim, kDQFromRegs ? 16 : 1024> dq;
+    // with kDQFromRegs. Not swizzled, so no 1 KB alignment (which would leave
+    // a hole behind an unused p that head dim 128's 80-query walk cannot spare).
+    cute::array_aligned<float, kDQFromRegs ? 4 : kBlockM * kHeadDim, 128> dq;
     cute::array_aligned<float, kStages * kBlockM, 16> lse2;
     cute::array_aligned<float, kStages * kBlockM, 16> dpsum;
     // Q/dO/row-term ring: full (TMA transaction count) and empty (every MMA
