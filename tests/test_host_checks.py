@@ -3,8 +3,9 @@
 `tools/dev/host_checks.cu` is compiled with nvcc as host code against the
 kernel headers: the forward tile order is a permutation and every scheduler
 hands each tile to exactly one CTA; the mask ranges the kernels use agree with
-the one definition of the mask. Skipped where nvcc or the CuTe headers are
-missing.
+the one definition of the mask; the backward's dQ values cover their part of
+the dQ tile exactly once (also the transposed 80-query walk, which no GPU has
+run yet). Skipped where nvcc or the CuTe headers are missing.
 """
 
 from __future__ import annotations

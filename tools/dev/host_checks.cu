@@ -12,7 +12,10 @@
 //   * the forward's choice of key block width (fwd_variant) at a few lengths;
 //   * the deterministic backward's chunked CTA order covers every (key block,
 //     kv head, batch) once and puts a head's lower key blocks first (the dQ
-//     turns wait on them).
+//     turns wait on them);
+//   * the backward's dQ values land on every float of their warpgroup's part
+//     of the dQ tile exactly once (dq_offset over the dQ wgmma's accumulator
+//     coordinates), for the library's walks and the transposed 80-query one.
 //
 //   nvcc -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Icpp/include -I<cutlass>/include tools/dev/host_checks.cu \
 //     -o build-dev/host_checks && build-dev/host_checks
@@ -20,7 +23,10 @@
 #include <cstdio>
 #include <vector>
 
+#include <cutlass/numeric_types.h>
+
 #include "jax_fa3/bwd/cta_order_bwd_sm90.hpp"
+#include "jax_fa3/bwd/mainloop_bwd_sm90.hpp"
 #include "jax_fa3/common/mask.h"
 #include "jax_fa3/fwd/tile_scheduler_fwd_sm90.hpp"
 #include "jax_fa3/tile_config.h"
@@ -134,6 +140,34 @@ void check_bwd_order(int n_blocks, int heads_kv, int batch, int sm_count) {
   for (size_t i = 0; i < seen.size(); ++i) CHECK(seen[i] == 1, "bwd cta slot %zu seen %d times", i, seen[i]);
 }
 
+// Each MMA warpgroup's 128 threads write their dQ accumulator values into
+// their part of the tile (kBlockM x kDQSlice floats from wg * part): every
+// float once, none outside, whichever way the GEMM is oriented.
+template <int kHeadDim, class Walk>
+void check_dq_tile(const char* what) {
+  using Traits = bwd::BwdTraits<cutlass::bfloat16_t, kHeadDim, Walk>;
+  constexpr int kPart = Traits::kBlockM * Traits::kDQSlice;
+  for (int wg = 0; wg < Traits::kWarpgroups; ++wg) {
+    std::vector<int> hits(kPart, 0);
+    int outside = 0;
+    for (int tid = 0; tid < 128; ++tid) {
+      typename Traits::MmadQ mma;
+      auto coords = mma.get_thread_slice(tid).partition_C(cute::make_identity_tensor(typename Traits::DQTile{}));
+      for (int i = 0; i < int(cute::size(coords)); ++i) {
+        const int at = bwd::dq_offset<Traits>(coords, wg, i) - wg * kPart;
+        if (at < 0 || at >= kPart) {
+          ++outside;
+        } else {
+          ++hits[at];
+        }
+      }
+    }
+    const bool once = std::all_of(hits.begin(), hits.end(), [](int h) { return h == 1; });
+    CHECK(once && outside == 0, "dQ tile %s, warpgroup %d: %d value(s) outside the part, not every float once", what,
+          wg, outside);
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -203,6 +237,10 @@ int main() {
     CHECK(fwd_variant<64>(false, sk) == FwdVariant::kUnmasked && fwd_variant<256>(false, sk) == FwdVariant::kUnmasked,
           "d64/d256 sk %d: no narrow unmasked kernel", sk);
   }
+  check_dq_tile<64, BwdTile<64>::Fast>("d64");
+  check_dq_tile<128, BwdTile<128>::Fast>("d128");
+  check_dq_tile<128, BwdWalk<80, 2, false, 0, true>>("d128, 80 queries, transposed");
+  check_dq_tile<256, BwdTile<256>::Deterministic>("d256 deterministic");
   std::printf("%s (%d failure(s))\n", failures ? "FAILED" : "all host checks passed", failures);
   return failures ? 1 : 0;
 }

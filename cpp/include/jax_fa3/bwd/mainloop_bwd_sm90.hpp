@@ -166,7 +166,7 @@ CUTE_DEVICE auto dq_coords() {
 // are adjacent columns and a warp's 64-bit stores of them cover 8 rows of one
 // 8-column chunk, 256 contiguous bytes.
 template <class Traits, class Coords>
-CUTE_DEVICE int dq_offset(const Coords& cdQ, int wg, int i) {
+CUTE_HOST_DEVICE int dq_offset(const Coords& cdQ, int wg, int i) {
   const int row = get<Traits::kDQTransposed ? 1 : 0>(cdQ(i));
   const int col = get<Traits::kDQTransposed ? 0 : 1>(cdQ(i));
   return BwdWorkspace::dq_tile_offset(Traits::kBlockM, row, wg * Traits::kDQSlice + col);
