@@ -24,6 +24,11 @@ namespace jax_fa3::bwd {
 // (benchmarks/results/2026-12-04d_h200_schedules.md). Without a mask the
 // deterministic mode gained 12-16% at 1k-2k at head dims 64 and 256 and lost
 // 2-7% at 128 (2026-12-04g_h200_bwd_det_order.md).
+// JAX_FA3_BWD_CHUNK_WAVES: the waves a chunk holds, settable only so the dev
+// harness can time other chunk sizes (tools/dev/build_bwd_variants.sh).
+#ifndef JAX_FA3_BWD_CHUNK_WAVES
+#define JAX_FA3_BWD_CHUNK_WAVES 4
+#endif
 struct BwdCtaOrder {
   int n_blocks;     // key blocks per (batch, kv head)
   int heads_kv;
@@ -32,7 +37,7 @@ struct BwdCtaOrder {
 
   static BwdCtaOrder make(int n_blocks, int heads_kv, int batch, int sm_count) {
     const int pairs = heads_kv * batch;
-    int chunk = n_blocks > 0 ? (4 * sm_count + n_blocks - 1) / n_blocks : 1;
+    int chunk = n_blocks > 0 ? (JAX_FA3_BWD_CHUNK_WAVES * sm_count + n_blocks - 1) / n_blocks : 1;
     chunk = chunk < pairs ? chunk : pairs;
     return BwdCtaOrder{n_blocks, heads_kv, pairs, chunk > 1 ? chunk : 1};
   }
