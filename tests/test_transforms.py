@@ -53,6 +53,20 @@ def test_value_and_grad_and_checkpoint(device, rng):
         assert float(jnp.max(jnp.abs(g.astype(jnp.float32)))) > 0
 
 
+def lowered_remat_scan(policy, x, w):
+    """The gradient of a scan of len(w) rematerialised attention layers, lowered (shared with
+    tools/dev/remat_diag.py)."""
+    def layer(x, wi):
+        out = jax_fa3.flash_attention(x, x, x, causal=True)
+        return (out @ wi).astype(x.dtype), None
+
+    def loss(x, w):
+        y, _ = jax.lax.scan(jax.checkpoint(layer, policy=policy), x, w)
+        return jnp.sum(jnp.sin(y.astype(jnp.float32)))
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w)
+
+
 def test_remat_policy_can_keep_the_forward_results(device, rng):
     # Layers rematerialised in a scan: the backward recomputes each layer's forward, kernel included, unless
     # the policy keeps the attention's named results (the bwd call then takes the saved out and lse). The
@@ -61,26 +75,14 @@ def test_remat_policy_can_keep_the_forward_results(device, rng):
     # that keeps the results held two, not yet explained (tools/dev/remat_diag.py prints where they are).
     x = random_array(rng, SHAPE_Q, jnp.bfloat16, device)
     w = random_array(rng, (3, SHAPE_Q[-1], SHAPE_Q[-1]), jnp.bfloat16, device)
-
-    def model(policy):
-        def layer(x, wi):
-            out = jax_fa3.flash_attention(x, x, x, causal=True)
-            return (out @ wi).astype(x.dtype), None
-
-        def loss(x, w):
-            y, _ = jax.lax.scan(jax.checkpoint(layer, policy=policy), x, w)
-            return jnp.sum(jnp.sin(y.astype(jnp.float32)))
-
-        return jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w)
-
     policies = jax.checkpoint_policies
+    want = lowered_remat_scan(policies.everything_saveable, x, w).compile()(x, w)
     for policy, forward_calls in ((policies.nothing_saveable, 2),
                                   (policies.save_only_these_names(*jax_fa3.RESIDUAL_NAMES), 1)):
-        lowered = model(policy)
+        lowered = lowered_remat_scan(policy, x, w)
         assert lowered.as_text().count("stablehlo.custom_call @jax_fa3_fwd(") == forward_calls, policy
-        compiled = lowered.compile()
-        for g, want, name in zip(compiled(x, w), model(policies.everything_saveable).compile()(x, w), ("dx", "dw")):
-            _assert_same(g, want, f"{name} under {policy}")
+        for g, g_want, name in zip(lowered.compile()(x, w), want, ("dx", "dw")):
+            _assert_same(g, g_want, f"{name} under {policy}")
 
 
 # Under a mask (and at head dim 64 without one) the deterministic backward runs

@@ -1,7 +1,7 @@
 """Where do the compiled forward calls of a rematerialised scan come from?
 
-The test `test_remat_policy_can_keep_the_forward_results` counts the forward kernel calls in JAX's program
-(StableHLO). This prints, per checkpoint policy, that count, the compiled program's count, the computation
+The test `test_remat_policy_can_keep_the_forward_results` (its model: `lowered_remat_scan`) counts the
+forward kernel calls in JAX's program (StableHLO). This prints, per checkpoint policy, that count, the compiled program's count, the computation
 holding each compiled call, and the first XLA pass after which the count changed (from an HLO dump of every
 pass). Run on the backend in question:  python tools/dev/remat_diag.py [--platform gpu] [--dump DIR]
 """
@@ -19,29 +19,21 @@ parser.add_argument("--dump", default=None, help="folder for the per-pass HLO du
 args = parser.parse_args()
 dump_root = args.dump or tempfile.mkdtemp(prefix="remat_diag_")
 
-import jax  # noqa: E402  (XLA_FLAGS is set per policy below, before each compilation)
+import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jax_fa3  # noqa: E402
+
+# The test's model, from the test itself.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests"))
+from test_transforms import lowered_remat_scan  # noqa: E402
 
 CALL = 'custom_call_target="jax_fa3_fwd"'
 device = jax.devices(args.platform)[0] if args.platform else jax.devices()[0]
 rng = np.random.default_rng(0)
 x = jax.device_put(jnp.asarray(rng.standard_normal((2, 19, 4, 64)), jnp.bfloat16), device)
 w = jax.device_put(jnp.asarray(rng.standard_normal((3, 64, 64)) * 0.1, jnp.bfloat16), device)
-
-
-def lowered(policy):
-    def layer(x, wi):
-        out = jax_fa3.flash_attention(x, x, x, causal=True)
-        return (out @ wi).astype(x.dtype), None
-
-    def loss(x, w):
-        y, _ = jax.lax.scan(jax.checkpoint(layer, policy=policy), x, w)
-        return jnp.sum(jnp.sin(y.astype(jnp.float32)))
-
-    return jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w)
 
 
 def computations_holding_calls(hlo: str) -> list[str]:
@@ -75,7 +67,7 @@ for name, policy in (("nothing_saveable", policies.nothing_saveable),
                      ("everything_saveable", policies.everything_saveable)):
     folder = os.path.join(dump_root, name)
     os.makedirs(folder, exist_ok=True)
-    low = lowered(policy)
+    low = lowered_remat_scan(policy, x, w)
     stablehlo = low.as_text().count("stablehlo.custom_call @jax_fa3_fwd(")
     compiled = low.compile(compiler_options={"xla_dump_to": folder, "xla_dump_hlo_pass_re": ".*"}).as_text()
     print(f"{name}: StableHLO {stablehlo}, compiled {compiled.count(CALL)} in {computations_holding_calls(compiled)}")
