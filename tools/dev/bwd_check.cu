@@ -49,17 +49,15 @@ using namespace jax_fa3;
 // A candidate walk for head dim 128 under measurement, in both modes instead of
 // BwdTile<128>'s: BwdWalk<BWD_CHECK_WALK128_M, 2, false, 0, BWD_CHECK_WALK128_DQT>
 // (nvcc reads commas in -D values as list separators, hence two macros; e.g.
-// -DBWD_CHECK_WALK128_M=80 -DBWD_CHECK_WALK128_DQT=1): the library's pipeline
-// with that walk, in the CTA order the library uses.
+// -DBWD_CHECK_WALK128_M=80 -DBWD_CHECK_WALK128_DQT=1), run by the library's
+// launcher (checks, mode and CTA order as for the library's row).
 #ifdef BWD_CHECK_WALK128_M
 #define BWD_CHECK_WALK128
 using CandidateWalk128 = BwdWalk<BWD_CHECK_WALK128_M, 2, false, 0, bool(BWD_CHECK_WALK128_DQT)>;
-template <class E, bool kMasked>
-static cudaError_t launch_candidate128(const BwdParams& p, cudaStream_t st) {
-  constexpr bool kChunked = kMasked || BwdTile<128>::kChunkedUnmasked;
-  return p.deterministic ? bwd::run_bwd_pipeline<E, 128, CandidateWalk128, kMasked, kChunked>(p, st)
-                         : bwd::run_bwd_pipeline<E, 128, CandidateWalk128, kMasked, false>(p, st);
-}
+struct CandidateTile128 : BwdTile<128> {
+  using Fast = CandidateWalk128;
+  using Deterministic = CandidateWalk128;
+};
 #endif
 
 // The workspace the launches below need (the candidate's query blocks may
@@ -80,7 +78,8 @@ static cudaError_t launch_hd(const BwdParams& p, bool masked, cudaStream_t st) {
   } else {
 #ifdef BWD_CHECK_WALK128
     if constexpr (kHd == 128) {
-      return masked ? launch_candidate128<E, true>(p, st) : launch_candidate128<E, false>(p, st);
+      return masked ? run_bwd_sm90<E, 128, true, CandidateTile128>(p, st)
+                    : run_bwd_sm90<E, 128, false, CandidateTile128>(p, st);
     } else
 #endif
     return masked ? run_bwd_sm90<E, kHd, true>(p, st) : run_bwd_sm90<E, kHd, false>(p, st);

@@ -118,7 +118,7 @@ cudaError_t run_bwd_pipeline(const BwdParams& params, cudaStream_t stream) {
 
 }  // namespace bwd
 
-template <class Element, int kHeadDim, bool kMasked>
+template <class Element, int kHeadDim, bool kMasked, class Tile>
 cudaError_t run_bwd_sm90(const BwdParams& params, cudaStream_t stream) {
   const AttnProblem& prob = params.problem;
   const AttnShape& s = prob.shape;
@@ -142,7 +142,9 @@ cudaError_t run_bwd_sm90(const BwdParams& params, cudaStream_t stream) {
   // chunked order (under a mask, and where BwdTile::kChunkedUnmasked) or its
   // walk differs from the fast one (BwdTile). The one runtime choice of the
   // backward made here rather than in dispatch.cu.
-  using Tile = BwdTile<kHeadDim>;
+  static_assert(Tile::kBlockN == BwdTile<kHeadDim>::kBlockN &&
+                    Tile::kConsumerWarpgroups == BwdTile<kHeadDim>::kConsumerWarpgroups,
+                "BwdTraits takes the key block and warpgroups from tile_config.h's row; a Tile may change the walks");
   static_assert(!Tile::Deterministic::kDQFromRegs, "the deterministic order is kept by the dQ writer warp");
   if (params.deterministic) {
     constexpr bool kChunked = kMasked || Tile::kChunkedUnmasked;
