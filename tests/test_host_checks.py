@@ -4,8 +4,8 @@
 kernel headers: the forward tile order is a permutation and every scheduler
 hands each tile to exactly one CTA; the mask ranges the kernels use agree with
 the one definition of the mask; the backward's dQ values cover their part of
-the dQ tile exactly once (also the transposed 80-query walk, which no GPU has
-run yet). Skipped where nvcc or the CuTe headers are missing.
+the dQ tile exactly once and its transposed smem views address the same bytes
+(also for the transposed 80-query walk, which no GPU has run yet). Skipped where nvcc or the CuTe headers are missing.
 """
 
 from __future__ import annotations

@@ -15,7 +15,9 @@
 //     turns wait on them);
 //   * the backward's dQ values land on every float of their warpgroup's part
 //     of the dQ tile exactly once (dq_offset over the dQ wgmma's accumulator
-//     coordinates), for the library's walks and the transposed 80-query one.
+//     coordinates), and its transposed smem views (Q^T, K^T, dS^T) address the
+//     same bytes as the views they transpose, for the library's walks and the
+//     transposed 80-query one.
 //
 //   nvcc -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Icpp/include -I<cutlass>/include tools/dev/host_checks.cu \
 //     -o build-dev/host_checks && build-dev/host_checks
@@ -166,6 +168,24 @@ void check_dq_tile(const char* what) {
     CHECK(once && outside == 0, "dQ tile %s, warpgroup %d: %d value(s) outside the part, not every float once", what,
           wg, outside);
   }
+  // One buffer, two wgmma views (K-major for one GEMM, MN-major for another):
+  // element (r, c[, stage]) of one must be element (c, r[, stage]) of the other.
+  auto same_bytes = [&](auto layout, auto transposed, const char* name) {
+    int wrong = 0;
+    for (int stage = 0; stage < int(cute::size<2>(layout)); ++stage) {
+      for (int r = 0; r < int(cute::size<0>(layout)); ++r) {
+        for (int c = 0; c < int(cute::size<1>(layout)); ++c) {
+          wrong += layout(r, c, stage) != transposed(c, r, stage);
+        }
+      }
+    }
+    CHECK(wrong == 0, "%s %s: %d element(s) of the transposed view elsewhere", what, name, wrong);
+  };
+  using namespace cute;
+  same_bytes(typename Traits::SmemLayoutQ{}, typename Traits::SmemLayoutQt{}, "Q / Q^T");
+  same_bytes(typename Traits::SmemLayoutdS{}, typename Traits::SmemLayoutdSt{}, "dS / dS^T");
+  same_bytes(append<3>(typename Traits::SmemLayoutK{}, Layout<_1, _0>{}),
+             append<3>(typename Traits::SmemLayoutKt{}, Layout<_1, _0>{}), "K / K^T");
 }
 
 }  // namespace
