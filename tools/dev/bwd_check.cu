@@ -53,10 +53,9 @@ using namespace jax_fa3;
 // launcher (checks, mode and CTA order as for the library's row).
 #ifdef BWD_CHECK_WALK128_M
 #define BWD_CHECK_WALK128
-using CandidateWalk128 = BwdWalk<BWD_CHECK_WALK128_M, 2, false, 0, bool(BWD_CHECK_WALK128_DQT)>;
 struct CandidateTile128 : BwdTile<128> {
-  using Fast = CandidateWalk128;
-  using Deterministic = CandidateWalk128;
+  using Fast = BwdWalk<BWD_CHECK_WALK128_M, 2, false, 0, bool(BWD_CHECK_WALK128_DQT)>;
+  using Deterministic = Fast;
 };
 #endif
 
@@ -65,7 +64,8 @@ struct CandidateTile128 : BwdTile<128> {
 static size_t workspace_bytes(const AttnShape& shape, bool deterministic) {
 #ifdef BWD_CHECK_WALK128
   if (head_dim_bucket(shape.head_dim) == 128) {
-    return BwdWorkspace::make(shape, deterministic, CandidateWalk128::kBlockM, 128).total_bytes;
+    return BwdWorkspace::make(shape, deterministic, bwd_block_m<128, CandidateTile128>(deterministic), 128)
+        .total_bytes;
   }
 #endif
   return bwd_workspace_bytes(shape, deterministic);

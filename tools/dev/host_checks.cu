@@ -142,11 +142,12 @@ void check_bwd_order(int n_blocks, int heads_kv, int batch, int sm_count) {
   for (size_t i = 0; i < seen.size(); ++i) CHECK(seen[i] == 1, "bwd cta slot %zu seen %d times", i, seen[i]);
 }
 
-// Each MMA warpgroup's 128 threads write their dQ accumulator values into
-// their part of the tile (kBlockM x kDQSlice floats from wg * part): every
-// float once, none outside, whichever way the GEMM is oriented.
+// The backward's shared-memory bookkeeping for one walk. Each MMA
+// warpgroup's 128 threads write their dQ accumulator values into their part
+// of the dQ tile (kBlockM x kDQSlice floats from wg * part): every float once,
+// none outside, whichever way the GEMM is oriented.
 template <int kHeadDim, class Walk>
-void check_dq_tile(const char* what) {
+void check_bwd_smem(const char* what) {
   using Traits = bwd::BwdTraits<cutlass::bfloat16_t, kHeadDim, Walk>;
   constexpr int kPart = Traits::kBlockM * Traits::kDQSlice;
   for (int wg = 0; wg < Traits::kWarpgroups; ++wg) {
@@ -257,10 +258,10 @@ int main() {
     CHECK(fwd_variant<64>(false, sk) == FwdVariant::kUnmasked && fwd_variant<256>(false, sk) == FwdVariant::kUnmasked,
           "d64/d256 sk %d: no narrow unmasked kernel", sk);
   }
-  check_dq_tile<64, BwdTile<64>::Fast>("d64");
-  check_dq_tile<128, BwdTile<128>::Fast>("d128");
-  check_dq_tile<128, BwdWalk<80, 2, false, 0, true>>("d128, 80 queries, transposed");
-  check_dq_tile<256, BwdTile<256>::Deterministic>("d256 deterministic");
+  check_bwd_smem<64, BwdTile<64>::Fast>("d64");
+  check_bwd_smem<128, BwdTile<128>::Fast>("d128");
+  check_bwd_smem<128, BwdWalk<80, 2, false, 0, true>>("d128, 80 queries, transposed");
+  check_bwd_smem<256, BwdTile<256>::Deterministic>("d256 deterministic");
   std::printf("%s (%d failure(s))\n", failures ? "FAILED" : "all host checks passed", failures);
   return failures ? 1 : 0;
 }

@@ -1,9 +1,9 @@
 """Where do the compiled forward calls of a rematerialised scan come from?
 
 The test `test_remat_policy_can_keep_the_forward_results` (its model: `lowered_remat_scan`) counts the
-forward kernel calls in JAX's program (StableHLO). This prints, per checkpoint policy, that count, the compiled program's count, the computation
-holding each compiled call, and the first XLA pass after which the count changed (from an HLO dump of every
-pass). Run on the backend in question:  python tools/dev/remat_diag.py [--platform gpu] [--dump DIR]
+forward kernel calls in JAX's program (StableHLO). This prints, per checkpoint policy, that count, the
+compiled program's count, the computation holding each compiled call, and the first XLA pass after which the
+count changed (from an HLO dump of every pass). Run on the backend in question:  python tools/dev/remat_diag.py [--platform gpu] [--dump DIR]
 """
 from __future__ import annotations
 
@@ -72,4 +72,3 @@ for name, policy in (("nothing_saveable", policies.nothing_saveable),
     compiled = low.compile(compiler_options={"xla_dump_to": folder, "xla_dump_hlo_pass_re": ".*"}).as_text()
     print(f"{name}: StableHLO {stablehlo}, compiled {compiled.count(CALL)} in {computations_holding_calls(compiled)}")
     print(f"  {first_pass_that_changed_the_count(folder)}")
-sys.stdout.flush()

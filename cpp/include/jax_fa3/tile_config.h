@@ -120,9 +120,9 @@ template <> struct BwdTile<128> { static constexpr int kBlockN = 128, kConsumerW
 template <> struct BwdTile<192> { static constexpr int kBlockN = 64,  kConsumerWarpgroups = 2; static constexpr bool kChunkedUnmasked = false; using Fast = BwdWalk<64, 2, false>; using Deterministic = Fast; };
 template <> struct BwdTile<256> { static constexpr int kBlockN = 64,  kConsumerWarpgroups = 2; static constexpr bool kChunkedUnmasked = true;  using Fast = BwdWalk<64, 2, true, 3>;  using Deterministic = BwdWalk<64, 1, false>; };
 
-template <int kHeadDim>
+template <int kHeadDim, class Tile = BwdTile<kHeadDim>>
 constexpr int bwd_block_m(bool deterministic) {
-  return deterministic ? BwdTile<kHeadDim>::Deterministic::kBlockM : BwdTile<kHeadDim>::Fast::kBlockM;
+  return deterministic ? Tile::Deterministic::kBlockM : Tile::Fast::kBlockM;
 }
 
 }  // namespace jax_fa3

@@ -135,8 +135,7 @@ struct BwdTraits {
   // smem views, both MN-major. DQTile: the warpgroup's accumulator tile.
   using DQTile = std::conditional_t<kDQTransposed, Shape<Int<kDQSlice>, BlockM>, Shape<BlockM, Int<kDQSlice>>>;
   using MmadQ = decltype(make_tiled_mma(
-      GMMA::ss_op_selector<Element, Element, float,
-                           Shape<decltype(get<0>(DQTile{})), decltype(get<1>(DQTile{})), BlockN>, GMMA::Major::MN,
+      GMMA::ss_op_selector<Element, Element, float, decltype(append(DQTile{}, BlockN{})), GMMA::Major::MN,
                            GMMA::Major::MN>(),
       Layout<Shape<_1, _1, _1>>{}));
 
