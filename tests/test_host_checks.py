@@ -5,7 +5,8 @@ kernel headers: the forward tile order is a permutation and every scheduler
 hands each tile to exactly one CTA; the mask ranges the kernels use agree with
 the one definition of the mask; the backward's dQ values cover their part of
 the dQ tile exactly once and its transposed smem views address the same bytes
-(also for the transposed 80-query walk, which no GPU has run yet). Skipped where nvcc or the CuTe headers are missing.
+(also for head dim 128's unmasked walk, which computes dQ transposed). Skipped
+where nvcc or the CuTe headers are missing.
 """
 
 from __future__ import annotations

@@ -2,24 +2,16 @@
 // BwdWorkspace (bwd/workspace_bwd.h), shared with the launcher.
 #include "jax_fa3/bwd/workspace_bwd.h"
 #include "jax_fa3/run.h"
-#include "jax_fa3/tile_config.h"
 
 namespace jax_fa3 {
 
-namespace {
-template <int kHeadDim>
-size_t workspace_bytes_for(const AttnShape& shape, bool deterministic) {
-  return BwdWorkspace::make(shape, deterministic, bwd_block_m<kHeadDim>(deterministic), kHeadDim).total_bytes;
-}
-}  // namespace
-
 size_t bwd_workspace_bytes(const AttnShape& shape, bool deterministic) {
   switch (head_dim_bucket(shape.head_dim)) {
-    case 64: return workspace_bytes_for<64>(shape, deterministic);
-    case 96: return workspace_bytes_for<96>(shape, deterministic);
-    case 128: return workspace_bytes_for<128>(shape, deterministic);
-    case 192: return workspace_bytes_for<192>(shape, deterministic);
-    case 256: return workspace_bytes_for<256>(shape, deterministic);
+    case 64: return bwd_workspace_bytes_for<64>(shape, deterministic);
+    case 96: return bwd_workspace_bytes_for<96>(shape, deterministic);
+    case 128: return bwd_workspace_bytes_for<128>(shape, deterministic);
+    case 192: return bwd_workspace_bytes_for<192>(shape, deterministic);
+    case 256: return bwd_workspace_bytes_for<256>(shape, deterministic);
     default: return 0;
   }
 }

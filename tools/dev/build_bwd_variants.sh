@@ -4,9 +4,10 @@
 #   <folder>/bwd_check-<name>-<head dim>
 # one per "name=flags" argument and head dim (HDIMS, default "128"), each built
 # with -DBWD_CHECK_ONLY_HDIM=<head dim> and its flags; "base=" is the library's
-# own walk. Example (the 80-query walk with dQ transposed against the library's):
+# own walk. Example (64 queries a step, dQ not transposed, under every mask,
+# against the library's head dim 128 walks):
 #   tools/dev/build_bwd_variants.sh .carry/bwd base= \
-#     "q80=-DBWD_CHECK_WALK128_M=80 -DBWD_CHECK_WALK128_DQT=1"
+#     "q64=-DBWD_CHECK_WALK128_M=64 -DBWD_CHECK_WALK128_DQT=0"
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:?output folder}

@@ -46,16 +46,16 @@ using namespace jax_fa3;
 #define BWD_CHECK_ONLY_HDIM 0
 #endif
 
-// A candidate walk for head dim 128 under measurement, in both modes instead of
-// BwdTile<128>'s: BwdWalk<BWD_CHECK_WALK128_M, 2, false, 0, BWD_CHECK_WALK128_DQT>
+// A candidate walk for head dim 128 under measurement, in both modes and under
+// every mask instead of BwdTile<128>'s: BwdWalk<BWD_CHECK_WALK128_M, 2, false, 0, BWD_CHECK_WALK128_DQT>
 // (nvcc reads commas in -D values as list separators, hence two macros; e.g.
 // -DBWD_CHECK_WALK128_M=80 -DBWD_CHECK_WALK128_DQT=1), run by the library's
 // launcher (checks, mode and CTA order as for the library's row).
 #ifdef BWD_CHECK_WALK128_M
 #define BWD_CHECK_WALK128
 struct CandidateTile128 : BwdTile<128> {
-  using Fast = BwdWalk<BWD_CHECK_WALK128_M, 2, false, 0, bool(BWD_CHECK_WALK128_DQT)>;
-  using Deterministic = Fast;
+  template <bool> using Fast = BwdWalk<BWD_CHECK_WALK128_M, 2, false, 0, bool(BWD_CHECK_WALK128_DQT)>;
+  template <bool kMasked> using Deterministic = Fast<kMasked>;
 };
 #endif
 
@@ -64,8 +64,7 @@ struct CandidateTile128 : BwdTile<128> {
 static size_t workspace_bytes(const AttnShape& shape, bool deterministic) {
 #ifdef BWD_CHECK_WALK128
   if (head_dim_bucket(shape.head_dim) == 128) {
-    return BwdWorkspace::make(shape, deterministic, bwd_block_m<128, CandidateTile128>(deterministic), 128)
-        .total_bytes;
+    return bwd_workspace_bytes_for<128, CandidateTile128>(shape, deterministic);
   }
 #endif
   return bwd_workspace_bytes(shape, deterministic);

@@ -16,8 +16,8 @@
 //   * the backward's dQ values land on every float of their warpgroup's part
 //     of the dQ tile exactly once (dq_offset over the dQ wgmma's accumulator
 //     coordinates), and its transposed smem views (Q^T, K^T, dS^T) address the
-//     same bytes as the views they transpose, for the library's walks and the
-//     transposed 80-query one.
+//     same bytes as the views they transpose, for the library's walks (head dim
+//     128's unmasked one computes dQ transposed).
 //
 //   nvcc -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Icpp/include -I<cutlass>/include tools/dev/host_checks.cu \
 //     -o build-dev/host_checks && build-dev/host_checks
@@ -258,10 +258,10 @@ int main() {
     CHECK(fwd_variant<64>(false, sk) == FwdVariant::kUnmasked && fwd_variant<256>(false, sk) == FwdVariant::kUnmasked,
           "d64/d256 sk %d: no narrow unmasked kernel", sk);
   }
-  check_bwd_smem<64, BwdTile<64>::Fast>("d64");
-  check_bwd_smem<128, BwdTile<128>::Fast>("d128");
-  check_bwd_smem<128, BwdWalk<80, 2, false, 0, true>>("d128, 80 queries, transposed");
-  check_bwd_smem<256, BwdTile<256>::Deterministic>("d256 deterministic");
+  check_bwd_smem<64, BwdTile<64>::Fast<false>>("d64");
+  check_bwd_smem<128, BwdTile<128>::Fast<true>>("d128 masked");
+  check_bwd_smem<128, BwdTile<128>::Fast<false>>("d128 unmasked (80 queries, dQ transposed)");
+  check_bwd_smem<256, BwdTile<256>::Deterministic<true>>("d256 deterministic");
   std::printf("%s (%d failure(s))\n", failures ? "FAILED" : "all host checks passed", failures);
   return failures ? 1 : 0;
 }

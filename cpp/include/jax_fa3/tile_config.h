@@ -3,6 +3,8 @@
 // it (benchmarks/results/).
 #pragma once
 
+#include <type_traits>
+
 namespace jax_fa3 {
 
 // Forward: kBlockM query rows x kBlockN keys per iteration, a kStages-deep K/V
@@ -91,9 +93,11 @@ constexpr FwdVariant fwd_variant(bool masked, int seqlen_k) {
 //     (the deterministic mode enforces its order there);
 // and kDQTransposed: dQ computed as dQ^T = K^T dS^T (the dQ wgmma's M is the
 // head dim, not the queries), so that kBlockM need only be a multiple of 16.
-// No row uses it yet: FlashAttention-3's head dim 128 walks 80 queries a step
-// that way without a mask, a candidate to measure against ours
-// (tools/dev/build_bwd_variants.sh, benchmarks/notes.md).
+// Head dim 128 walks 80 queries a step that way without a mask (as
+// FlashAttention-3 does): against 64 queries +1.9-3.5% fast and +0.2-4.3%
+// deterministic at 1k-16k; under a causal mask it lost 3% at 1k-4k (the
+// diagonal wastes more of 80-query blocks), so masked kernels keep 64
+// (benchmarks/results/2026-12-05c_h100_bwd_variants.md).
 // Head dim 64 walks 128 queries a step in both modes: against 64-query steps
 // the fast mode gained 3-12% at every grid point once the 128-query kernel had
 // lost its wgmma serialisation (benchmarks/results/2026-12-03b_h200_blocks.md).
@@ -114,15 +118,45 @@ struct BwdWalk {
 };
 template <int kHeadDim>
 struct BwdTile;
-template <> struct BwdTile<64>  { static constexpr int kBlockN = 128, kConsumerWarpgroups = 2; static constexpr bool kChunkedUnmasked = true;  using Fast = BwdWalk<128, 2, false>; using Deterministic = Fast; };
-template <> struct BwdTile<96>  { static constexpr int kBlockN = 128, kConsumerWarpgroups = 2; static constexpr bool kChunkedUnmasked = false; using Fast = BwdWalk<64, 2, false>; using Deterministic = Fast; };
-template <> struct BwdTile<128> { static constexpr int kBlockN = 128, kConsumerWarpgroups = 2; static constexpr bool kChunkedUnmasked = false; using Fast = BwdWalk<64, 2, false>; using Deterministic = Fast; };
-template <> struct BwdTile<192> { static constexpr int kBlockN = 64,  kConsumerWarpgroups = 2; static constexpr bool kChunkedUnmasked = false; using Fast = BwdWalk<64, 2, false>; using Deterministic = Fast; };
-template <> struct BwdTile<256> { static constexpr int kBlockN = 64,  kConsumerWarpgroups = 2; static constexpr bool kChunkedUnmasked = true;  using Fast = BwdWalk<64, 2, true, 3>;  using Deterministic = BwdWalk<64, 1, false>; };
+// Fast<kMasked> / Deterministic<kMasked>: the walk of the kernels that apply a
+// mask (mask_cuts) and of those that do not.
+template <> struct BwdTile<64> {
+  static constexpr int kBlockN = 128, kConsumerWarpgroups = 2;
+  static constexpr bool kChunkedUnmasked = true;
+  template <bool> using Fast = BwdWalk<128, 2, false>;
+  template <bool kMasked> using Deterministic = Fast<kMasked>;
+};
+template <> struct BwdTile<96> {
+  static constexpr int kBlockN = 128, kConsumerWarpgroups = 2;
+  static constexpr bool kChunkedUnmasked = false;
+  template <bool> using Fast = BwdWalk<64, 2, false>;
+  template <bool kMasked> using Deterministic = Fast<kMasked>;
+};
+template <> struct BwdTile<128> {
+  static constexpr int kBlockN = 128, kConsumerWarpgroups = 2;
+  static constexpr bool kChunkedUnmasked = false;
+  template <bool kMasked> using Fast = std::conditional_t<kMasked, BwdWalk<64, 2, false>, BwdWalk<80, 2, false, 0, true>>;
+  template <bool kMasked> using Deterministic = Fast<kMasked>;
+};
+template <> struct BwdTile<192> {
+  static constexpr int kBlockN = 64, kConsumerWarpgroups = 2;
+  static constexpr bool kChunkedUnmasked = false;
+  template <bool> using Fast = BwdWalk<64, 2, false>;
+  template <bool kMasked> using Deterministic = Fast<kMasked>;
+};
+template <> struct BwdTile<256> {
+  static constexpr int kBlockN = 64, kConsumerWarpgroups = 2;
+  static constexpr bool kChunkedUnmasked = true;
+  template <bool> using Fast = BwdWalk<64, 2, true, 3>;
+  template <bool> using Deterministic = BwdWalk<64, 1, false>;
+};
 
 template <int kHeadDim, class Tile = BwdTile<kHeadDim>>
-constexpr int bwd_block_m(bool deterministic) {
-  return deterministic ? Tile::Deterministic::kBlockM : Tile::Fast::kBlockM;
+constexpr int bwd_block_m(bool deterministic, bool masked) {
+  if (deterministic) {
+    return masked ? Tile::template Deterministic<true>::kBlockM : Tile::template Deterministic<false>::kBlockM;
+  }
+  return masked ? Tile::template Fast<true>::kBlockM : Tile::template Fast<false>::kBlockM;
 }
 
 }  // namespace jax_fa3

@@ -145,14 +145,16 @@ cudaError_t run_bwd_sm90(const BwdParams& params, cudaStream_t stream) {
   static_assert(Tile::kBlockN == BwdTile<kHeadDim>::kBlockN &&
                     Tile::kConsumerWarpgroups == BwdTile<kHeadDim>::kConsumerWarpgroups,
                 "BwdTraits takes the key block and warpgroups from tile_config.h's row; a Tile may change the walks");
-  static_assert(!Tile::Deterministic::kDQFromRegs, "the deterministic order is kept by the dQ writer warp");
+  using FastWalk = typename Tile::template Fast<kMasked>;
+  using DeterministicWalk = typename Tile::template Deterministic<kMasked>;
+  static_assert(!DeterministicWalk::kDQFromRegs, "the deterministic order is kept by the dQ writer warp");
   if (params.deterministic) {
     constexpr bool kChunked = kMasked || Tile::kChunkedUnmasked;
-    if constexpr (kChunked || !std::is_same_v<typename Tile::Deterministic, typename Tile::Fast>) {
-      return bwd::run_bwd_pipeline<Element, kHeadDim, typename Tile::Deterministic, kMasked, kChunked>(params, stream);
+    if constexpr (kChunked || !std::is_same_v<DeterministicWalk, FastWalk>) {
+      return bwd::run_bwd_pipeline<Element, kHeadDim, DeterministicWalk, kMasked, kChunked>(params, stream);
     }
   }
-  return bwd::run_bwd_pipeline<Element, kHeadDim, typename Tile::Fast, kMasked, false>(params, stream);
+  return bwd::run_bwd_pipeline<Element, kHeadDim, FastWalk, kMasked, false>(params, stream);
 }
 
 }  // namespace jax_fa3

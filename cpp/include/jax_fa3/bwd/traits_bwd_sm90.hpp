@@ -26,7 +26,7 @@ using namespace cute;
 // read K-major by one wgmma and MN-major by another (Q is the K-major B of
 // S = K Q^T and the MN-major B of dK = dS^T Q), so each buffer has a K-major
 // atom view and an MN-major atom view of one layout.
-// Walk: BwdTile's Fast or Deterministic walk (tile_config.h).
+// Walk: one of BwdTile's walks (Fast<kMasked> or Deterministic<kMasked>, tile_config.h).
 template <class Element_, int kHeadDim_, class Walk>
 struct BwdTraits {
   using Element = Element_;
