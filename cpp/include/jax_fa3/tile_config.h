@@ -79,10 +79,10 @@ constexpr FwdVariant fwd_variant(bool masked, int seqlen_k) {
 // kBlockN = 64 they split head_dim (dK/dV of 64 x 256 would not fit one
 // warpgroup's registers).
 //
-// How a CTA walks the queries differs by mode (BwdWalk): Fast and
-// Deterministic. kBlockM queries per step (a multiple of 64, the dQ wgmma's M,
-// unless kDQTransposed), a kStages-deep Q/dO ring, and where each step's dQ
-// part goes:
+// How a CTA walks the queries (BwdWalk) may differ by mode (Fast,
+// Deterministic) and by whether the kernel applies a mask. kBlockM queries
+// per step (a multiple of 64, the dQ wgmma's M, unless kDQTransposed), a
+// kStages-deep Q/dO ring, and where each step's dQ part goes:
 //   kDQFromRegs: the MMA warpgroups add it into the fp32 accumulator straight
 //     from their registers (red.global.add.v2.f32; fast mode only), the last
 //     kDQHeldEighths / 8 of each thread's values only in the next step
