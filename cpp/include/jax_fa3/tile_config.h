@@ -118,38 +118,26 @@ struct BwdWalk {
 };
 template <int kHeadDim>
 struct BwdTile;
-// Fast<kMasked> / Deterministic<kMasked>: the walk of the kernels that apply a
-// mask (mask_cuts) and of those that do not.
-template <> struct BwdTile<64> {
-  static constexpr int kBlockN = 128, kConsumerWarpgroups = 2;
-  static constexpr bool kChunkedUnmasked = true;
-  template <bool> using Fast = BwdWalk<128, 2, false>;
-  template <bool kMasked> using Deterministic = Fast<kMasked>;
+// A mode's walks: Masked for the kernels that apply a mask (mask_cuts),
+// Unmasked for the others.
+template <class Masked, class Unmasked = Masked>
+struct BwdWalksByMask {
+  template <bool kMasked> using Walk = std::conditional_t<kMasked, Masked, Unmasked>;
 };
-template <> struct BwdTile<96> {
-  static constexpr int kBlockN = 128, kConsumerWarpgroups = 2;
-  static constexpr bool kChunkedUnmasked = false;
-  template <bool> using Fast = BwdWalk<64, 2, false>;
-  template <bool kMasked> using Deterministic = Fast<kMasked>;
+// A row: kBlockN keys per CTA over two consumer warpgroups, and the walks of
+// each mode (Fast<kMasked>, Deterministic<kMasked>).
+template <int kBlockN_, bool kChunkedUnmasked_, class FastWalks, class DeterministicWalks = FastWalks>
+struct BwdRow {
+  static constexpr int kBlockN = kBlockN_, kConsumerWarpgroups = 2;
+  static constexpr bool kChunkedUnmasked = kChunkedUnmasked_;
+  template <bool kMasked> using Fast = typename FastWalks::template Walk<kMasked>;
+  template <bool kMasked> using Deterministic = typename DeterministicWalks::template Walk<kMasked>;
 };
-template <> struct BwdTile<128> {
-  static constexpr int kBlockN = 128, kConsumerWarpgroups = 2;
-  static constexpr bool kChunkedUnmasked = false;
-  template <bool kMasked> using Fast = std::conditional_t<kMasked, BwdWalk<64, 2, false>, BwdWalk<80, 2, false, 0, true>>;
-  template <bool kMasked> using Deterministic = Fast<kMasked>;
-};
-template <> struct BwdTile<192> {
-  static constexpr int kBlockN = 64, kConsumerWarpgroups = 2;
-  static constexpr bool kChunkedUnmasked = false;
-  template <bool> using Fast = BwdWalk<64, 2, false>;
-  template <bool kMasked> using Deterministic = Fast<kMasked>;
-};
-template <> struct BwdTile<256> {
-  static constexpr int kBlockN = 64, kConsumerWarpgroups = 2;
-  static constexpr bool kChunkedUnmasked = true;
-  template <bool> using Fast = BwdWalk<64, 2, true, 3>;
-  template <bool> using Deterministic = BwdWalk<64, 1, false>;
-};
+template <> struct BwdTile<64>  : BwdRow<128, true,  BwdWalksByMask<BwdWalk<128, 2, false>>> {};
+template <> struct BwdTile<96>  : BwdRow<128, false, BwdWalksByMask<BwdWalk<64, 2, false>>> {};
+template <> struct BwdTile<128> : BwdRow<128, false, BwdWalksByMask<BwdWalk<64, 2, false>, BwdWalk<80, 2, false, 0, true>>> {};
+template <> struct BwdTile<192> : BwdRow<64,  false, BwdWalksByMask<BwdWalk<64, 2, false>>> {};
+template <> struct BwdTile<256> : BwdRow<64,  true,  BwdWalksByMask<BwdWalk<64, 2, true, 3>>, BwdWalksByMask<BwdWalk<64, 1, false>>> {};
 
 template <int kHeadDim, class Tile = BwdTile<kHeadDim>>
 constexpr int bwd_block_m(bool deterministic, bool masked) {
