@@ -26,7 +26,7 @@
 #include <thread>
 #include <vector>
 
-#include "jax_fa3/bwd/launch_bwd_sm90.hpp"
+#include "bwd_check_launch.h"
 #include "jax_fa3/common/mask.h"
 #include "jax_fa3/run.h"
 
@@ -46,28 +46,17 @@ using namespace jax_fa3;
 #define BWD_CHECK_ONLY_HDIM 0
 #endif
 
-// A candidate walk for head dim 128 under measurement, in both modes and under
-// every mask instead of BwdTile<128>'s: BwdWalk<BWD_CHECK_WALK128_M, 2, false, 0, BWD_CHECK_WALK128_DQT>
-// (nvcc reads commas in -D values as list separators, hence two macros; e.g.
-// -DBWD_CHECK_WALK128_M=80 -DBWD_CHECK_WALK128_DQT=1), run by the library's
-// launcher (checks, mode and CTA order as for the library's row).
-#ifdef BWD_CHECK_WALK128_M
-#define BWD_CHECK_WALK128
-struct CandidateTile128 : BwdTile<128> {
-  template <bool> using Fast = BwdWalk<BWD_CHECK_WALK128_M, 2, false, 0, bool(BWD_CHECK_WALK128_DQT)>;
-  template <bool kMasked> using Deterministic = Fast<kMasked>;
-};
-#endif
-
-// The workspace the launches below need (the candidate's query blocks may
-// differ from the library's).
+// The launches live in bwd_check_launch.cu, one translation unit per
+// (dtype, head dim, mask) like the library's.
 static size_t workspace_bytes(const AttnShape& shape, bool deterministic) {
-#ifdef BWD_CHECK_WALK128
-  if (head_dim_bucket(shape.head_dim) == 128) {
-    return bwd_workspace_bytes_for<128, CandidateTile128>(shape, deterministic);
+  switch (head_dim_bucket(shape.head_dim)) {
+    case 64: return bwd_check::workspace_bytes<64>(shape, deterministic);
+    case 96: return bwd_check::workspace_bytes<96>(shape, deterministic);
+    case 128: return bwd_check::workspace_bytes<128>(shape, deterministic);
+    case 192: return bwd_check::workspace_bytes<192>(shape, deterministic);
+    case 256: return bwd_check::workspace_bytes<256>(shape, deterministic);
+    default: return bwd_workspace_bytes(shape, deterministic);
   }
-#endif
-  return bwd_workspace_bytes(shape, deterministic);
 }
 
 template <class E, int kHd>
@@ -75,13 +64,7 @@ static cudaError_t launch_hd(const BwdParams& p, bool masked, cudaStream_t st) {
   if constexpr (BWD_CHECK_ONLY_HDIM != 0 && kHd != BWD_CHECK_ONLY_HDIM) {
     return cudaErrorNotSupported;
   } else {
-#ifdef BWD_CHECK_WALK128
-    if constexpr (kHd == 128) {
-      return masked ? run_bwd_sm90<E, 128, true, CandidateTile128>(p, st)
-                    : run_bwd_sm90<E, 128, false, CandidateTile128>(p, st);
-    } else
-#endif
-    return masked ? run_bwd_sm90<E, kHd, true>(p, st) : run_bwd_sm90<E, kHd, false>(p, st);
+    return masked ? bwd_check::launch<E, kHd, true>(p, st) : bwd_check::launch<E, kHd, false>(p, st);
   }
 }
 
@@ -438,6 +421,7 @@ static int run_checks(bool small) {
         {"d128 local(37,5) dlse=0", bf, 1, 1000, 1000, 2, 1, 128, 37, 5, 0.f, true},
         {"d128 local(37,5) sq>sk", bf, 2, 1000, 500, 4, 1, 128, 37, 5, 0.f, false},
         {"d128 softcap30 causal gqa2", bf, 1, 113, 113, 4, 2, 128, -1, 0, 30.f, false},
+        {"d128 softcap30 full sq!=sk", bf, 1, 1000, 113, 2, 1, 128, -1, -1, 30.f, false},
         {"d128 sq=sk=1", bf, 1, 1, 1, 2, 2, 128, -1, -1, 0.f, false},
         {"d128 sq=1 sk=1000 causal", bf, 1, 1, 1000, 2, 2, 128, -1, 0, 0.f, false},
         {"d128 sq=1000 sk=1 causal", bf, 1, 1000, 1, 2, 2, 128, -1, 0, 0.f, false},

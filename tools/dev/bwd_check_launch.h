@@ -1,0 +1,53 @@
+// The backward harness's launches (tools/dev/bwd_check.cu), compiled one per
+// (dtype, head dim, mask) in tools/dev/bwd_check_launch.cu like the library's
+// generated files: a head dim 128 harness build with both masks' kernels in
+// one translation unit spilled 4 bytes in a kernel that the library's build
+// compiles without (benchmarks/notes.md, 2026-12-05c), so the harness would
+// have timed other code than the library runs.
+#pragma once
+
+#include <cstddef>
+
+#include <cuda_runtime_api.h>
+
+#include "jax_fa3/bwd/launch_bwd_sm90.h"
+#include "jax_fa3/bwd/workspace_bwd.h"
+#include "jax_fa3/params.h"
+#include "jax_fa3/tile_config.h"
+
+namespace bwd_check {
+
+using namespace jax_fa3;
+
+// A candidate walk for head dim 128 under measurement, in both modes and under
+// every mask instead of BwdTile<128>'s: BwdWalk<BWD_CHECK_WALK128_M, 2, false, 0, BWD_CHECK_WALK128_DQT>
+// (nvcc reads commas in -D values as list separators, hence two macros; e.g.
+// -DBWD_CHECK_WALK128_M=80 -DBWD_CHECK_WALK128_DQT=1), run by the library's
+// launcher (checks, mode and CTA order as for the library's row).
+template <int kHeadDim>
+struct Tile {
+  using type = BwdTile<kHeadDim>;
+};
+#ifdef BWD_CHECK_WALK128_M
+struct CandidateTile128 : BwdTile<128> {
+  template <bool> using Fast = BwdWalk<BWD_CHECK_WALK128_M, 2, false, 0, bool(BWD_CHECK_WALK128_DQT)>;
+  template <bool kMasked> using Deterministic = Fast<kMasked>;
+};
+template <>
+struct Tile<128> {
+  using type = CandidateTile128;
+};
+#endif
+
+// The workspace the launches below need (a candidate's query blocks may
+// differ from the library's).
+template <int kHeadDim>
+size_t workspace_bytes(const AttnShape& shape, bool deterministic) {
+  return bwd_workspace_bytes_for<kHeadDim, typename Tile<kHeadDim>::type>(shape, deterministic);
+}
+
+// run_bwd_sm90 with Tile<kHeadDim>; defined in bwd_check_launch.cu.
+template <class Element, int kHeadDim, bool kMasked>
+cudaError_t launch(const BwdParams& params, cudaStream_t stream);
+
+}  // namespace bwd_check
