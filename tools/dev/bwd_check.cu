@@ -48,16 +48,7 @@ using namespace jax_fa3;
 
 // The launches live in bwd_check_launch.cu, one translation unit per
 // (dtype, head dim, mask) like the library's.
-static size_t workspace_bytes(const AttnShape& shape, bool deterministic) {
-  switch (head_dim_bucket(shape.head_dim)) {
-    case 64: return bwd_check::workspace_bytes<64>(shape, deterministic);
-    case 96: return bwd_check::workspace_bytes<96>(shape, deterministic);
-    case 128: return bwd_check::workspace_bytes<128>(shape, deterministic);
-    case 192: return bwd_check::workspace_bytes<192>(shape, deterministic);
-    case 256: return bwd_check::workspace_bytes<256>(shape, deterministic);
-    default: return bwd_workspace_bytes(shape, deterministic);
-  }
-}
+using bwd_check::workspace_bytes;
 
 template <class E, int kHd>
 static cudaError_t launch_hd(const BwdParams& p, bool masked, cudaStream_t st) {

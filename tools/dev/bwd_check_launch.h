@@ -13,6 +13,7 @@
 #include "jax_fa3/bwd/launch_bwd_sm90.h"
 #include "jax_fa3/bwd/workspace_bwd.h"
 #include "jax_fa3/params.h"
+#include "jax_fa3/run.h"
 #include "jax_fa3/tile_config.h"
 
 namespace bwd_check {
@@ -39,11 +40,15 @@ struct Tile<128> {
 };
 #endif
 
-// The workspace the launches below need (a candidate's query blocks may
-// differ from the library's).
-template <int kHeadDim>
-size_t workspace_bytes(const AttnShape& shape, bool deterministic) {
-  return bwd_workspace_bytes_for<kHeadDim, typename Tile<kHeadDim>::type>(shape, deterministic);
+// The workspace the launches below need: the library's, but for a candidate
+// whose query blocks differ from it.
+inline size_t workspace_bytes(const AttnShape& shape, bool deterministic) {
+#ifdef BWD_CHECK_WALK128_M
+  if (head_dim_bucket(shape.head_dim) == 128) {
+    return bwd_workspace_bytes_for<128, CandidateTile128>(shape, deterministic);
+  }
+#endif
+  return bwd_workspace_bytes(shape, deterministic);
 }
 
 // run_bwd_sm90 with Tile<kHeadDim>; defined in bwd_check_launch.cu.
