@@ -4,9 +4,9 @@
 //     batch) tiles, and the static snake schedule hands every tile to
 //     exactly one CTA;
 //   * the work balance (max over mean of the key blocks per CTA) of the static
-//     schedule and of the dynamic one (the same order, each CTA taking the
-//     next tile when it is free), the reason masked kernels schedule
-//     dynamically;
+//     schedule and of the dynamic one (the same order, each CTA claiming its
+//     next tile shortly before the current one ends), the reason masked
+//     kernels schedule dynamically;
 //   * the per-row key / per-column query ranges the kernels mask with agree
 //     with WindowMask::visible, the one definition of the mask;
 //   * the forward's choice of key block width (fwd_variant) at a few lengths;
@@ -94,18 +94,27 @@ void check_schedule(int seqlen, int heads, int batch, int group, int head_dim, b
     long total = 0, most = 0;
     for (long w : work) { total += w; most = std::max(most, w); }
     const double mean = double(total) / ctas;
-    // The same tile order handed out dynamically (each CTA takes the next
-    // tile when it is free): the makespan over the mean.
-    std::vector<long> busy(ctas, 0);
-    for (int t = 0; t < order.num_tiles; ++t) {
-      auto next = std::min_element(busy.begin(), busy.end());
-      *next += key_blocks(mask, causal, order.tile(t).m_block, block_m, block_n) + 1;
-    }
-    const long dynamic_end = *std::max_element(busy.begin(), busy.end());
+    // The same tile order handed out dynamically, each CTA claiming its next
+    // tile `lead` key blocks before the current one ends (not before it
+    // starts): the makespan over the mean. FwdDynamicScheduler claims after
+    // the tile's last load, about kStages = 2 blocks before the end; a lead of
+    // a whole tile is a claim when the tile starts (its earlier design).
+    auto dynamic_end = [&](long lead) {
+      // Per CTA: when it claims its next tile, and when its current one ends.
+      std::vector<long> claim(ctas, 0), end(ctas, 0);
+      for (int t = 0; t < order.num_tiles; ++t) {
+        const int c = static_cast<int>(std::min_element(claim.begin(), claim.end()) - claim.begin());
+        const long work = key_blocks(mask, causal, order.tile(t).m_block, block_m, block_n) + 1;
+        const long start = end[c];
+        end[c] = start + work;
+        claim[c] = std::max(start, end[c] - lead);
+      }
+      return *std::max_element(end.begin(), end.end());
+    };
     std::printf("schedule s%-5d h%-2d b%-2d d%-3d %-6s tile %dx%d, %d tiles on %d CTAs, %d (b,h) per chunk: "
-                "max/mean work per CTA: static snake %.3f, dynamic %.3f\n",
+                "max/mean work per CTA: static snake %.3f, dynamic %.3f (claimed at a tile's start: %.3f)\n",
                 seqlen, heads, batch, head_dim, causal ? "causal" : "full", block_m, block_n, order.num_tiles, ctas,
-                order.heads_per_chunk, most / mean, dynamic_end / mean);
+                order.heads_per_chunk, most / mean, dynamic_end(2) / mean, dynamic_end(1L << 40) / mean);
   }
 }
 

@@ -145,21 +145,29 @@ struct FwdDynamicScheduler {
     }
   }
 
-  // One thread: fetches tile indices (the next one while the current tile's
-  // loads are issued) and publishes each, the final "done" one included.
+  // One thread: claims tile indices and publishes each, the final "done" one
+  // included. A CTA claims its next tile only once it has issued the current
+  // tile's last load, when its consumers are about kStages key blocks from
+  // the end: claimed when the current tile started (as before), the tiles
+  // went to the CTAs a tile late, and longest-first lost its balance. The
+  // tile order simulated on 132 CTAs (max/mean work per CTA, causal, 16k
+  // tokens): head dim 128 at 4k-16k 1.064-1.080 claimed at the start,
+  // 1.039-1.046 claimed two key blocks before the end; the one-CTA-per-tile
+  // build, which the hardware hands tiles as CTAs finish, ran 1-3% faster
+  // there (benchmarks/results/2026-12-05d_h100_fwd_ablation.md). The
+  // atomic's latency is hidden under those last blocks.
   struct Producer {
     Params const& params;
     SharedStorage& ss;
-    int fetched;
     int published = 0;
     JAX_FA3_DEVICE int next() {
-      const int tile = fetched;
+      const int tile = published == 0 ? static_cast<int>(blockIdx.x)
+                                       : atomicAdd(params.counter, 1) + static_cast<int>(gridDim.x);
       const int slot = published % 2;
       cutlass::arch::ClusterBarrier::wait(&ss.empty[slot], ((published / 2) & 1) ^ 1);
       ss.tile[slot] = tile;
       cutlass::arch::ClusterBarrier::arrive(&ss.full[slot]);
       ++published;
-      if (tile < params.order.num_tiles) fetched = atomicAdd(params.counter, 1) + static_cast<int>(gridDim.x);
       return tile;
     }
   };
@@ -176,7 +184,7 @@ struct FwdDynamicScheduler {
     }
   };
   JAX_FA3_DEVICE static Producer producer(Params const& p, SharedStorage& ss) {
-    return Producer{p, ss, static_cast<int>(blockIdx.x)};
+    return Producer{p, ss};
   }
   JAX_FA3_DEVICE static Consumer consumer(Params const&, SharedStorage& ss) { return Consumer{ss}; }
 };
