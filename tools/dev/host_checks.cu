@@ -111,10 +111,10 @@ void check_schedule(int seqlen, int heads, int batch, int group, int head_dim, b
       }
       return *std::max_element(end.begin(), end.end());
     };
-    std::printf("schedule s%-5d h%-2d b%-2d d%-3d %-6s tile %dx%d, %d tiles on %d CTAs, %d (b,h) per chunk: "
+    std::printf("schedule s%-5d h%-2d b%-2d d%-3d %-6s tile %dx%d, %d tiles on %d CTAs, %d(+%d) (b,h) per chunk: "
                 "max/mean work per CTA: static snake %.3f, dynamic %.3f (claimed at a tile's start: %.3f)\n",
                 seqlen, heads, batch, head_dim, causal ? "causal" : "full", block_m, block_n, order.num_tiles, ctas,
-                order.heads_per_chunk, most / mean, dynamic_end(2) / mean, dynamic_end(1L << 40) / mean);
+                order.chunk_pairs, order.wide_chunks > 0 ? order.unit : 0, most / mean, dynamic_end(2) / mean, dynamic_end(1L << 40) / mean);
   }
 }
 
