@@ -68,9 +68,11 @@ void check_schedule(int seqlen, int heads, int batch, int group, int head_dim, b
   const long kv_bytes = 2L * seqlen * head_dim * 2;
   const FwdTileOrder order = FwdTileOrder::make(seqlen, heads, batch, block_m, group, kv_bytes, l2_bytes,
                                                 /*masked=*/causal);
+  // The masked kernels number the tiles with equal chunks.
+  auto tile_at = [&](int t) { return causal ? order.tile<true>(t) : order.tile<false>(t); };
   std::vector<int> seen(order.num_tiles, 0);
   for (int t = 0; t < order.num_tiles; ++t) {
-    const FwdWorkTile w = order.tile(t);
+    const FwdWorkTile w = tile_at(t);
     const bool in_range = w.m_block >= 0 && w.m_block < order.num_m_blocks && w.head >= 0 && w.head < heads &&
                           w.batch >= 0 && w.batch < batch;
     CHECK(in_range, "tile %d out of range (m %d head %d batch %d)", t, w.m_block, w.head, w.batch);
@@ -86,7 +88,7 @@ void check_schedule(int seqlen, int heads, int batch, int group, int head_dim, b
     FwdStaticScheduler::Walk walk{c, ctas};
     for (int t = walk.next(); t < order.num_tiles; t = walk.next()) {
       ++taken[t];
-      work[c] += key_blocks(mask, causal, order.tile(t).m_block, block_m, block_n) + 1;  // +1: epilogue
+      work[c] += key_blocks(mask, causal, tile_at(t).m_block, block_m, block_n) + 1;  // +1: epilogue
     }
   }
   for (int i = 0; i < order.num_tiles; ++i) CHECK(taken[i] == 1, "tile %d taken %d times", i, taken[i]);
@@ -104,7 +106,7 @@ void check_schedule(int seqlen, int heads, int batch, int group, int head_dim, b
       std::vector<long> claim(ctas, 0), end(ctas, 0);
       for (int t = 0; t < order.num_tiles; ++t) {
         const int c = static_cast<int>(std::min_element(claim.begin(), claim.end()) - claim.begin());
-        const long work = key_blocks(mask, causal, order.tile(t).m_block, block_m, block_n) + 1;
+        const long work = key_blocks(mask, causal, tile_at(t).m_block, block_m, block_n) + 1;
         const long start = end[c];
         end[c] = start + work;
         claim[c] = std::max(start, end[c] - lead);
@@ -114,7 +116,7 @@ void check_schedule(int seqlen, int heads, int batch, int group, int head_dim, b
     std::printf("schedule s%-5d h%-2d b%-2d d%-3d %-6s tile %dx%d, %d tiles on %d CTAs, %d(+%d) (b,h) per chunk: "
                 "max/mean work per CTA: static snake %.3f, dynamic %.3f (claimed at a tile's start: %.3f)\n",
                 seqlen, heads, batch, head_dim, causal ? "causal" : "full", block_m, block_n, order.num_tiles, ctas,
-                order.chunk_pairs, order.wide_chunks > 0 ? order.unit : 0, most / mean, dynamic_end(2) / mean, dynamic_end(1L << 40) / mean);
+                order.heads_per_chunk, order.wide_chunks > 0 ? order.unit : 0, most / mean, dynamic_end(2) / mean, dynamic_end(1L << 40) / mean);
   }
 }
 

@@ -56,7 +56,7 @@ struct FwdKernelSm90 {
   template <class Walk, class Body>
   CUTE_DEVICE static void for_each_tile(Params const& params, Walk walk, Body&& body) {
     for (int t = walk.next(); t < params.scheduler.order.num_tiles; t = walk.next()) {
-      const FwdWorkTile tile = params.scheduler.order.tile(t);
+      const FwdWorkTile tile = params.scheduler.order.template tile<Traits::kMasked>(t);
       const auto n_range = Mainloop::n_block_range(params.mainloop, tile.m_block);
       body(tile, cute::get<0>(n_range), cute::get<1>(n_range));
     }

@@ -11,12 +11,14 @@
 //     from HBM about once. (Chunks of many heads made head dim 128 at 2k read
 //     560 MB from HBM where Q, K and V are 201 MB, under Nsight Compute's
 //     cold L2.)
-//   * Otherwise the fewest chunks whose K/V fit in half the L2 cache, all of
-//     one size (give or take a GQA group). A small last chunk (the remainder)
-//     put its long tiles at the very end, where they ran nearly alone: the
-//     order simulated on 132 CTAs (tools/dev/host_checks.cu) gave max/mean
-//     work per CTA 1.04-1.08 at head dim 128 causal and 1.14-1.16 at 256
-//     (1k-8k) with that remainder, 1.003-1.013 and 1.02-1.05 with equal chunks.
+//   * Otherwise chunks whose K/V fit in half the L2 cache; under a mask the
+//     fewest such chunks, all of one size (give or take a GQA group). A small
+//     last chunk (the remainder) put its long tiles at the very end, where
+//     they ran nearly alone: the order simulated on 132 CTAs
+//     (tools/dev/host_checks.cu) gave max/mean work per CTA 1.04-1.08 at head
+//     dim 128 causal and 1.14-1.16 at 256 (1k-8k) with that remainder,
+//     1.003-1.013 and 1.02-1.05 with equal chunks; measured +2-9% causal
+//     (benchmarks/results/2026-12-05e_h100_fwd_chunks.md).
 //
 // Schedulers hand that sequence out to the CTAs. Both roles of a CTA walk it:
 // the producer through a Producer, the consumer warpgroups through a Consumer;
@@ -55,13 +57,16 @@ struct FwdTileOrder {
   int num_m_blocks;
   int heads;
   int batch;
-  // The (batch, head) pairs in chunks: the first `wide_chunks` chunks hold
-  // chunk_pairs + unit pairs, the others chunk_pairs (unit: a GQA group, or 1
-  // head by head).
-  int chunk_pairs;
+  int heads_per_chunk;  // (batch, head) pairs whose tiles are interleaved
+  int num_tiles;
+  // Masked kernels' chunks are all of one size: the first wide_chunks hold
+  // heads_per_chunk + unit pairs (unit: a GQA group). Unmasked kernels (the
+  // static snake: equal tiles balance in any order) keep full chunks and a
+  // remainder: the arithmetic for equal chunks cost their head dim 128
+  // kernel ~1% (H200, benchmarks/results/2026-12-05e_h100_fwd_chunks.md),
+  // ptxas scheduling its softmax differently.
   int wide_chunks;
   int unit;
-  int num_tiles;
 
   // `kv_bytes_per_head`: K + V bytes of one (batch, kv head); `group`: query
   // heads per kv head; `masked`: a causal/local kernel (unequal tiles).
@@ -71,34 +76,52 @@ struct FwdTileOrder {
     o.num_m_blocks = (seqlen_q + block_m - 1) / block_m;
     o.heads = heads;
     o.batch = batch;
+    o.num_tiles = static_cast<int>(int64_t(o.num_m_blocks) * heads * batch);
+    const int64_t kv_heads_in_l2 = kv_bytes_per_head > 0 ? (l2_bytes / 2) / kv_bytes_per_head : heads;
+    const int64_t per_chunk = (kv_heads_in_l2 > 1 ? kv_heads_in_l2 : 1) * group;
+    const int64_t pairs = int64_t(heads) * batch;
+    if (masked) {
+      o.unit = group;
+      const int64_t units = pairs / group;
+      const int64_t units_per_chunk = per_chunk / group < units ? per_chunk / group : units;
+      const int64_t chunks = (units + units_per_chunk - 1) / units_per_chunk;
+      o.heads_per_chunk = static_cast<int>(units / chunks * group);
+      o.wide_chunks = static_cast<int>(units % chunks);
+      return o;
+    }
     // Head by head only where the tiles are equal: with a partial last query
     // block per head (head dim 64's 192 rows at 512-1k) it put the short tiles
     // on a fixed set of CTAs of the static snake, and head dim 64 without a
     // mask lost 7% at 512-1k in the benchmark (2026-12-04_h200_bench.md
     // against 2026-12-03c).
-    const bool head_by_head = !masked && seqlen_q % block_m == 0;
-    const int64_t kv_heads_in_l2 = kv_bytes_per_head > 0 ? (l2_bytes / 2) / kv_bytes_per_head : heads;
-    o.unit = head_by_head ? 1 : group;
-    const int64_t units = int64_t(heads) * batch / o.unit;
-    int64_t per_chunk = head_by_head ? 1 : kv_heads_in_l2;
-    per_chunk = per_chunk < 1 ? 1 : per_chunk < units ? per_chunk : units;
-    const int64_t chunks = (units + per_chunk - 1) / per_chunk;
-    o.chunk_pairs = static_cast<int>(units / chunks * o.unit);
-    o.wide_chunks = static_cast<int>(units % chunks);
-    o.num_tiles = static_cast<int>(int64_t(o.num_m_blocks) * heads * batch);
+    const bool head_by_head = seqlen_q % block_m == 0;
+    o.heads_per_chunk = head_by_head ? 1 : static_cast<int>(per_chunk < pairs ? per_chunk : pairs);
+    o.unit = 1;
     return o;
   }
 
+  template <bool kEqualChunks>
   JAX_FA3_HOST_DEVICE FwdWorkTile tile(int t) const {
-    const int wide_pairs = chunk_pairs + unit;
-    const int wide_tiles = wide_chunks * wide_pairs * num_m_blocks;
-    const bool wide = t < wide_tiles;
-    const int chunk_pairs_here = wide ? wide_pairs : chunk_pairs;
-    const int u = wide ? t : t - wide_tiles;
-    const int chunk = u / (chunk_pairs_here * num_m_blocks);
-    const int r = u - chunk * chunk_pairs_here * num_m_blocks;
-    const int pair = (wide ? 0 : wide_tiles / num_m_blocks) + chunk * chunk_pairs_here + r % chunk_pairs_here;
-    return FwdWorkTile{num_m_blocks - 1 - r / chunk_pairs_here, pair % heads, pair / heads};
+    int chunk_pairs, r, pair0;
+    if constexpr (kEqualChunks) {
+      const int wide_pairs = heads_per_chunk + unit;
+      const int wide_tiles = wide_chunks * wide_pairs * num_m_blocks;
+      const bool wide = t < wide_tiles;
+      chunk_pairs = wide ? wide_pairs : heads_per_chunk;
+      const int u = wide ? t : t - wide_tiles;
+      const int chunk = u / (chunk_pairs * num_m_blocks);
+      r = u - chunk * chunk_pairs * num_m_blocks;
+      pair0 = (wide ? 0 : wide_tiles / num_m_blocks) + chunk * chunk_pairs;
+    } else {
+      const int chunk_tiles = num_m_blocks * heads_per_chunk;
+      const int chunk = t / chunk_tiles;
+      r = t - chunk * chunk_tiles;
+      pair0 = chunk * heads_per_chunk;
+      const int pairs_left = heads * batch - pair0;
+      chunk_pairs = pairs_left < heads_per_chunk ? pairs_left : heads_per_chunk;
+    }
+    const int pair = pair0 + r % chunk_pairs;
+    return FwdWorkTile{num_m_blocks - 1 - r / chunk_pairs, pair % heads, pair / heads};
   }
 };
 
