@@ -134,8 +134,8 @@ void check_mask(int sq, int sk, int left, int right) {
   }
 }
 
-void check_bwd_order(int n_blocks, int heads_kv, int batch, int sm_count) {
-  const bwd::BwdCtaOrder order = bwd::BwdCtaOrder::make(n_blocks, heads_kv, batch, sm_count);
+void check_bwd_order(int n_blocks, int heads_kv, int batch, int sm_count, int waves) {
+  const bwd::BwdCtaOrder order = bwd::BwdCtaOrder::make(n_blocks, heads_kv, batch, sm_count, waves);
   std::vector<int> seen(size_t(n_blocks) * heads_kv * batch, 0);
   std::vector<int> last_n(size_t(heads_kv) * batch, -1);
   for (int i = 0; i < order.num_ctas(); ++i) {
@@ -206,7 +206,9 @@ int main() {
   for (int n : {1, 5, 64, 128, 1000}) {
     for (int hkv : {1, 3, 8}) {
       for (int b : {1, 2, 7}) {
-        for (int sms : {1, 132}) check_bwd_order(n, hkv, b, sms);
+        for (int sms : {1, 132}) {
+          for (int waves : {1, 4}) check_bwd_order(n, hkv, b, sms, waves);
+        }
       }
     }
   }

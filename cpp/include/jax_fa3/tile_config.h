@@ -105,10 +105,23 @@ constexpr FwdVariant fwd_variant(bool masked, int seqlen_k) {
 // they would need 288 KB of shared memory).
 //
 // The deterministic mode's CTAs run in BwdCtaOrder's chunks (key blocks
-// slowest) under a mask, and without one where kChunkedUnmasked: head dims 64
-// and 256 gained 16% and 12-14% at 1k-2k by it, about nothing at 16k; head
-// dim 128 lost 7% at 1k and 2% at 2k (96 and 192 not measured, left in the
-// default order) (benchmarks/results/2026-12-04g_h200_bwd_det_order.md).
+// slowest) of about kBwdMaskedChunkWaves waves of CTAs under a mask, and of
+// kUnmaskedChunkWaves without one (0: blockIdx order, key blocks fastest).
+// Without a mask head dims 64 and 256 gained 16% and 12-14% at 1k-2k by
+// chunks of 4 waves, about nothing at 16k; head dim 128 lost 7% at 1k and 2%
+// at 2k (96 and 192 not measured, left in the default order)
+// (benchmarks/results/2026-12-04g_h200_bwd_det_order.md). Head dim 256
+// without a mask, chunks of 1 wave against 4: +53/+18/+5% at 1k/4k/16k on an
+// H100 (the mode's cost against the fast one 43/21/12% -> 13/8/12%), +7/+3/0%
+// on an H200 (18/11/8% -> 11/8/7%); under the causal mask 1 wave lost 7-9%
+// and 2 waves -4..+1%, so masked chunks keep 4
+// (benchmarks/results/2026-12-05e_h100_bwd_det_chunks.md).
+// JAX_FA3_BWD_CHUNK_WAVES: settable only so the dev harness can time other
+// masked chunk sizes (tools/dev/build_bwd_variants.sh).
+#ifndef JAX_FA3_BWD_CHUNK_WAVES
+#define JAX_FA3_BWD_CHUNK_WAVES 4
+#endif
+constexpr int kBwdMaskedChunkWaves = JAX_FA3_BWD_CHUNK_WAVES;
 template <int kBlockM_, int kStages_, bool kDQFromRegs_, int kDQHeldEighths_ = 0, bool kDQTransposed_ = false>
 struct BwdWalk {
   static constexpr int kBlockM = kBlockM_, kStages = kStages_, kDQHeldEighths = kDQHeldEighths_;
@@ -126,18 +139,20 @@ struct BwdWalksByMask {
 };
 // A row: kBlockN keys per CTA over two consumer warpgroups, and the walks of
 // each mode (Fast<kMasked>, Deterministic<kMasked>).
-template <int kBlockN_, bool kChunkedUnmasked_, class FastWalks, class DeterministicWalks = FastWalks>
+template <int kBlockN_, int kUnmaskedChunkWaves_, class FastWalks, class DeterministicWalks = FastWalks>
 struct BwdRow {
-  static constexpr int kBlockN = kBlockN_, kConsumerWarpgroups = 2;
-  static constexpr bool kChunkedUnmasked = kChunkedUnmasked_;
+  static constexpr int kBlockN = kBlockN_, kConsumerWarpgroups = 2, kUnmaskedChunkWaves = kUnmaskedChunkWaves_;
+  // Waves of CTAs per chunk of the deterministic order (0: not chunked).
+  template <bool kMasked> static constexpr int kDeterministicChunkWaves = kMasked ? kBwdMaskedChunkWaves
+                                                                                 : kUnmaskedChunkWaves;
   template <bool kMasked> using Fast = typename FastWalks::template Walk<kMasked>;
   template <bool kMasked> using Deterministic = typename DeterministicWalks::template Walk<kMasked>;
 };
-template <> struct BwdTile<64>  : BwdRow<128, true,  BwdWalksByMask<BwdWalk<128, 2, false>>> {};
-template <> struct BwdTile<96>  : BwdRow<128, false, BwdWalksByMask<BwdWalk<64, 2, false>>> {};
-template <> struct BwdTile<128> : BwdRow<128, false, BwdWalksByMask<BwdWalk<64, 2, false>, BwdWalk<80, 2, false, 0, true>>> {};
-template <> struct BwdTile<192> : BwdRow<64,  false, BwdWalksByMask<BwdWalk<64, 2, false>>> {};
-template <> struct BwdTile<256> : BwdRow<64,  true,  BwdWalksByMask<BwdWalk<64, 2, true, 3>>, BwdWalksByMask<BwdWalk<64, 1, false>>> {};
+template <> struct BwdTile<64>  : BwdRow<128, 4, BwdWalksByMask<BwdWalk<128, 2, false>>> {};
+template <> struct BwdTile<96>  : BwdRow<128, 0, BwdWalksByMask<BwdWalk<64, 2, false>>> {};
+template <> struct BwdTile<128> : BwdRow<128, 0, BwdWalksByMask<BwdWalk<64, 2, false>, BwdWalk<80, 2, false, 0, true>>> {};
+template <> struct BwdTile<192> : BwdRow<64,  0, BwdWalksByMask<BwdWalk<64, 2, false>>> {};
+template <> struct BwdTile<256> : BwdRow<64,  1, BwdWalksByMask<BwdWalk<64, 2, true, 3>>, BwdWalksByMask<BwdWalk<64, 1, false>>> {};
 
 template <int kHeadDim, class Tile = BwdTile<kHeadDim>>
 constexpr int bwd_block_m(bool deterministic, bool masked) {

@@ -7,7 +7,7 @@
 namespace jax_fa3::bwd {
 
 // The order of the deterministic mode's CTAs (under a mask, and without one
-// where BwdTile::kChunkedUnmasked): CTA `linear`
+// where BwdTile's row says so): CTA `linear`
 // computes key block n_block of (batch, kv head) pair `pair`. The GPU starts
 // CTAs in linear order, and in the deterministic mode a CTA waits for the
 // CTAs of its pair with lower key blocks (their dQ turns), so those come
@@ -17,27 +17,20 @@ namespace jax_fa3::bwd {
 // blocks slowest inside a chunk: with key blocks fastest a head's CTAs ran
 // side by side and waited for each other's turns; across heads they do not
 // wait, and the long CTAs (low key blocks, under a causal mask) start first.
-// About four waves of CTAs per chunk. Measured, causal: +9-27% at head dims
-// 64 and 256, +8-11% at 128 from 2k to 8k (-2% at 16k); the fast mode ran
-// 5-30% slower at head dim 256 in such orders (the CTAs of many heads in
-// flight share less in L2), so it keeps the default
-// (benchmarks/results/2026-12-04d_h200_schedules.md). Without a mask the
-// deterministic mode gained 12-16% at 1k-2k at head dims 64 and 256 and lost
-// 2-7% at 128 (2026-12-04g_h200_bwd_det_order.md).
-// JAX_FA3_BWD_CHUNK_WAVES: the waves a chunk holds, settable only so the dev
-// harness can time other chunk sizes (tools/dev/build_bwd_variants.sh).
-#ifndef JAX_FA3_BWD_CHUNK_WAVES
-#define JAX_FA3_BWD_CHUNK_WAVES 4
-#endif
+// A chunk holds about `waves` waves of CTAs (tile_config.h). Measured, causal
+// (4 waves): +9-27% at head dims 64 and 256, +8-11% at 128 from 2k to 8k (-2%
+// at 16k); the fast mode ran 5-30% slower at head dim 256 in such orders (the
+// CTAs of many heads in flight share less in L2), so it keeps the default
+// (benchmarks/results/2026-12-04d_h200_schedules.md).
 struct BwdCtaOrder {
   int n_blocks;     // key blocks per (batch, kv head)
   int heads_kv;
   int pairs;        // batch * heads_kv
   int chunk_pairs;
 
-  static BwdCtaOrder make(int n_blocks, int heads_kv, int batch, int sm_count) {
+  static BwdCtaOrder make(int n_blocks, int heads_kv, int batch, int sm_count, int waves) {
     const int pairs = heads_kv * batch;
-    int chunk = n_blocks > 0 ? (JAX_FA3_BWD_CHUNK_WAVES * sm_count + n_blocks - 1) / n_blocks : 1;
+    int chunk = n_blocks > 0 ? (waves * sm_count + n_blocks - 1) / n_blocks : 1;
     chunk = chunk < pairs ? chunk : pairs;
     return BwdCtaOrder{n_blocks, heads_kv, pairs, chunk > 1 ? chunk : 1};
   }

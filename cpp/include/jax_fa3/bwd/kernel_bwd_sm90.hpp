@@ -31,8 +31,8 @@ constexpr int bwd_main_smem_bytes() {
 }
 
 // kChunkedOrder: the CTA order of the deterministic kernels under a mask and
-// where BwdTile::kChunkedUnmasked (BwdCtaOrder); otherwise blockIdx is (key
-// block, kv head, batch).
+// without one where BwdTile's row chunks it (BwdCtaOrder); otherwise blockIdx
+// is (key block, kv head, batch).
 template <class Traits, bool kMasked, bool kChunkedOrder>
 __global__ void __launch_bounds__(Traits::kThreads, 1)
 bwd_main_kernel(const __grid_constant__ BwdMainParams<Traits> params) {

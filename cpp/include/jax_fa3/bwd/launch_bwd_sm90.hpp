@@ -28,9 +28,11 @@ namespace jax_fa3 {
 namespace bwd {
 
 // Steps 1-4 with one of BwdTile's walks; the problem is validated and not
-// empty. kChunkedOrder: the deterministic kernels' CTA order (BwdCtaOrder).
-template <class Element, int kHeadDim, class Walk, bool kMasked, bool kChunkedOrder>
+// empty. kChunkWaves > 0: the deterministic kernels' CTA order (BwdCtaOrder)
+// in chunks of about that many waves of CTAs.
+template <class Element, int kHeadDim, class Walk, bool kMasked, int kChunkWaves>
 cudaError_t run_bwd_pipeline(const BwdParams& params, cudaStream_t stream) {
+  constexpr bool kChunkedOrder = kChunkWaves > 0;
   using Traits = BwdTraits<Element, kHeadDim, Walk>;
   const AttnProblem& prob = params.problem;
   const AttnShape& s = prob.shape;
@@ -93,7 +95,7 @@ cudaError_t run_bwd_pipeline(const BwdParams& params, cudaStream_t stream) {
         params.dk,
         params.dv,
         params.deterministic,
-        BwdCtaOrder::make(int(n_blocks), s.heads_kv, s.batch, device.multiprocessor_count)};
+        BwdCtaOrder::make(int(n_blocks), s.heads_kv, s.batch, device.multiprocessor_count, kChunkWaves)};
 
     auto kernel = bwd_main_kernel<Traits, kMasked, kChunkedOrder>;
     constexpr int kSmem = bwd_main_smem_bytes<Traits>();
@@ -139,7 +141,7 @@ cudaError_t run_bwd_sm90(const BwdParams& params, cudaStream_t stream) {
   }
 
   // The deterministic mode's kernel: its own where its CTAs run in the
-  // chunked order (under a mask, and where BwdTile::kChunkedUnmasked) or its
+  // chunked order (under a mask, and without one where BwdTile's row says) or its
   // walk differs from the fast one (BwdTile). The one runtime choice of the
   // backward made here rather than in dispatch.cu.
   static_assert(Tile::kBlockN == BwdTile<kHeadDim>::kBlockN &&
@@ -149,12 +151,12 @@ cudaError_t run_bwd_sm90(const BwdParams& params, cudaStream_t stream) {
   using DeterministicWalk = typename Tile::template Deterministic<kMasked>;
   static_assert(!DeterministicWalk::kDQFromRegs, "the deterministic order is kept by the dQ writer warp");
   if (params.deterministic) {
-    constexpr bool kChunked = kMasked || Tile::kChunkedUnmasked;
-    if constexpr (kChunked || !std::is_same_v<DeterministicWalk, FastWalk>) {
-      return bwd::run_bwd_pipeline<Element, kHeadDim, DeterministicWalk, kMasked, kChunked>(params, stream);
+    constexpr int kChunkWaves = Tile::template kDeterministicChunkWaves<kMasked>;
+    if constexpr (kChunkWaves > 0 || !std::is_same_v<DeterministicWalk, FastWalk>) {
+      return bwd::run_bwd_pipeline<Element, kHeadDim, DeterministicWalk, kMasked, kChunkWaves>(params, stream);
     }
   }
-  return bwd::run_bwd_pipeline<Element, kHeadDim, FastWalk, kMasked, false>(params, stream);
+  return bwd::run_bwd_pipeline<Element, kHeadDim, FastWalk, kMasked, 0>(params, stream);
 }
 
 }  // namespace jax_fa3
