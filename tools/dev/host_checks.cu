@@ -221,6 +221,7 @@ int main() {
     }
   }
   check_schedule(100000, 2, 1, 1, 128, true, 128, 128, 132, kL2, false);
+  for (bool causal : {false, true}) check_schedule(64, 8, 0, 1, 128, causal, 128, 128, 132, kL2, false);  // no tiles
   // The paper grid: 16k tokens, hidden 2048, H100's 132 SMs, tile_config.h's tiles.
   auto paper_point = [&](auto tile, int s, int head_dim, bool causal) {
     using Tile = decltype(tile);

@@ -83,8 +83,9 @@ struct FwdTileOrder {
     if (masked) {
       o.unit = group;
       const int64_t units = pairs / group;
-      const int64_t units_per_chunk = per_chunk / group < units ? per_chunk / group : units;
-      const int64_t chunks = (units + units_per_chunk - 1) / units_per_chunk;
+      const int64_t fit = per_chunk / group < units ? per_chunk / group : units;
+      const int64_t units_per_chunk = fit > 1 ? fit : 1;
+      const int64_t chunks = units > 0 ? (units + units_per_chunk - 1) / units_per_chunk : 1;
       o.heads_per_chunk = static_cast<int>(units / chunks * group);
       o.wide_chunks = static_cast<int>(units % chunks);
       return o;
