@@ -23,6 +23,7 @@
 //     -o build-dev/host_checks && build-dev/host_checks
 #include <algorithm>
 #include <cstdio>
+#include <functional>
 #include <vector>
 
 #include <cutlass/numeric_types.h>
@@ -153,6 +154,36 @@ void check_bwd_order(int n_blocks, int heads_kv, int batch, int sm_count, int wa
   for (size_t i = 0; i < seen.size(); ++i) CHECK(seen[i] == 1, "bwd cta slot %zu seen %d times", i, seen[i]);
 }
 
+// The fast backward's CTAs under a causal mask run in blockIdx order (key
+// blocks fastest, then kv heads, then batches), one CTA per SM at a time.
+// Their work balance (max over mean of the query steps per SM, each CTA
+// costing its visible query steps + 1, greedy dispatch to the first free SM)
+// against longest first over all pairs: notes.md's lead for 1k-4k.
+template <int kHeadDim>
+void print_bwd_fast_causal_balance(int seqlen, int sm_count) {
+  using Tile = BwdTile<kHeadDim>;
+  constexpr int kBlockN = Tile::kBlockN, kBlockM = Tile::template Fast<true>::kBlockM;
+  const int pairs = (2048 / kHeadDim) * (16384 / seqlen);
+  const int n_blocks = (seqlen + kBlockN - 1) / kBlockN;
+  std::vector<long> costs;
+  for (int p = 0; p < pairs; ++p) {
+    for (int n = 0; n < n_blocks; ++n) costs.push_back((seqlen - n * kBlockN + kBlockM - 1) / kBlockM + 1);
+  }
+  auto makespan = [&](const std::vector<long>& order) {
+    std::vector<long> busy(sm_count, 0);
+    for (long c : order) *std::min_element(busy.begin(), busy.end()) += c;
+    return *std::max_element(busy.begin(), busy.end());
+  };
+  long total = 0;
+  for (long c : costs) total += c;
+  const double mean = double(total) / sm_count;
+  std::vector<long> longest_first = costs;
+  std::sort(longest_first.begin(), longest_first.end(), std::greater<long>());
+  std::printf("bwd fast causal s%-5d d%-3d %d CTAs of %dx%d on %d SMs: max/mean blockIdx order %.3f, "
+              "longest first %.3f\n", seqlen, kHeadDim, int(costs.size()), kBlockN, kBlockM, sm_count,
+              makespan(costs) / mean, makespan(longest_first) / mean);
+}
+
 // The backward's shared-memory bookkeeping for one walk. Each MMA
 // warpgroup's 128 threads write their dQ accumulator values into their part
 // of the dQ tile (kBlockM x kDQSlice floats from wg * part): every float once,
@@ -239,6 +270,10 @@ int main() {
   for (int s : {1024, 16384}) {
     paper_point(FwdTile<64, true>{}, s, 64, true);
     paper_point(FwdTile<256, true>{}, s, 256, true);
+  }
+  for (int s : {1024, 2048, 4096, 16384}) {
+    print_bwd_fast_causal_balance<128>(s, 132);
+    print_bwd_fast_causal_balance<256>(s, 132);
   }
   const int unbounded = 1 << 20;
   for (int sq : {1, 7, 40}) {
