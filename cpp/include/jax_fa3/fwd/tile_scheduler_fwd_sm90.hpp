@@ -78,18 +78,19 @@ struct FwdTileOrder {
     o.batch = batch;
     o.num_tiles = static_cast<int>(int64_t(o.num_m_blocks) * heads * batch);
     const int64_t kv_heads_in_l2 = kv_bytes_per_head > 0 ? (l2_bytes / 2) / kv_bytes_per_head : heads;
-    const int64_t per_chunk = (kv_heads_in_l2 > 1 ? kv_heads_in_l2 : 1) * group;
+    const int64_t kv_heads_per_chunk = kv_heads_in_l2 > 1 ? kv_heads_in_l2 : 1;
     const int64_t pairs = int64_t(heads) * batch;
     if (masked) {
+      // In (batch, kv head) pairs: a GQA group stays in one chunk.
+      const int64_t kv_pairs = pairs / group;
+      const int64_t per_chunk = kv_heads_per_chunk < kv_pairs ? kv_heads_per_chunk : kv_pairs;
+      const int64_t chunks = kv_pairs > 0 ? (kv_pairs + per_chunk - 1) / per_chunk : 1;
+      o.heads_per_chunk = static_cast<int>(kv_pairs / chunks * group);
+      o.wide_chunks = static_cast<int>(kv_pairs % chunks);
       o.unit = group;
-      const int64_t units = pairs / group;
-      const int64_t fit = per_chunk / group < units ? per_chunk / group : units;
-      const int64_t units_per_chunk = fit > 1 ? fit : 1;
-      const int64_t chunks = units > 0 ? (units + units_per_chunk - 1) / units_per_chunk : 1;
-      o.heads_per_chunk = static_cast<int>(units / chunks * group);
-      o.wide_chunks = static_cast<int>(units % chunks);
       return o;
     }
+    const int64_t per_chunk = kv_heads_per_chunk * group;
     // Head by head only where the tiles are equal: with a partial last query
     // block per head (head dim 64's 192 rows at 512-1k) it put the short tiles
     // on a fixed set of CTAs of the static snake, and head dim 64 without a
