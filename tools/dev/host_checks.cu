@@ -61,6 +61,21 @@ int key_blocks(const WindowMask& mask, bool masked, int m_block, int block_m, in
   return (key_end + block_n - 1) / block_n - key_begin / block_n;
 }
 
+// Jobs of the given costs handed out in order to `workers`, each worker
+// taking its next job `lead` cost units before its current one ends (not
+// before that one starts; lead 0: when it is free): the time the last ends.
+long list_schedule_end(const std::vector<long>& costs, int workers, long lead) {
+  // Per worker: when it claims its next job, and when its current one ends.
+  std::vector<long> claim(workers, 0), end(workers, 0);
+  for (long cost : costs) {
+    const int w = static_cast<int>(std::min_element(claim.begin(), claim.end()) - claim.begin());
+    const long start = end[w];
+    end[w] = start + cost;
+    claim[w] = std::max(start, end[w] - lead);
+  }
+  return *std::max_element(end.begin(), end.end());
+}
+
 void check_schedule(int seqlen, int heads, int batch, int group, int head_dim, bool causal, int block_m,
                     int block_n, int sm_count, long l2_bytes, bool print) {
   const AttnShape shape{batch, seqlen, seqlen, heads, heads / group, head_dim};
@@ -80,6 +95,10 @@ void check_schedule(int seqlen, int heads, int batch, int group, int head_dim, b
     if (in_range) ++seen[(w.batch * heads + w.head) * order.num_m_blocks + w.m_block];
   }
   for (int i = 0; i < order.num_tiles; ++i) CHECK(seen[i] == 1, "tile slot %d seen %d times", i, seen[i]);
+  std::vector<long> cost(order.num_tiles);  // key blocks, +1: epilogue
+  for (int t = 0; t < order.num_tiles; ++t) {
+    cost[t] = key_blocks(mask, causal, tile_at(t).m_block, block_m, block_n) + 1;
+  }
 
   // The persistent CTAs' walks: every tile once, and the work per CTA.
   const int ctas = std::min(order.num_tiles, sm_count);
@@ -89,7 +108,7 @@ void check_schedule(int seqlen, int heads, int batch, int group, int head_dim, b
     FwdStaticScheduler::Walk walk{c, ctas};
     for (int t = walk.next(); t < order.num_tiles; t = walk.next()) {
       ++taken[t];
-      work[c] += key_blocks(mask, causal, tile_at(t).m_block, block_m, block_n) + 1;  // +1: epilogue
+      work[c] += cost[t];
     }
   }
   for (int i = 0; i < order.num_tiles; ++i) CHECK(taken[i] == 1, "tile %d taken %d times", i, taken[i]);
@@ -97,27 +116,15 @@ void check_schedule(int seqlen, int heads, int batch, int group, int head_dim, b
     long total = 0, most = 0;
     for (long w : work) { total += w; most = std::max(most, w); }
     const double mean = double(total) / ctas;
-    // The same tile order handed out dynamically, each CTA claiming its next
-    // tile `lead` key blocks before the current one ends (not before it
-    // starts): the makespan over the mean. FwdDynamicScheduler claims after
-    // the tile's last load, about kStages = 2 blocks before the end; a lead of
-    // a whole tile is a claim when the tile starts (its earlier design).
-    auto dynamic_end = [&](long lead) {
-      // Per CTA: when it claims its next tile, and when its current one ends.
-      std::vector<long> claim(ctas, 0), end(ctas, 0);
-      for (int t = 0; t < order.num_tiles; ++t) {
-        const int c = static_cast<int>(std::min_element(claim.begin(), claim.end()) - claim.begin());
-        const long work = key_blocks(mask, causal, tile_at(t).m_block, block_m, block_n) + 1;
-        const long start = end[c];
-        end[c] = start + work;
-        claim[c] = std::max(start, end[c] - lead);
-      }
-      return *std::max_element(end.begin(), end.end());
-    };
+    // The same tile order handed out dynamically: FwdDynamicScheduler claims
+    // a CTA's next tile after the current one's last load, about kStages = 2
+    // key blocks before its end; a lead of a whole tile is a claim when the
+    // tile starts (its earlier design).
     std::printf("schedule s%-5d h%-2d b%-2d d%-3d %-6s tile %dx%d, %d tiles on %d CTAs, %d(+%d) (b,h) per chunk: "
                 "max/mean work per CTA: static snake %.3f, dynamic %.3f (claimed at a tile's start: %.3f)\n",
                 seqlen, heads, batch, head_dim, causal ? "causal" : "full", block_m, block_n, order.num_tiles, ctas,
-                order.heads_per_chunk, order.wide_chunks > 0 ? order.unit : 0, most / mean, dynamic_end(2) / mean, dynamic_end(1L << 40) / mean);
+                order.heads_per_chunk, order.wide_chunks > 0 ? order.unit : 0, most / mean,
+                list_schedule_end(cost, ctas, 2) / mean, list_schedule_end(cost, ctas, 1L << 40) / mean);
   }
 }
 
@@ -169,11 +176,6 @@ void print_bwd_fast_causal_balance(int seqlen, int sm_count) {
   for (int p = 0; p < pairs; ++p) {
     for (int n = 0; n < n_blocks; ++n) costs.push_back((seqlen - n * kBlockN + kBlockM - 1) / kBlockM + 1);
   }
-  auto makespan = [&](const std::vector<long>& order) {
-    std::vector<long> busy(sm_count, 0);
-    for (long c : order) *std::min_element(busy.begin(), busy.end()) += c;
-    return *std::max_element(busy.begin(), busy.end());
-  };
   long total = 0;
   for (long c : costs) total += c;
   const double mean = double(total) / sm_count;
@@ -181,7 +183,7 @@ void print_bwd_fast_causal_balance(int seqlen, int sm_count) {
   std::sort(longest_first.begin(), longest_first.end(), std::greater<long>());
   std::printf("bwd fast causal s%-5d d%-3d %d CTAs of %dx%d on %d SMs: max/mean blockIdx order %.3f, "
               "longest first %.3f\n", seqlen, kHeadDim, int(costs.size()), kBlockN, kBlockM, sm_count,
-              makespan(costs) / mean, makespan(longest_first) / mean);
+              list_schedule_end(costs, sm_count, 0) / mean, list_schedule_end(longest_first, sm_count, 0) / mean);
 }
 
 // The backward's shared-memory bookkeeping for one walk. Each MMA
