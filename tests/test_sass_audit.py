@@ -35,7 +35,10 @@ LISTING = """
 \t\tFunction : _ZN7jax_fa315fwd_kernel_sm90IspillsE
         /*0000*/                   STL [R1], R2 ;                                /* 0x0000000201007387 */
         /*0010*/                   LDL R2, [R1] ;                                /* 0x0000000001027983 */
-        /*0020*/                   EXIT ;                                        /* 0x000000000000794d */
+        /*0020*/                   WARPSYNC.COLLECTIVE R8, 0x8a0 ;               /* 0x0000000008087348 */
+        /*0030*/                   SHFL.BFLY PT, R9, R8, 0x1, 0x1f ;             /* 0x0c201f0008097f89 */
+        /*0040*/                   ENDCOLLECTIVE ;                               /* 0x000000000000791b */
+        /*0050*/                   EXIT ;                                        /* 0x000000000000794d */
 \t\tFunction : _ZN7jax_fa33bwd21bwd_convert_dq_kernelIE
         /*0000*/                   ATOMG.E.ADD.F32x2.FTZ.RN.STRONG.GPU PT, RZ, desc[UR4][R2.64], R8 ;  /* 0x00 */
         /*0010*/                   EXIT ;                                        /* 0x000000000000794d */
@@ -48,7 +51,8 @@ def test_rules_on_a_listing():
     assert clean.instructions == 5 and clean.opcodes["HGMMA"] == 1 and clean.opcodes["REDG"] == 1
     assert clean.is_main and clean.violations() == []  # an ATOMG whose result is used is fine
     assert spills.is_main
-    assert spills.violations() == ["2 local-memory instructions (LDL/STL)", "no HGMMA in an attention main kernel"]
+    assert spills.violations() == ["2 local-memory instructions (LDL/STL)", "no HGMMA in an attention main kernel",
+                                   "1 WARPSYNC.COLLECTIVE (warp-collective code emulated as divergent)"]
     assert not atomic.is_main
     assert atomic.violations() == ["1 ATOMG with a discarded result (should be REDG)"]
 

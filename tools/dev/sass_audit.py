@@ -13,7 +13,14 @@ exits 1 when a rule is broken:
 - no ATOMG whose result goes to RZ: an atomic whose result is discarded
   should be a reduction (REDG). ptxas turns atomicAdd with an unused result
   into ATOMG instead of REDG when the kernel holds a memory fence anywhere
-  (benchmarks/results/2026-12-04j_h200_bwd_det.md).
+  (benchmarks/results/2026-12-04j_h200_bwd_det.md);
+- no WARPSYNC.COLLECTIVE in an attention main kernel: ptxas emulates a
+  warp-collective instruction (a shuffle, a vote) that way where it cannot
+  prove the warp converged, e.g. after a branch on a value it does not know
+  to be warp-uniform. The first build of the forward's split last round
+  (an early return on a flag from a named barrier) had 36 of them, in the
+  softmax's and the epilogue's shuffles, and ran 1.5-16% slower than the
+  kernel it changed (benchmarks/results/2026-12-05f_h100_fwd_split.md).
 
 --schedule: instead, the compiler's static schedule of the first kernel whose
 name contains KERNEL. cuobjdump prints each instruction with its 128-bit
@@ -61,6 +68,7 @@ class Kernel:
     name: str
     opcodes: collections.Counter = field(default_factory=collections.Counter)
     discarded_atomics: int = 0
+    collective: int = 0  # WARPSYNC.COLLECTIVE (not WARPSYNC.ALL, __syncwarp)
 
     @property
     def instructions(self) -> int:
@@ -79,6 +87,8 @@ class Kernel:
             out.append("no HGMMA in an attention main kernel")
         if self.discarded_atomics:
             out.append(f"{self.discarded_atomics} ATOMG with a discarded result (should be REDG)")
+        if self.is_main and self.collective:
+            out.append(f"{self.collective} WARPSYNC.COLLECTIVE (warp-collective code emulated as divergent)")
         return out
 
 
@@ -95,6 +105,8 @@ def parse_sass(text: str) -> list[Kernel]:
         if m and kernels:
             opcode, operands = m.group(1), m.group(3)
             kernels[-1].opcodes[opcode] += 1
+            if opcode == "WARPSYNC" and ".COLLECTIVE" in m.group(2):
+                kernels[-1].collective += 1
             # ATOMG's first destinations: a predicate, then the result register.
             if opcode == "ATOMG" and re.match(r"^\s*U?PT,\s*RZ,", operands):
                 kernels[-1].discarded_atomics += 1
