@@ -181,9 +181,18 @@ void print_bwd_fast_causal_balance(int seqlen, int sm_count) {
   const double mean = double(total) / sm_count;
   std::vector<long> longest_first = costs;
   std::sort(longest_first.begin(), longest_first.end(), std::greater<long>());
+  // blockIdx order but for the last pairs, about two waves of CTAs, which
+  // run with key blocks slowest (longest first among them): the CTAs before
+  // keep the L2 sharing of key blocks fastest.
+  const int tail = std::min(pairs, (2 * sm_count + n_blocks - 1) / n_blocks);
+  std::vector<long> tail_slowest(costs.begin(), costs.begin() + long(pairs - tail) * n_blocks);
+  for (int n = 0; n < n_blocks; ++n) {
+    for (int p = 0; p < tail; ++p) tail_slowest.push_back(costs[n]);
+  }
   std::printf("bwd fast causal s%-5d d%-3d %d CTAs of %dx%d on %d SMs: max/mean blockIdx order %.3f, "
-              "longest first %.3f\n", seqlen, kHeadDim, int(costs.size()), kBlockN, kBlockM, sm_count,
-              list_schedule_end(costs, sm_count, 0) / mean, list_schedule_end(longest_first, sm_count, 0) / mean);
+              "the last %d pairs key blocks slowest %.3f, longest first %.3f\n", seqlen, kHeadDim,
+              int(costs.size()), kBlockN, kBlockM, sm_count, list_schedule_end(costs, sm_count, 0) / mean, tail,
+              list_schedule_end(tail_slowest, sm_count, 0) / mean, list_schedule_end(longest_first, sm_count, 0) / mean);
 }
 
 // The backward's shared-memory bookkeeping for one walk. Each MMA
