@@ -164,17 +164,22 @@ void check_bwd_order(int n_blocks, int heads_kv, int batch, int sm_count, int wa
 // The fast backward's CTAs under a causal mask run in blockIdx order (key
 // blocks fastest, then kv heads, then batches), one CTA per SM at a time.
 // Their work balance (max over mean of the query steps per SM, each CTA
-// costing its visible query steps + 1, greedy dispatch to the first free SM)
-// against longest first over all pairs: notes.md's lead for 1k-4k.
+// costing the query blocks its kernel walks (BwdQueryRange) + 1, greedy
+// dispatch to the first free SM) against longest first over all pairs:
+// notes.md's lead for 1k-4k.
 template <int kHeadDim>
 void print_bwd_fast_causal_balance(int seqlen, int sm_count) {
   using Tile = BwdTile<kHeadDim>;
   constexpr int kBlockN = Tile::kBlockN, kBlockM = Tile::template Fast<true>::kBlockM;
   const int pairs = (2048 / kHeadDim) * (16384 / seqlen);
   const int n_blocks = (seqlen + kBlockN - 1) / kBlockN;
+  const WindowMask mask = WindowMask::make(AttnShape{1, seqlen, seqlen, 1, 1, kHeadDim}, AttnMask{2 * seqlen, 0});
   std::vector<long> costs;
   for (int p = 0; p < pairs; ++p) {
-    for (int n = 0; n < n_blocks; ++n) costs.push_back((seqlen - n * kBlockN + kBlockM - 1) / kBlockM + 1);
+    for (int n = 0; n < n_blocks; ++n) {
+      const int n0 = n * kBlockN, n1 = std::min(n0 + kBlockN, seqlen);
+      costs.push_back(bwd::BwdQueryRange::make(mask, n0, n1, kBlockM).num_m + 1);
+    }
   }
   long total = 0;
   for (long c : costs) total += c;
