@@ -77,6 +77,13 @@ struct FwdKernelTraitsSm90 {
   // issued per warpgroup over 64 rows, so each consumer warpgroup owns 64 query
   // rows of the block.
   static constexpr bool kWarpSpecialized = !(JAX_FA3_FWD_ABLATE_WARPSPEC && !kMasked);
+  // CTA pairs sharing K/V loads (tile_config.h): the wide unmasked kernel on
+  // the static schedule; the launch picks 1 or kClusterM CTAs a cluster.
+  static constexpr int kClusterM = kVariant == FwdVariant::kUnmasked && kPersistent && kWarpSpecialized &&
+                                           JAX_FA3_FWD_CLUSTER
+                                       ? Tile::kClusterM
+                                       : 1;
+  static_assert(kClusterM == 1 || kClusterM == 2, "a K/V block is split between at most two CTAs");
   static_assert(kBlockM == 64 * kConsumerWarpgroups, "each consumer warpgroup owns 64 query rows");
   static_assert(kBlockN % 16 == 0 && kHeadDim % 16 == 0, "wgmma K slices are 16 wide");
   static_assert(kConsumerWarpgroups >= 1 && kConsumerWarpgroups <= 3, "register budget below covers 1-3 consumers");

@@ -26,6 +26,8 @@
 //   FwdStaticScheduler (no mask): one CTA per SM; CTA c takes tile c of every
 //     round of gridDim.x tiles, the order reversed on odd rounds ("snake").
 //     Equal tiles need no more; the roles compute the sequence independently.
+//     CTA pairs (tile_config.h kClusterM) walk it by cluster, over tiles of
+//     two query blocks.
 //   FwdDynamicScheduler (causal/local): tiles of unequal length balance only
 //     dynamically: a CTA takes its first tile by blockIdx.x and every further
 //     one from a global counter (an atomicAdd per tile), longest first. The
