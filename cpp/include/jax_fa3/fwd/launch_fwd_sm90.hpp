@@ -21,6 +21,25 @@
 
 namespace jax_fa3 {
 
+// A launch of `ctas` CTAs in clusters of `cluster_ctas` along x; the config
+// points at `attr`, which holds the cluster shape.
+inline cudaLaunchConfig_t cluster_launch_config(unsigned ctas, int threads, int smem_bytes, cudaStream_t stream,
+                                                int cluster_ctas, cudaLaunchAttribute* attr) {
+  *attr = cudaLaunchAttribute{};
+  attr->id = cudaLaunchAttributeClusterDimension;
+  attr->val.clusterDim.x = cluster_ctas;
+  attr->val.clusterDim.y = 1;
+  attr->val.clusterDim.z = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(ctas);
+  config.blockDim = dim3(threads);
+  config.dynamicSmemBytes = smem_bytes;
+  config.stream = stream;
+  config.attrs = attr;
+  config.numAttrs = 1;
+  return config;
+}
+
 // How many clusters of `cluster_ctas` CTAs of `kernel` fit on the current
 // device at once (its GPCs decide; not SMs / cluster_ctas), queried once per
 // (device, kernel, cluster size).
@@ -36,17 +55,8 @@ cudaError_t max_active_clusters(KernelFn kernel, int threads, int smem_bytes, in
     *count = it->second;
     return cudaSuccess;
   }
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeClusterDimension;
-  attr.val.clusterDim.x = cluster_ctas;
-  attr.val.clusterDim.y = 1;
-  attr.val.clusterDim.z = 1;
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(cluster_ctas);
-  config.blockDim = dim3(threads);
-  config.dynamicSmemBytes = smem_bytes;
-  config.attrs = &attr;
-  config.numAttrs = 1;
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t config = cluster_launch_config(cluster_ctas, threads, smem_bytes, nullptr, cluster_ctas, &attr);
   if (cudaError_t err = cudaOccupancyMaxActiveClusters(count, kernel, &config); err != cudaSuccess) return err;
   cache[key] = *count;
   return cudaSuccess;
@@ -98,18 +108,10 @@ cudaError_t launch_fwd_kernel(const FwdParams& params, cudaStream_t stream) {
     // run at once.
     const int slots = cluster_ctas > 1 ? max_clusters : device.multiprocessor_count;
     const int clusters = kernel_params.scheduler.order.num_tiles < slots ? kernel_params.scheduler.order.num_tiles : slots;
-    cudaLaunchAttribute attr{};
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = cluster_ctas;
-    attr.val.clusterDim.y = 1;
-    attr.val.clusterDim.z = 1;
-    cudaLaunchConfig_t config{};
-    config.gridDim = dim3(static_cast<unsigned>(clusters * cluster_ctas));
-    config.blockDim = dim3(Kernel::kNumThreads);
-    config.dynamicSmemBytes = Kernel::kSmemBytes;
-    config.stream = stream;
-    config.attrs = &attr;
-    config.numAttrs = 1;
+    cudaLaunchAttribute attr;
+    const cudaLaunchConfig_t config = cluster_launch_config(static_cast<unsigned>(clusters * cluster_ctas),
+                                                            Kernel::kNumThreads, Kernel::kSmemBytes, stream,
+                                                            cluster_ctas, &attr);
     if (err = cudaLaunchKernelEx(&config, kernel, kernel_params); err != cudaSuccess) return err;
   } else {
     const dim3 grid = Kernel::Scheduler::grid(kernel_params.scheduler, device.multiprocessor_count);
