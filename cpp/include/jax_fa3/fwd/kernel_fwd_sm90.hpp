@@ -57,19 +57,11 @@ struct FwdKernelSm90 {
   }
 
   // Calls body(tile, n_min, n_max) for each tile the walk hands out, with the
-  // key blocks [n_min, n_max) it visits. CTAs in clusters walk the tiles of
-  // their cluster (by its index), each CTA computing one query block of it.
+  // key blocks [n_min, n_max) it visits. In clusters a tile is the
+  // cluster's, each CTA computing one query block of it.
   template <class Walk, class Body>
-  CUTE_DEVICE static void for_each_tile(Params const& params, Walk role_walk, Body&& body) {
+  CUTE_DEVICE static void for_each_tile(Params const& params, Walk walk, Body&& body) {
     const ClusterPlace place = ClusterPlace::here<kClusterM>();
-    auto walk = [&] {
-      if constexpr (kClusterM > 1) {
-        return FwdStaticScheduler::Walk{static_cast<int>(cute::cluster_id_in_grid().x),
-                                        static_cast<int>(cute::cluster_grid_dims().x)};
-      } else {
-        return role_walk;
-      }
-    }();
     for (int t = walk.next(); t < params.scheduler.order.num_tiles; t = walk.next()) {
       FwdWorkTile tile = params.scheduler.order.template tile<Traits::kMasked>(t);
       if constexpr (kClusterM > 1) tile.m_block = tile.m_block * place.ctas + place.rank;

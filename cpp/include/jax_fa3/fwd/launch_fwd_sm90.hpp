@@ -8,8 +8,8 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <tuple>
 #include <type_traits>
-#include <utility>
 #include <cuda_runtime_api.h>
 #include <cutlass/numeric_types.h>
 
@@ -46,10 +46,10 @@ inline cudaLaunchConfig_t cluster_launch_config(unsigned ctas, int threads, int 
 template <class KernelFn>
 cudaError_t max_active_clusters(KernelFn kernel, int threads, int smem_bytes, int cluster_ctas, int* count) {
   static std::mutex mutex;
-  static std::map<std::pair<std::pair<int, const void*>, int>, int> cache;
+  static std::map<std::tuple<int, const void*, int>, int> cache;
   int device = 0;
   if (cudaError_t err = cudaGetDevice(&device); err != cudaSuccess) return err;
-  const auto key = std::make_pair(std::make_pair(device, reinterpret_cast<const void*>(kernel)), cluster_ctas);
+  const auto key = std::make_tuple(device, reinterpret_cast<const void*>(kernel), cluster_ctas);
   std::lock_guard<std::mutex> lock(mutex);
   if (auto it = cache.find(key); it != cache.end()) {
     *count = it->second;
