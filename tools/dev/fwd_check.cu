@@ -495,15 +495,15 @@ std::vector<Case> coverage() {
   add("fp16 d128 full", FP, 2, 1000, 1000, 8, 8, 128, -1, -1);
   add("fp16 d128 causal sq>sk", FP, 2, 1000, 113, 8, 2, 128, -1, 0);
   add("fp16 d128 local 37/5", FP, 2, 1000, 1000, 8, 8, 128, 37, 5);
-  // CTA pairs (tile_config.h kClusterM: head dim 256 without a mask): query
-  // blocks in pairs (head by head, and with a partial last block), an odd
-  // count (single CTAs), a head dim inside the bucket, softcap, fp16.
-  add("d256 full sq=512 sk=700 pairs", BF, 2, 512, 700, 8, 2, 256, -1, -1);
-  add("d256 full sq=1000 sk=1600 pairs", BF, 1, 1000, 1600, 4, 4, 256, -1, -1);
-  add("d256 full sq=300 sk=700 odd", BF, 2, 300, 700, 8, 8, 256, -1, -1);
-  add("d200 full sq=512 sk=700 pairs", BF, 1, 512, 700, 4, 2, 200, -1, -1);
-  add("d256 softcap30 full pairs", BF, 1, 512, 700, 4, 4, 256, -1, -1, 30.f, 1.f);
-  add("fp16 d256 full pairs", FP, 2, 768, 700, 4, 1, 256, -1, -1);
+  // Head dim 256 without a mask over several query blocks a head: even and
+  // odd counts, a partial last block, a head dim inside the bucket, softcap,
+  // fp16.
+  add("d256 full sq=512 sk=700", BF, 2, 512, 700, 8, 2, 256, -1, -1);
+  add("d256 full sq=1000 sk=1600", BF, 1, 1000, 1600, 4, 4, 256, -1, -1);
+  add("d256 full sq=300 sk=700", BF, 2, 300, 700, 8, 8, 256, -1, -1);
+  add("d200 full sq=512 sk=700", BF, 1, 512, 700, 4, 2, 200, -1, -1);
+  add("d256 softcap30 full sq=512", BF, 1, 512, 700, 4, 4, 256, -1, -1, 30.f, 1.f);
+  add("fp16 d256 full sq=768", FP, 2, 768, 700, 4, 1, 256, -1, -1);
   // Every other bucket (and head dims inside a bucket).
   for (int d : {64, 96, 192, 256, 72, 136, 40}) {
     const std::string n = "d" + std::to_string(d);
@@ -527,7 +527,7 @@ std::vector<Case> small_cases() {
   return {
       Case{"small full", BF, 1, 113, 200, 2, 1, 128, -1, -1, 0.f, 0.f},
       Case{"small full wide", BF, 1, 113, 350, 2, 1, 128, -1, -1, 0.f, 0.f},
-      Case{"small d256 full pairs", BF, 1, 256, 300, 2, 2, 256, -1, -1, 0.f, 0.f},
+      Case{"small d256 full", BF, 1, 256, 300, 2, 2, 256, -1, -1, 0.f, 0.f},
       Case{"small causal sq>sk", BF, 1, 200, 113, 2, 2, 128, -1, 0, 0.f, 0.f},
       Case{"small local", BF, 1, 300, 300, 2, 2, 128, 37, 5, 0.f, 0.f},
       // Tiles taller than their key blocks, where warpgroups skip blocks.

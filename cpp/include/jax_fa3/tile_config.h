@@ -36,31 +36,22 @@ namespace jax_fa3 {
 // padding), 0.976-0.989 from 2k (0.3-0.8%)
 // (benchmarks/results/2026-12-04g_h200_fwd_narrow_unmasked.md).
 //
-// kClusterM (the wide unmasked kernel only): 2 runs CTAs in pairs (a thread
-// block cluster) on adjacent query blocks of one head; each CTA loads half of
-// every K/V block and the TMA multicasts it into both, which halves the K/V
-// reads from L2 (FlashAttention-3 does this for 16-bit head dims >= 128
-// without a mask). The launch falls back to single CTAs where a head's query
-// blocks do not pair up (launch_fwd_sm90.hpp). H100, harness, in turns over
-// three rounds: head dim 256 +2.6-3.0% at 2k-4k, 0 at 16k, -0.8% at 512;
-// head dim 128 -1.1..-2.4% at 2k-16k, so it stays single
-// (benchmarks/results/2026-12-06_h100_fwd_cluster.md). JAX_FA3_FWD_CLUSTER=0:
-// every kernel single, for the dev harness's A/B.
+// No CTA pairs: FlashAttention-3's 2-CTA clusters sharing K/V loads (TMA
+// multicast) ran -1.1..-2.4% at head dim 128 in the harness; at head dim 256
+// +2.6-3.0% at 2k-4k there, but through JAX (power-capped, 4 rounds in turns)
+// -0.3..-1.8% (benchmarks/results/2026-12-06_h100_fwd_cluster.md and
+// 2026-12-06b_h100_fwd_cluster_jax.md). The kernel path is in git at afd3b12.
 //
 // Shared memory (Q + kStages x (K + V)) must fit 227 KB and the consumer
 // registers (O: kHeadDim/2, S: kBlockN/2, P: kBlockN/4 per thread) the
 // setmaxnreg budget (kConsumerRegs: 232 with 2 consumer warpgroups, 160 with 3).
 template <int kHeadDim, bool kNarrowKeys>
 struct FwdTile;
-template <bool kNarrowKeys> struct FwdTile<64, kNarrowKeys>  { static constexpr int kBlockM = 192, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 3, kNarrowPaysPermille = 0, kClusterM = 1; static constexpr bool kPingPong = true; };
-template <bool kNarrowKeys> struct FwdTile<96, kNarrowKeys>  { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 128 : 160, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 16, kClusterM = 1; static constexpr bool kPingPong = true; };
-template <bool kNarrowKeys> struct FwdTile<128, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 128 : 160, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 30, kClusterM = 1; static constexpr bool kPingPong = true; };
-template <bool kNarrowKeys> struct FwdTile<192, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 96 : 112, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 30, kClusterM = 1; static constexpr bool kPingPong = false; };
-template <bool kNarrowKeys> struct FwdTile<256, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = 80, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 0, kClusterM = 2; static constexpr bool kPingPong = false; };
-
-#ifndef JAX_FA3_FWD_CLUSTER
-#define JAX_FA3_FWD_CLUSTER 1
-#endif
+template <bool kNarrowKeys> struct FwdTile<64, kNarrowKeys>  { static constexpr int kBlockM = 192, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 3, kNarrowPaysPermille = 0; static constexpr bool kPingPong = true; };
+template <bool kNarrowKeys> struct FwdTile<96, kNarrowKeys>  { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 128 : 160, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 16; static constexpr bool kPingPong = true; };
+template <bool kNarrowKeys> struct FwdTile<128, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 128 : 160, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 30; static constexpr bool kPingPong = true; };
+template <bool kNarrowKeys> struct FwdTile<192, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 96 : 112, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 30; static constexpr bool kPingPong = false; };
+template <bool kNarrowKeys> struct FwdTile<256, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = 80, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 0; static constexpr bool kPingPong = false; };
 
 // The forward kernels of one (dtype, head dim): unmasked on the wide key
 // blocks, unmasked on the narrow ones (only where kNarrowPaysPermille > 0),

@@ -2,8 +2,7 @@
 // head, batch) tiles (tile_scheduler_fwd_sm90.hpp); one producer warpgroup feeds
 // shared memory with TMA, kConsumerWarpgroups warpgroups compute with wgmma,
 // synchronised through mbarriers, and take turns on the tensor cores
-// (WarpgroupTurns). Kernels with Traits::kClusterM 2 may run as CTA pairs
-// that share each K/V block's loads (tile_config.h).
+// (WarpgroupTurns).
 #pragma once
 
 #include "jax_fa3/common/arch.h"
@@ -15,7 +14,6 @@
 #include <cutlass/arch/reg_reconfig.h>
 #include <cutlass/cutlass.h>
 
-#include "jax_fa3/common/cluster.hpp"
 #include "jax_fa3/common/softmax.hpp"
 #include "jax_fa3/common/utils.hpp"
 #include "jax_fa3/common/warpgroup_turns.hpp"
@@ -37,7 +35,6 @@ struct FwdKernelSm90 {
   using Turns = WarpgroupTurns<Traits::kConsumerWarpgroups, Traits::kPingPong>;
   static constexpr int kNumThreads = Traits::kNumThreads;
   static constexpr int kSmemBytes = Traits::kSmemBytes;
-  static constexpr int kClusterM = Traits::kClusterM;
 
   struct Params {
     typename Mainloop::Params mainloop;
@@ -45,26 +42,21 @@ struct FwdKernelSm90 {
     typename Scheduler::Params scheduler;
   };
 
-  // `cluster_ctas`: CTAs a cluster at launch (1 or kClusterM); the tiles are
-  // then numbered as tiles of cluster_ctas query blocks, one for each CTA.
-  static Params to_params(FwdParams const& p, int64_t l2_bytes, int cluster_ctas) {
+  static Params to_params(FwdParams const& p, int64_t l2_bytes) {
     AttnShape const& s = p.problem.shape;
     const int64_t kv_bytes_per_head = 2 * int64_t(s.seqlen_k) * s.head_dim * int64_t(sizeof(typename Traits::Element));
-    const FwdTileOrder order = FwdTileOrder::make(s.seqlen_q, s.heads_q, s.batch, Traits::kBlockM * cluster_ctas,
+    const FwdTileOrder order = FwdTileOrder::make(s.seqlen_q, s.heads_q, s.batch, Traits::kBlockM,
                                                   s.heads_q / s.heads_kv, kv_bytes_per_head, l2_bytes,
                                                   Traits::kMasked);
     return Params{Mainloop::to_params(p), Epilogue::to_params(p), Scheduler::to_params(order, p.workspace)};
   }
 
   // Calls body(tile, n_min, n_max) for each tile the walk hands out, with the
-  // key blocks [n_min, n_max) it visits. In clusters a tile is the
-  // cluster's, each CTA computing one query block of it.
+  // key blocks [n_min, n_max) it visits.
   template <class Walk, class Body>
   CUTE_DEVICE static void for_each_tile(Params const& params, Walk walk, Body&& body) {
-    const ClusterPlace place = ClusterPlace::here<kClusterM>();
     for (int t = walk.next(); t < params.scheduler.order.num_tiles; t = walk.next()) {
-      FwdWorkTile tile = params.scheduler.order.template tile<Traits::kMasked>(t);
-      if constexpr (kClusterM > 1) tile.m_block = tile.m_block * place.ctas + place.rank;
+      const FwdWorkTile tile = params.scheduler.order.template tile<Traits::kMasked>(t);
       const auto n_range = Mainloop::n_block_range(params.mainloop, tile.m_block);
       body(tile, cute::get<0>(n_range), cute::get<1>(n_range));
     }
@@ -81,32 +73,22 @@ struct FwdKernelSm90 {
     if (threadIdx.x == 0) {
       Mainloop::prefetch_descriptors(params.mainloop);
       // full: one arrival (the producer's expect_tx) + the TMA bytes; empty:
-      // every consumer thread arrives once it is done with the buffer, or in
-      // CTA pairs one thread of each consumer warpgroup of both CTAs.
-      const int kv_releases = kClusterM > 1 ? Traits::kConsumerWarpgroups * ClusterPlace::here<kClusterM>().ctas
-                                            : Traits::kNumConsumerThreads;
+      // every consumer thread arrives once it is done with the buffer.
       cutlass::arch::ClusterBarrier::init(&ss.full_q, 1);
       cutlass::arch::ClusterBarrier::init(&ss.empty_q, Traits::kNumConsumerThreads);
       CUTLASS_PRAGMA_UNROLL
       for (int s = 0; s < Traits::kStages; ++s) {
         cutlass::arch::ClusterBarrier::init(&ss.full_k[s], 1);
         cutlass::arch::ClusterBarrier::init(&ss.full_v[s], 1);
-        cutlass::arch::ClusterBarrier::init(&ss.empty_k[s], kv_releases);
-        cutlass::arch::ClusterBarrier::init(&ss.empty_v[s], kv_releases);
+        cutlass::arch::ClusterBarrier::init(&ss.empty_k[s], Traits::kNumConsumerThreads);
+        cutlass::arch::ClusterBarrier::init(&ss.empty_v[s], Traits::kNumConsumerThreads);
       }
       Scheduler::init(ss.scheduler, Traits::kNumConsumerThreads);
       timeline_init(Traits::timeline(ss));
-      // Make the initialised barriers visible to the async proxy (TMA) and,
-      // in clusters, to the other CTAs.
+      // Make the initialised barriers visible to the async proxy (TMA).
       cutlass::arch::fence_barrier_init();
     }
-    // In clusters no CTA may copy into or arrive on another's barriers before
-    // that one has initialised them.
-    if constexpr (kClusterM > 1) {
-      cute::cluster_sync();
-    } else {
-      __syncthreads();
-    }
+    __syncthreads();
 
     // Both roles walk the same tile sequence (the scheduler's) and count the
     // K/V blocks and Q tiles they have passed, which gives every ring slot and
@@ -125,7 +107,6 @@ struct FwdKernelSm90 {
             ++q_count;
           };
           for_each_tile(params, Scheduler::producer(params.scheduler, ss.scheduler), load_tile);
-          Mainloop::load_tail(ss, kv_count);
         }
       } else {
         cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();

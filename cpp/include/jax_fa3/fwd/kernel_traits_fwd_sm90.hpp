@@ -68,25 +68,15 @@ struct FwdKernelTraitsSm90 {
   // Persistent grid (one CTA per SM looping over tiles): the next tile's loads
   // start under this tile's last GEMM and epilogue.
   static constexpr bool kPersistent = !JAX_FA3_FWD_ABLATE_PERSISTENT;
+  // Equal tiles: a static schedule; tiles a mask makes unequal: dynamic.
+  using Scheduler = std::conditional_t<!kPersistent, FwdSingleTileScheduler,
+                                       std::conditional_t<kMasked, FwdDynamicScheduler, FwdStaticScheduler>>;
 
   // Warp specialisation: warpgroup 0 only feeds shared memory through TMA (one
   // thread issues every copy), the consumer warpgroups only do math. A wgmma is
   // issued per warpgroup over 64 rows, so each consumer warpgroup owns 64 query
   // rows of the block.
   static constexpr bool kWarpSpecialized = !(JAX_FA3_FWD_ABLATE_WARPSPEC && !kMasked);
-  // CTA pairs sharing K/V loads (tile_config.h): the wide unmasked kernel on
-  // the static schedule; the launch picks 1 or kClusterM CTAs a cluster.
-  static constexpr int kClusterM = kVariant == FwdVariant::kUnmasked && kPersistent && kWarpSpecialized &&
-                                           JAX_FA3_FWD_CLUSTER
-                                       ? Tile::kClusterM
-                                       : 1;
-  static_assert(kClusterM == 1 || kClusterM == 2, "a K/V block is split between at most two CTAs");
-  // Equal tiles: a static schedule (by cluster where CTAs may pair up); tiles
-  // a mask makes unequal: dynamic.
-  using Scheduler = std::conditional_t<
-      !kPersistent, FwdSingleTileScheduler,
-      std::conditional_t<kMasked, FwdDynamicScheduler,
-                         std::conditional_t<(kClusterM > 1), FwdClusterStaticScheduler, FwdStaticScheduler>>>;
   static_assert(kBlockM == 64 * kConsumerWarpgroups, "each consumer warpgroup owns 64 query rows");
   static_assert(kBlockN % 16 == 0 && kHeadDim % 16 == 0, "wgmma K slices are 16 wide");
   static_assert(kConsumerWarpgroups >= 1 && kConsumerWarpgroups <= 3, "register budget below covers 1-3 consumers");

@@ -12,7 +12,6 @@
 #include <cute/atom/copy_traits_sm90_tma.hpp>
 #include <cutlass/arch/barrier.h>
 
-#include "jax_fa3/common/cluster.hpp"
 #include "jax_fa3/common/mask.h"
 #include "jax_fa3/common/softmax.hpp"
 #include "jax_fa3/common/utils.hpp"
@@ -29,7 +28,6 @@ struct FwdMainloopSm90 {
   static constexpr int kHeadDim = Traits::kHeadDim;
   static constexpr int kStages = Traits::kStages;
   static constexpr bool kMasked = Traits::kMasked;
-  static constexpr int kClusterM = Traits::kClusterM;
   using WorkTile = FwdWorkTile;
 
   // Global tensors as TMA sees them. Q, K: (rows, head_dim, head, batch) with
@@ -41,19 +39,17 @@ struct FwdMainloopSm90 {
   using StrideRowMajor = cute::Stride<int64_t, cute::_1, int64_t, int64_t>;
   using StrideTransposed = cute::Stride<cute::_1, int64_t, int64_t, int64_t>;
 
-  // K and V of a CTA pair (kClusterM 2): each CTA's copy is half the block,
-  // multicast into both CTAs' shared memory.
-  using TmaKVOp = std::conditional_t<(kClusterM > 1), cute::SM90_TMA_LOAD_MULTICAST, cute::SM90_TMA_LOAD>;
-  template <class Op, class Stride, class SmemLayout, class Box, int kCtas>
+  template <class Stride, class SmemLayout, class Box>
   using TmaLoad = decltype(cute::make_tma_copy(
-      Op{}, cute::make_tensor(cute::make_gmem_ptr(static_cast<Element const*>(nullptr)), ShapeT{}, Stride{}),
-      SmemLayout{}, Box{}, cute::Int<kCtas>{}));
-  using TmaQ = TmaLoad<cute::SM90_TMA_LOAD, StrideRowMajor, typename Traits::SmemLayoutQ,
-                       cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>, 1>;
-  using TmaK = TmaLoad<TmaKVOp, StrideRowMajor, typename Traits::SmemLayoutKStage,
-                       cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>>, kClusterM>;
-  using TmaV = TmaLoad<TmaKVOp, StrideTransposed, typename Traits::SmemLayoutVtStage,
-                       cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>>, kClusterM>;
+      cute::SM90_TMA_LOAD{},
+      cute::make_tensor(cute::make_gmem_ptr(static_cast<Element const*>(nullptr)), ShapeT{}, Stride{}),
+      SmemLayout{}, Box{}, cute::_1{}));
+  using TmaQ = TmaLoad<StrideRowMajor, typename Traits::SmemLayoutQ,
+                       cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>>;
+  using TmaK = TmaLoad<StrideRowMajor, typename Traits::SmemLayoutKStage,
+                       cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>>>;
+  using TmaV = TmaLoad<StrideTransposed, typename Traits::SmemLayoutVtStage,
+                       cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>>>;
 
   struct Params {
     // TMA descriptors (CUtensorMap) are encoded once per call on the host and
@@ -94,10 +90,10 @@ struct FwdMainloopSm90 {
     Params out{
         make_tma_copy(SM90_TMA_LOAD{}, mQ, typename Traits::SmemLayoutQ{},
                       Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{}),
-        make_tma_copy(TmaKVOp{}, mK, typename Traits::SmemLayoutKStage{},
-                      Shape<Int<kBlockN>, Int<kHeadDim>>{}, Int<kClusterM>{}),
-        make_tma_copy(TmaKVOp{}, mVt, typename Traits::SmemLayoutVtStage{},
-                      Shape<Int<kHeadDim>, Int<kBlockN>>{}, Int<kClusterM>{}),
+        make_tma_copy(SM90_TMA_LOAD{}, mK, typename Traits::SmemLayoutKStage{},
+                      Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{}),
+        make_tma_copy(SM90_TMA_LOAD{}, mVt, typename Traits::SmemLayoutVtStage{},
+                      Shape<Int<kHeadDim>, Int<kBlockN>>{}, _1{}),
         shape_q,
         shape_k,
         shape_vt,
@@ -205,7 +201,6 @@ struct FwdMainloopSm90 {
     Tensor tKsK = cta_tma_k.partition_D(sK);   // (TMA, _, _, stage)
     Tensor tVgV = cta_tma_v.partition_S(gVt);  // (TMA, _, _, n)
     Tensor tVsV = cta_tma_v.partition_D(sVt);  // (TMA, _, _, stage)
-    const ClusterPlace place = ClusterPlace::here<kClusterM>();
 
     return [=, &params, &ss](Load kind, int block) mutable {
       using Barrier = cutlass::arch::ClusterTransactionBarrier;
@@ -217,32 +212,17 @@ struct FwdMainloopSm90 {
       }
       // The first pass over a ring waits on parity 1 of fresh barriers, which
       // counts as already completed; hence the ^ 1.
-      // In CTA pairs (kClusterM 2) each CTA copies its half (part `rank`) of
-      // the block into both, so `full` counts the whole block's bytes and
-      // `empty` completes only once both CTAs' consumers are done with the
-      // stage; a CTA alone (a cluster of one) copies both halves. The half's
-      // partition is made here, at the copy: kept for the whole tile, two
-      // halves' partitions spilled the producer's 40 registers.
-      auto load_block = [&](auto const& tma, auto const& src, auto const& dst, auto const& global,
-                            auto const& shared, uint64_t* full, uint64_t* empty, uint32_t bytes) {
+      auto load_block = [&](auto const& tma, auto const& src, auto const& dst, uint64_t* full, uint64_t* empty,
+                            uint32_t bytes) {
         const RingSlot slot{kv_count + block};
-        const int n_block = n_block_at(block, n_max);
         cutlass::arch::ClusterBarrier::wait(&empty[slot.stage()], slot.phase() ^ 1);
         Barrier::arrive_and_expect_tx(&full[slot.stage()], bytes);
-        if constexpr (kClusterM == 1) {
-          copy(tma.with(full[slot.stage()]), src(_, _, _, n_block), dst(_, _, _, slot.stage()));
-        } else {
-          for (int part = place.rank; part < kClusterM; part += place.ctas) {
-            auto half = tma.get_slice(part);
-            copy(tma.with(full[slot.stage()], place.multicast_mask()), half.partition_S(global)(_, _, _, n_block),
-                 half.partition_D(shared)(_, _, _, slot.stage()));
-          }
-        }
+        copy(tma.with(full[slot.stage()]), src(_, _, _, n_block_at(block, n_max)), dst(_, _, _, slot.stage()));
       };
       if (kind == Load::kK) {
-        load_block(params.tma_k, tKgK, tKsK, gK, sK, ss.full_k, ss.empty_k, Traits::kBytesKStage);
+        load_block(params.tma_k, tKgK, tKsK, ss.full_k, ss.empty_k, Traits::kBytesKStage);
       } else {
-        load_block(params.tma_v, tVgV, tVsV, gVt, sVt, ss.full_v, ss.empty_v, Traits::kBytesVStage);
+        load_block(params.tma_v, tVgV, tVsV, ss.full_v, ss.empty_v, Traits::kBytesVStage);
       }
     };
   }
@@ -284,22 +264,6 @@ struct FwdMainloopSm90 {
     load_first(loads);
     for (int step = 1; step < n_iters; ++step) load_middle(loads, step);
     load_last(loads, n_iters);
-  }
-
-  // A CTA of a pair (kClusterM 2) must not exit while the other's consumers
-  // may still arrive on its K/V `empty` barriers: the producer waits, as for
-  // kStages more loads, until every stage's last use has been released by
-  // both CTAs. `kv_count`: K/V blocks this CTA loaded.
-  template <class SharedStorage>
-  CUTE_DEVICE static void load_tail(SharedStorage& ss, int kv_count) {
-    if constexpr (kClusterM > 1) {
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < kStages; ++i) {
-        const RingSlot slot{kv_count + i};
-        cutlass::arch::ClusterBarrier::wait(&ss.empty_k[slot.stage()], slot.phase() ^ 1);
-        cutlass::arch::ClusterBarrier::wait(&ss.empty_v[slot.stage()], slot.phase() ^ 1);
-      }
-    }
   }
 
   // Scores outside the window or beyond the end of the keys become -inf, so
@@ -443,24 +407,11 @@ struct FwdMainloopSm90 {
     // tile's last S GEMM is also the last read of Q: handing Q back there
     // (rather than after that block's softmax) starts the next tile's Q load
     // one softmax earlier.
-    // In a CTA pair (kClusterM 2) one thread of each warpgroup signals each
-    // CTA's barrier: once a thread has waited for the warpgroup's wgmmas, the
-    // whole warpgroup is done reading the stage.
-    const ClusterPlace place = ClusterPlace::here<kClusterM>();
-    auto release_kv = [&](uint64_t* empty, int iter) {
-      uint64_t* barrier = &empty[RingSlot{kv_count + iter}.stage()];
-      if constexpr (kClusterM == 1) {
-        Barrier::arrive(barrier);
-      } else {
-        const int lane = thread_idx % cutlass::NumThreadsPerWarpGroup;
-        cluster_arrive_if(barrier, lane, lane < place.ctas);
-      }
-    };
     auto release_k = [&](int iter) {
-      release_kv(ss.empty_k, iter);
+      Barrier::arrive(&ss.empty_k[RingSlot{kv_count + iter}.stage()]);
       if (iter == n_iters - 1) Barrier::arrive(&ss.empty_q);
     };
-    auto release_v = [&](int iter) { release_kv(ss.empty_v, iter); };
+    auto release_v = [&](int iter) { Barrier::arrive(&ss.empty_v[RingSlot{kv_count + iter}.stage()]); };
 
     // A block this warpgroup skips: its turns, and its K/V stages handed back
     // once loaded (an earlier release would count toward the previous use of

@@ -26,8 +26,6 @@
 //   FwdStaticScheduler (no mask): one CTA per SM; CTA c takes tile c of every
 //     round of gridDim.x tiles, the order reversed on odd rounds ("snake").
 //     Equal tiles need no more; the roles compute the sequence independently.
-//   FwdClusterStaticScheduler: the same for CTA pairs (tile_config.h
-//     kClusterM), by cluster instead of CTA, over tiles of two query blocks.
 //   FwdDynamicScheduler (causal/local): tiles of unequal length balance only
 //     dynamically: a CTA takes its first tile by blockIdx.x and every further
 //     one from a global counter (an atomicAdd per tile), longest first. The
@@ -44,7 +42,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <cuda_runtime_api.h>
-#include <cute/arch/cluster_sm90.hpp>
 #include <cutlass/arch/barrier.h>
 
 namespace jax_fa3 {
@@ -156,14 +153,6 @@ struct FwdStaticScheduler {
   using Producer = Walk;
   using Consumer = Walk;
   JAX_FA3_DEVICE static Walk walk() { return Walk{static_cast<int>(blockIdx.x), static_cast<int>(gridDim.x)}; }
-  JAX_FA3_DEVICE static Producer producer(Params const&, SharedStorage&) { return walk(); }
-  JAX_FA3_DEVICE static Consumer consumer(Params const&, SharedStorage&) { return walk(); }
-};
-
-struct FwdClusterStaticScheduler : FwdStaticScheduler {
-  JAX_FA3_DEVICE static Walk walk() {
-    return Walk{static_cast<int>(cute::cluster_id_in_grid().x), static_cast<int>(cute::cluster_grid_dims().x)};
-  }
   JAX_FA3_DEVICE static Producer producer(Params const&, SharedStorage&) { return walk(); }
   JAX_FA3_DEVICE static Consumer consumer(Params const&, SharedStorage&) { return walk(); }
 };
