@@ -32,8 +32,12 @@ using Element = cutlass::bfloat16_t;
 constexpr int kK = 128;      // one 64 x kK A tile, like Q at head dim 128
 constexpr int kIters = 256;  // GEMMs (kK / 16 wgmmas each) per timing
 
-// What the second warpgroup does while the first issues wgmmas.
-enum class Beside { kNothing, kSoftmax };
+// What the second warpgroup does while the first issues wgmmas: the
+// softmax mix, or one of its instruction classes alone (80 a block: MUFU.EX2,
+// FFMA, FMNMX, FADD, FMUL; 40: the packed half-precision exponential
+// ex2.approx.f16x2, two scores an instruction), to see which of them the
+// wgmmas slow down.
+enum class Beside { kNothing, kSoftmax, kMufu, kFfma, kMax, kFadd, kFmul, kMufuHalf2 };
 
 constexpr int kScores = 80;  // per thread: a 64 x 160 block of scores over 128 threads
 
@@ -67,6 +71,30 @@ __device__ __forceinline__ float softmax_block(float (&x)[kScores], float scale)
   return sums[0] + sums[1] + sums[2] + sums[3] + __uint_as_float(packed & 0x3f800000u);
 }
 
+// One block of a single instruction class on x, 80 of them: each x[i] is
+// carried from block to block and summed after the loop, so none is dead.
+template <Beside kBeside>
+__device__ __forceinline__ void class_block(float (&x)[kScores], float scale) {
+#pragma unroll
+  for (int i = 0; i < kScores; ++i) {
+    if constexpr (kBeside == Beside::kMufu) {
+      asm volatile("ex2.approx.ftz.f32 %0, %1;" : "=f"(x[i]) : "f"(-fabsf(x[i])));
+    } else if constexpr (kBeside == Beside::kFfma) {
+      x[i] = fmaf(x[i], scale, -0.5f);
+    } else if constexpr (kBeside == Beside::kMax) {
+      x[i] = fmaxf(x[i], x[(i + 1) % kScores]);
+    } else if constexpr (kBeside == Beside::kFadd) {
+      x[i] = x[i] + 1e-7f;
+    } else if constexpr (kBeside == Beside::kFmul) {
+      x[i] = x[i] * 0.999f;
+    } else if (i % 2 == 0) {  // kMufuHalf2: x[i], x[i + 1] hold a half2's bits
+      unsigned h = __float_as_uint(x[i]);
+      asm volatile("ex2.approx.f16x2 %0, %1;" : "=r"(h) : "r"(h ^ 0x80008000u));
+      x[i] = __uint_as_float(h);
+    }
+  }
+}
+
 // Warpgroup 0: kIters GEMMs timed (or, with kWgmma false, an idle wait of
 // `idle_cycles` in their place). Warpgroup 1 (kBeside): softmax blocks until
 // warpgroup 0 is done, timed per block.
@@ -82,7 +110,7 @@ __global__ void __launch_bounds__(256) rate_kernel(long long* cycles, long long 
   if (threadIdx.x == 0) done = 0;
   __syncthreads();
   if (threadIdx.x >= 128) {
-    if constexpr (kBeside == Beside::kSoftmax) {
+    if constexpr (kBeside != Beside::kNothing) {
       float x[kScores];
 #pragma unroll
       for (int i = 0; i < kScores; ++i) x[i] = float((threadIdx.x * 7 + i) % 13) * 0.1f;
@@ -90,10 +118,16 @@ __global__ void __launch_bounds__(256) rate_kernel(long long* cycles, long long 
       long long blocks = 0;
       const long long start = clock64();
       while (!done) {
-        acc += softmax_block(x, 1.4426950f);
+        if constexpr (kBeside == Beside::kSoftmax) {
+          acc += softmax_block(x, 1.4426950f);
+        } else {
+          class_block<kBeside>(x, 0.999f);
+        }
         ++blocks;
       }
       const long long elapsed = clock64() - start;
+#pragma unroll
+      for (int i = 0; i < kScores; ++i) acc += x[i];
       sink[threadIdx.x] = acc;
       if (threadIdx.x == 128) {
         cycles[1] = elapsed;
@@ -177,17 +211,20 @@ void measure(long long* d_cycles, float* d_sink) {
               per_wgmma, N, N / 2.0, (N / 2.0) / per_wgmma);
 }
 
-// The wgmmas with the softmax mix beside them, and the softmax mix beside an
-// idle warpgroup for as long.
-template <int N, bool kARegs>
+// The wgmmas with a mix beside them, and the mix beside an idle warpgroup
+// for as long.
+template <int N, bool kARegs, Beside kBeside = Beside::kSoftmax>
 void measure_beside(long long* d_cycles, float* d_sink) {
-  const Timing both = run<N, kARegs, true, Beside::kSoftmax>(d_cycles, d_sink);
-  const Timing solo = run<N, kARegs, false, Beside::kSoftmax>(d_cycles, d_sink, both.wgmma_cycles);
+  static constexpr const char* kNames[] = {"nothing",    "softmax mix", "MUFU.EX2 only",  "FFMA only",
+                                           "FMNMX only", "FADD only",   "FMUL only", "ex2.f16x2 only (40)"};
+  const Timing both = run<N, kARegs, true, kBeside>(d_cycles, d_sink);
+  const Timing solo = run<N, kARegs, false, kBeside>(d_cycles, d_sink, both.wgmma_cycles);
   const double per_wgmma = double(both.wgmma_cycles) / (kIters * (kK / 16));
   auto per_block = [](const Timing& t) { return t.softmax_blocks ? double(t.softmax_cycles) / t.softmax_blocks : 0.0; };
-  std::printf("%s N=%3d beside the softmax mix: %7.1f cycles per wgmma (%.3f of peak); softmax %7.1f cycles a "
-              "block beside the wgmmas, %7.1f beside an idle warpgroup\n",
-              kARegs ? "RS" : "SS", N, per_wgmma, (N / 2.0) / per_wgmma, per_block(both), per_block(solo));
+  std::printf("%s N=%3d beside the %s: %7.1f cycles per wgmma (%.3f of peak); %7.1f cycles a block beside the "
+              "wgmmas, %7.1f beside an idle warpgroup (%.2fx)\n",
+              kARegs ? "RS" : "SS", N, kNames[int(kBeside)], per_wgmma, (N / 2.0) / per_wgmma, per_block(both),
+              per_block(solo), per_block(solo) > 0 ? per_block(both) / per_block(solo) : 0.0);
 }
 
 int main() {
@@ -206,6 +243,14 @@ int main() {
   measure<160, true>(d_cycles, d_sink);
   measure<176, true>(d_cycles, d_sink);
   measure_beside<160, false>(d_cycles, d_sink);
+  measure_beside<128, false>(d_cycles, d_sink);
+  measure_beside<160, true>(d_cycles, d_sink);
   measure_beside<128, true>(d_cycles, d_sink);
+  measure_beside<160, false, Beside::kMufu>(d_cycles, d_sink);
+  measure_beside<160, false, Beside::kFfma>(d_cycles, d_sink);
+  measure_beside<160, false, Beside::kMax>(d_cycles, d_sink);
+  measure_beside<160, false, Beside::kFadd>(d_cycles, d_sink);
+  measure_beside<160, false, Beside::kFmul>(d_cycles, d_sink);
+  measure_beside<160, false, Beside::kMufuHalf2>(d_cycles, d_sink);
   return 0;
 }
