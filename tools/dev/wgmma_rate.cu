@@ -39,6 +39,20 @@ constexpr int kIters = 256;  // GEMMs (kK / 16 wgmmas each) per timing
 // wgmmas slow down.
 enum class Beside { kNothing, kSoftmax, kMufu, kFfma, kMax, kFadd, kFmul, kMufuHalf2 };
 
+constexpr const char* beside_name(Beside b) {
+  switch (b) {
+    case Beside::kNothing: return "nothing";
+    case Beside::kSoftmax: return "softmax mix";
+    case Beside::kMufu: return "MUFU.EX2 only";
+    case Beside::kFfma: return "FFMA only";
+    case Beside::kMax: return "FMNMX only";
+    case Beside::kFadd: return "FADD only";
+    case Beside::kFmul: return "FMUL only";
+    case Beside::kMufuHalf2: return "ex2.f16x2 only (40)";
+  }
+  return "?";
+}
+
 constexpr int kScores = 80;  // per thread: a 64 x 160 block of scores over 128 threads
 
 // One block of the softmax instruction mix on x, leaving exp(x - max) in x
@@ -75,6 +89,7 @@ __device__ __forceinline__ float softmax_block(float (&x)[kScores], float scale)
 // carried from block to block and summed after the loop, so none is dead.
 template <Beside kBeside>
 __device__ __forceinline__ void class_block(float (&x)[kScores], float scale) {
+  static_assert(kBeside != Beside::kNothing && kBeside != Beside::kSoftmax, "class_block: not an instruction class");
 #pragma unroll
   for (int i = 0; i < kScores; ++i) {
     if constexpr (kBeside == Beside::kMufu) {
@@ -87,17 +102,19 @@ __device__ __forceinline__ void class_block(float (&x)[kScores], float scale) {
       x[i] = x[i] + 1e-7f;
     } else if constexpr (kBeside == Beside::kFmul) {
       x[i] = x[i] * 0.999f;
-    } else if (i % 2 == 0) {  // kMufuHalf2: x[i], x[i + 1] hold a half2's bits
-      unsigned h = __float_as_uint(x[i]);
-      asm volatile("ex2.approx.f16x2 %0, %1;" : "=r"(h) : "r"(h ^ 0x80008000u));
-      x[i] = __uint_as_float(h);
+    } else if constexpr (kBeside == Beside::kMufuHalf2) {
+      if (i % 2 == 0) {  // the even x[i] carry a half2's bits; the odd ones stay as they are
+        unsigned h = __float_as_uint(x[i]);
+        asm volatile("ex2.approx.f16x2 %0, %1;" : "=r"(h) : "r"(h ^ 0x80008000u));
+        x[i] = __uint_as_float(h);
+      }
     }
   }
 }
 
 // Warpgroup 0: kIters GEMMs timed (or, with kWgmma false, an idle wait of
-// `idle_cycles` in their place). Warpgroup 1 (kBeside): softmax blocks until
-// warpgroup 0 is done, timed per block.
+// `idle_cycles` in their place). Warpgroup 1 (kBeside): blocks of the mix
+// until warpgroup 0 is done, timed per block.
 template <int N, bool kARegs, bool kWgmma, Beside kBeside>
 __global__ void __launch_bounds__(256) rate_kernel(long long* cycles, long long idle_cycles, float* sink) {
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -215,15 +232,13 @@ void measure(long long* d_cycles, float* d_sink) {
 // for as long.
 template <int N, bool kARegs, Beside kBeside = Beside::kSoftmax>
 void measure_beside(long long* d_cycles, float* d_sink) {
-  static constexpr const char* kNames[] = {"nothing",    "softmax mix", "MUFU.EX2 only",  "FFMA only",
-                                           "FMNMX only", "FADD only",   "FMUL only", "ex2.f16x2 only (40)"};
   const Timing both = run<N, kARegs, true, kBeside>(d_cycles, d_sink);
   const Timing solo = run<N, kARegs, false, kBeside>(d_cycles, d_sink, both.wgmma_cycles);
   const double per_wgmma = double(both.wgmma_cycles) / (kIters * (kK / 16));
   auto per_block = [](const Timing& t) { return t.softmax_blocks ? double(t.softmax_cycles) / t.softmax_blocks : 0.0; };
   std::printf("%s N=%3d beside the %s: %7.1f cycles per wgmma (%.3f of peak); %7.1f cycles a block beside the "
               "wgmmas, %7.1f beside an idle warpgroup (%.2fx)\n",
-              kARegs ? "RS" : "SS", N, kNames[int(kBeside)], per_wgmma, (N / 2.0) / per_wgmma, per_block(both),
+              kARegs ? "RS" : "SS", N, beside_name(kBeside), per_wgmma, (N / 2.0) / per_wgmma, per_block(both),
               per_block(solo), per_block(solo) > 0 ? per_block(both) / per_block(solo) : 0.0);
 }
 
