@@ -18,10 +18,10 @@
 // but rounds that largest probability to 16 bits, which made a peaked
 // (softcapped) row's output one bf16 ulp worse than the dev harness allows.
 //
-// kSumsElsewhere: the caller computes the row sums (the forward's
-// ping-pong kernels, on the tensor core from the 16-bit P they multiply V
-// by) and hands them to finalize_with_sums; update() then only finds the max
-// and the exponentials.
+// kSumsElsewhere: the caller computes the row sums (forward kernels with
+// FwdTile::kTensorCoreRowSums, on the tensor core from the 16-bit P they
+// multiply V by) and hands them to finalize_with_sums; update() then only
+// finds the max and the exponentials.
 #pragma once
 
 #include "jax_fa3/common/arch.h"

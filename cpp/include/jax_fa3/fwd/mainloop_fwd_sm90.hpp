@@ -301,9 +301,10 @@ struct FwdMainloopSm90 {
 
   // Consumer: accumulates the unnormalised O of this tile into tOrO (cleared by
   // the caller), the softmax row statistics into `softmax`, and with
-  // Traits::kRowSumsOnTensorCore the row sums into tSum (cleared by the caller). `turns` orders
-  // the GEMM issues of the consumer warpgroups (ping-pong); every call takes
-  // the same number of turns in every warpgroup, whatever blocks it skips.
+  // Traits::kRowSumsOnTensorCore the row sums into tSum (cleared by the
+  // caller). `turns` orders the GEMM issues of the consumer warpgroups
+  // (ping-pong); every call takes the same number of turns in every
+  // warpgroup, whatever blocks it skips.
   // `prefetch(iter)` runs at the start of each block iter >= 1 (the loads of a
   // build without warp specialization; nothing otherwise).
   template <class SharedStorage, class FragO, class FragSum, class Softmax, class Turns, class Prefetch>
