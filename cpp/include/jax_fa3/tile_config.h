@@ -42,22 +42,22 @@ namespace jax_fa3 {
 // -0.3..-1.8% (benchmarks/results/2026-12-06_h100_fwd_cluster.md and
 // 2026-12-06b_h100_fwd_cluster_jax.md). The kernel path is in git at afd3b12.
 //
-// kTensorCoreRowSums: the softmax's row sums come from the tensor core (P x
-// ones, RS wgmmas beside O += P V) instead of an FADD per score. Only head dim
-// 128's wide unmasked kernel: +1.4% at 16k, +0.3-0.5% at 1k-4k; on 128-key
-// blocks (its narrow and masked kernels, head dim 64) the extra wgmmas cost
-// more than the FADDs: -1..-3% (benchmarks/results/2026-12-06c_fwd_softmax_rowsums.md).
+// No tensor-core row sums: P x ones as RS wgmmas beside O += P V instead of
+// the softmax's FADDs ran +1.4% at head dim 128 16k without a mask in the
+// harness, -1..-3% on every 128-key kernel, and through JAX at most +1% at
+// 16k and -0.7% at 2k (benchmarks/results/2026-12-06c_fwd_softmax_rowsums.md).
+// The kernel path is in git at 5988c84.
 //
 // Shared memory (Q + kStages x (K + V)) must fit 227 KB and the consumer
 // registers (O: kHeadDim/2, S: kBlockN/2, P: kBlockN/4 per thread) the
 // setmaxnreg budget (kConsumerRegs: 232 with 2 consumer warpgroups, 160 with 3).
 template <int kHeadDim, bool kNarrowKeys>
 struct FwdTile;
-template <bool kNarrowKeys> struct FwdTile<64, kNarrowKeys>  { static constexpr int kBlockM = 192, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 3, kNarrowPaysPermille = 0; static constexpr bool kPingPong = true, kTensorCoreRowSums = false; };
-template <bool kNarrowKeys> struct FwdTile<96, kNarrowKeys>  { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 128 : 160, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 16; static constexpr bool kPingPong = true, kTensorCoreRowSums = false; };
-template <bool kNarrowKeys> struct FwdTile<128, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 128 : 160, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 30; static constexpr bool kPingPong = true, kTensorCoreRowSums = !kNarrowKeys; };
-template <bool kNarrowKeys> struct FwdTile<192, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 96 : 112, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 30; static constexpr bool kPingPong = false, kTensorCoreRowSums = false; };
-template <bool kNarrowKeys> struct FwdTile<256, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = 80, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 0; static constexpr bool kPingPong = false, kTensorCoreRowSums = false; };
+template <bool kNarrowKeys> struct FwdTile<64, kNarrowKeys>  { static constexpr int kBlockM = 192, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 3, kNarrowPaysPermille = 0; static constexpr bool kPingPong = true; };
+template <bool kNarrowKeys> struct FwdTile<96, kNarrowKeys>  { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 128 : 160, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 16; static constexpr bool kPingPong = true; };
+template <bool kNarrowKeys> struct FwdTile<128, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 128 : 160, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 30; static constexpr bool kPingPong = true; };
+template <bool kNarrowKeys> struct FwdTile<192, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 96 : 112, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 30; static constexpr bool kPingPong = false; };
+template <bool kNarrowKeys> struct FwdTile<256, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = 80, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 0; static constexpr bool kPingPong = false; };
 
 // The forward kernels of one (dtype, head dim): unmasked on the wide key
 // blocks, unmasked on the narrow ones (only where kNarrowPaysPermille > 0),

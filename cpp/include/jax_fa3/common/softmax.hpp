@@ -17,11 +17,6 @@
 // letting the max lag (FlashAttention-4's lazy rescaling) skips more of them
 // but rounds that largest probability to 16 bits, which made a peaked
 // (softcapped) row's output one bf16 ulp worse than the dev harness allows.
-//
-// kSumsElsewhere: the caller computes the row sums (forward kernels with
-// FwdTile::kTensorCoreRowSums, on the tensor core from the 16-bit P they
-// multiply V by) and hands them to finalize_with_sums; update() then only
-// finds the max and the exponentials.
 #pragma once
 
 #include "jax_fa3/common/arch.h"
@@ -63,10 +58,10 @@ CUTE_DEVICE float quad_allreduce_sum(float x) {
   return x;
 }
 
-template <int kRows, bool kSumsElsewhere = false>
+template <int kRows>
 struct OnlineSoftmax {
   float row_max[kRows];  // running max of the unscaled scores; -inf: nothing seen yet
-  float row_sum[kRows];  // this thread's partial sum of exp (quad-reduced at the end); unused if kSumsElsewhere
+  float row_sum[kRows];  // this thread's partial sum of exp (quad-reduced at the end)
   float scale_log2;      // softmax scale * log2(e)
 
   CUTE_DEVICE explicit OnlineSoftmax(float scale_log2_) : scale_log2(scale_log2_) {
@@ -103,13 +98,13 @@ struct OnlineSoftmax {
       for (int c = 0; c < size<1>(s); ++c) {
         const float p = fast_exp2(s(r, c) * scale_log2 - m_scaled);
         s(r, c) = p;
-        if constexpr (!kSumsElsewhere) sum += p;
+        sum += p;
       }
       // old_max = -inf gives factor 0 on a sum and an output row that are
       // still 0: nothing to rescale.
       const float factor = m == -INFINITY ? 1.f : fast_exp2((old_max - m) * scale_log2);
       o_scale[r] = factor;
-      if constexpr (!kSumsElsewhere) row_sum[r] = row_sum[r] * factor + sum;
+      row_sum[r] = row_sum[r] * factor + sum;
       rescale = rescale || (m > old_max && old_max != -INFINITY);
     }
     return rescale;
@@ -122,23 +117,14 @@ struct OnlineSoftmax {
   // log2 (within 1 ulp and 2^-22 there) need none of the IEEE versions' range
   // handling, whose branches sat in every tile's epilogue.
   CUTE_DEVICE void finalize(float (&o_scale)[kRows], float (&lse)[kRows]) {
-    static_assert(!kSumsElsewhere, "finalize_with_sums takes the sums computed elsewhere");
-    CUTLASS_PRAGMA_UNROLL
-    for (int r = 0; r < kRows; ++r) finalize_row(r, quad_allreduce_sum(row_sum[r]), o_scale, lse);
-  }
-
-  // The same from each row's whole sum.
-  CUTE_DEVICE void finalize_with_sums(float const (&sums)[kRows], float (&o_scale)[kRows], float (&lse)[kRows]) {
-    CUTLASS_PRAGMA_UNROLL
-    for (int r = 0; r < kRows; ++r) finalize_row(r, sums[r], o_scale, lse);
-  }
-
- private:
-  CUTE_DEVICE void finalize_row(int r, float sum, float (&o_scale)[kRows], float (&lse)[kRows]) const {
     constexpr float kLn2 = 0.69314718055994530942f;
-    const bool empty = sum == 0.f || sum != sum;
-    o_scale[r] = empty ? 0.f : fast_rcp(sum);
-    lse[r] = empty ? -INFINITY : (row_max[r] * scale_log2 + fast_log2(sum)) * kLn2;
+    CUTLASS_PRAGMA_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+      const float sum = quad_allreduce_sum(row_sum[r]);
+      const bool empty = sum == 0.f || sum != sum;
+      o_scale[r] = empty ? 0.f : fast_rcp(sum);
+      lse[r] = empty ? -INFINITY : (row_max[r] * scale_log2 + fast_log2(sum)) * kLn2;
+    }
   }
 };
 

@@ -193,27 +193,4 @@ CUTE_DEVICE void warpgroup_gemm(TiledMma& tiled_mma, TensorA& tCrA, TensorB cons
   if constexpr (kARegs) { warpgroup_fence_operand(tCrA); }
 }
 
-// Two RS GEMMs on the same register A operand as one commit group, their
-// wgmmas interleaved per K slice: C1 += A B1 and C2 += A B2 (the forward's
-// O += P V with the row sums P x ones).
-template <class TiledMma1, class TiledMma2, class TensorA, class TensorB1, class TensorC1, class TensorB2,
-          class TensorC2>
-CUTE_DEVICE void warpgroup_gemm_pair(TiledMma1& mma1, TensorA& tCrA, TensorB1 const& tCrB1, TensorC1& tCrC1,
-                                     TiledMma2& mma2, TensorB2 const& tCrB2, TensorC2& tCrC2) {
-  using namespace cute;
-  warpgroup_fence_operand(tCrA);
-  warpgroup_fence_operand(tCrC1);
-  warpgroup_fence_operand(tCrC2);
-  warpgroup_arrive();
-  CUTLASS_PRAGMA_UNROLL
-  for (int k = 0; k < size<2>(tCrA); ++k) {
-    gemm(mma1, tCrA(_, _, k), tCrB1(_, _, k), tCrC1);
-    gemm(mma2, tCrA(_, _, k), tCrB2(_, _, k), tCrC2);
-  }
-  warpgroup_commit_batch();
-  warpgroup_fence_operand(tCrC1);
-  warpgroup_fence_operand(tCrC2);
-  warpgroup_fence_operand(tCrA);
-}
-
 }  // namespace jax_fa3

@@ -88,14 +88,6 @@ struct FwdKernelSm90 {
       // Make the initialised barriers visible to the async proxy (TMA).
       cutlass::arch::fence_barrier_init();
     }
-    if constexpr (Traits::kRowSumsOnTensorCore) {
-      // The row sums' constant B operand; the fence makes these generic-proxy
-      // stores visible to the wgmmas (async proxy) that read it.
-      for (int i = threadIdx.x; i < int(ss.smem_ones.size()); i += kNumThreads) {
-        ss.smem_ones[i] = typename Traits::Element(1.f);
-      }
-      cutlass::arch::fence_view_async_shared();
-    }
     __syncthreads();
 
     // Both roles walk the same tile sequence (the scheduler's) and count the
@@ -140,13 +132,11 @@ struct FwdKernelSm90 {
       typename Traits::TiledMmaPV tiled_mma_pv;
       Tensor tOrO = partition_fragment_C(tiled_mma_pv, select<0, 1>(typename Traits::TileShapePV{}));
       clear(tOrO);
-      Tensor tSum = partition_fragment_C(typename Traits::TiledMmaRowSum{}, Shape<Int<Traits::kBlockM>, _8>{});
-      clear(tSum);
-      OnlineSoftmax<Traits::kRowsPerThread, Traits::kRowSumsOnTensorCore> softmax(params.mainloop.scale_log2);
+      OnlineSoftmax<Traits::kRowsPerThread> softmax(params.mainloop.scale_log2);
       if (n_max > n_min) {
         auto run_mma = [&](auto&& prefetch) {
-          Mainloop::mma(params.mainloop, ss, tile, n_min, n_max, kv_count, q_count, thread_idx, tOrO, tSum,
-                        softmax, turns, prefetch);
+          Mainloop::mma(params.mainloop, ss, tile, n_min, n_max, kv_count, q_count, thread_idx, tOrO, softmax,
+                        turns, prefetch);
         };
         if constexpr (Traits::kWarpSpecialized) {
           run_mma([](int) {});
@@ -172,15 +162,7 @@ struct FwdKernelSm90 {
       // O = 0, and LSE = -inf.
       float o_scale[Traits::kRowsPerThread];
       float lse[Traits::kRowsPerThread];
-      if constexpr (Traits::kRowSumsOnTensorCore) {
-        Tensor sum_rows = rowcol_view(tSum);  // every column holds the row's sum
-        float sums[Traits::kRowsPerThread];
-        CUTLASS_PRAGMA_UNROLL
-        for (int r = 0; r < Traits::kRowsPerThread; ++r) sums[r] = sum_rows(r, 0);
-        softmax.finalize_with_sums(sums, o_scale, lse);
-      } else {
-        softmax.finalize(o_scale, lse);
-      }
+      softmax.finalize(o_scale, lse);
       scale_rows(tOrO, o_scale);
       Epilogue::store(params.epilogue, tOrO, lse, tile, thread_idx);
       stamp(FwdEvent::kEpilogueEnd);

@@ -21,9 +21,6 @@ namespace jax_fa3 {
 // Ablation switches for the dev harness's measurements of what each schedule
 // feature is worth (benchmarks/results/*_fwd_ablation.md); the library build
 // never sets them.
-#ifndef JAX_FA3_FWD_ABLATE_TC_ROWSUM
-#define JAX_FA3_FWD_ABLATE_TC_ROWSUM 0
-#endif
 #ifndef JAX_FA3_FWD_ABLATE_PINGPONG
 #define JAX_FA3_FWD_ABLATE_PINGPONG 0
 #endif
@@ -68,10 +65,6 @@ struct FwdKernelTraitsSm90 {
   // by it; with ping-pong, where the other warpgroup's GEMMs already cover
   // the softmax, head dims 64/128 lost 0-3% (benchmarks/results/2026-12-04b_h200_fwd_softmax.md).
   static constexpr bool kSoftmaxUnderOwnPv = !kPingPong;
-  // The softmax's row sums on the tensor core (tile_config.h): P x
-  // ones(kBlockN x 8), RS wgmmas in the PV GEMM's batch, instead of an FADD
-  // per score; the sums are then of the 16-bit P that multiplies V.
-  static constexpr bool kRowSumsOnTensorCore = Tile::kTensorCoreRowSums && kPingPong && !JAX_FA3_FWD_ABLATE_TC_ROWSUM;
   // Persistent grid (one CTA per SM looping over tiles): the next tile's loads
   // start under this tile's last GEMM and epilogue.
   static constexpr bool kPersistent = !JAX_FA3_FWD_ABLATE_PERSISTENT;
@@ -97,7 +90,7 @@ struct FwdKernelTraitsSm90 {
   static constexpr int kConsumerRegs = kConsumerWarpgroups == 1 ? 256 : kConsumerWarpgroups == 2 ? 232 : 160;
   static_assert(setmaxnreg_split_fits(kProducerRegs, kNumProducerThreads, kConsumerRegs, kNumConsumerThreads),
                 "setmaxnreg split exceeds the registers the CTA is launched with");
-  static_assert(kHeadDim / 2 + kBlockN / 2 + kBlockN / 4 + (kRowSumsOnTensorCore ? 4 : 0) + 24 <= kConsumerRegs,
+  static_assert(kHeadDim / 2 + kBlockN / 2 + kBlockN / 4 + 24 <= kConsumerRegs,
                 "O, S and P fragments exceed the consumer register budget: shrink kBlockN");
 
   // S = Q K^T : (M = kBlockM, N = kBlockN, K = kHeadDim); O = P V : (M = kBlockM, N = kHeadDim, K = kBlockN).
@@ -124,15 +117,6 @@ struct FwdKernelTraitsSm90 {
       AtomLayoutMNK{}));
   static_assert(cute::size<1>(typename TiledMmaPV::AtomShape_MNK{}) == kHeadDim,
                 "O += P V must be one wgmma per K slice (N = kHeadDim)");
-  // Row sums (kRowSumsOnTensorCore): P x ones with the ones K-major in shared
-  // memory; every column of the 64 x 8 result holds the row's sum.
-  using TiledMmaRowSum = decltype(cute::make_tiled_mma(
-      cute::GMMA::rs_op_selector<Element, Element, ElementAccum,
-                                 cute::Shape<cute::_64, cute::_8, cute::Int<kBlockN>>,
-                                 cute::GMMA::Major::K, cute::GMMA::Major::K>(),
-      AtomLayoutMNK{}));
-  using SmemLayoutOnes = decltype(cute::tile_to_shape(gmma_smem_atom<Element, cute::GMMA::Major::K, kBlockN>(),
-                                                      cute::Shape<cute::_8, cute::Int<kBlockN>>{}));
 
   // Q and K: (rows, head_dim), head_dim contiguous. V is described directly in
   // the (head_dim, keys) coordinates of the second GEMM's B operand; in memory
@@ -174,11 +158,6 @@ struct FwdKernelTraitsSm90 {
     uint64_t empty_k[kStages];
     uint64_t empty_v[kStages];
     typename Scheduler::SharedStorage scheduler;
-    // The row sums' B operand, written once by the kernel; last, so that the
-    // one element it keeps when unused moves nothing else.
-    alignas(kRowSumsOnTensorCore ? 1024 : 2) cute::array_aligned<
-        Element, kRowSumsOnTensorCore ? cute::cosize_v<SmemLayoutOnes> : 1, kRowSumsOnTensorCore ? 1024 : 2>
-        smem_ones;
   };
   // The dev timeline's stamps (timeline_fwd_sm90.hpp) sit right after the
   // shared storage, and only in builds that record them.

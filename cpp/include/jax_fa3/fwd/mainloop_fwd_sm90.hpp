@@ -300,26 +300,21 @@ struct FwdMainloopSm90 {
   }
 
   // Consumer: accumulates the unnormalised O of this tile into tOrO (cleared by
-  // the caller), the softmax row statistics into `softmax`, and with
-  // Traits::kRowSumsOnTensorCore the row sums into tSum (cleared by the
-  // caller). `turns` orders the GEMM issues of the consumer warpgroups
-  // (ping-pong); every call takes the same number of turns in every
-  // warpgroup, whatever blocks it skips.
+  // the caller) and the softmax row statistics into `softmax`. `turns` orders
+  // the GEMM issues of the consumer warpgroups (ping-pong); every call takes
+  // the same number of turns in every warpgroup, whatever blocks it skips.
   // `prefetch(iter)` runs at the start of each block iter >= 1 (the loads of a
   // build without warp specialization; nothing otherwise).
-  template <class SharedStorage, class FragO, class FragSum, class Softmax, class Turns, class Prefetch>
+  template <class SharedStorage, class FragO, class Softmax, class Turns, class Prefetch>
   CUTE_DEVICE static void mma(Params const& params, SharedStorage& ss, WorkTile const& tile, int n_min,
-                              int n_max, int kv_count, int q_count, int thread_idx, FragO& tOrO, FragSum& tSum,
-                              Softmax& softmax, Turns& turns, Prefetch&& prefetch) {
+                              int n_max, int kv_count, int q_count, int thread_idx, FragO& tOrO, Softmax& softmax,
+                              Turns& turns, Prefetch&& prefetch) {
     using namespace cute;
     using Barrier = cutlass::arch::ClusterBarrier;
     typename Traits::TiledMmaQK tiled_mma_qk;
     typename Traits::TiledMmaPV tiled_mma_pv;
     auto thr_mma_qk = tiled_mma_qk.get_thread_slice(thread_idx);
     auto thr_mma_pv = tiled_mma_pv.get_thread_slice(thread_idx);
-    typename Traits::TiledMmaRowSum tiled_mma_sum;
-    Tensor tSrOnes = tiled_mma_sum.get_thread_slice(thread_idx).partition_fragment_B(
-        make_tensor(make_smem_ptr(ss.smem_ones.data()), typename Traits::SmemLayoutOnes{}));  // (MMA, MMA_N, MMA_K)
 
     Tensor tSrS = partition_fragment_C(tiled_mma_qk, select<0, 1>(typename Traits::TileShapeQK{}));
     Tensor cS = make_identity_tensor(select<0, 1>(typename Traits::TileShapeQK{}));
@@ -359,18 +354,14 @@ struct FwdMainloopSm90 {
       Tensor scores = rowcol_view(tSrS);
       return softmax.update(scores, o_scale);
     };
-    // O (and the row sums) *= o_scale: on every block, or
-    // (Traits::kRescaleOnNewMaxOnly) only when a row of the warp got a new
-    // max (a warp-uniform branch, taken where no wgmma is in flight).
-    auto scale_o = [&] {
-      scale_rows(tOrO, o_scale);
-      if constexpr (Traits::kRowSumsOnTensorCore) scale_rows(tSum, o_scale);
-    };
+    // O *= o_scale: on every block, or (Traits::kRescaleOnNewMaxOnly) only
+    // when a row of the warp got a new max (a warp-uniform branch, taken
+    // where no wgmma is in flight).
     auto rescale_o = [&](bool new_max) {
       if constexpr (Traits::kRescaleOnNewMaxOnly) {
-        if (__any_sync(0xffffffff, new_max)) scale_o();
+        if (__any_sync(0xffffffff, new_max)) scale_rows(tOrO, o_scale);
       } else {
-        scale_o();
+        scale_rows(tOrO, o_scale);
       }
     };
     // Shared-memory operands are wgmma matrix descriptors (64-bit, one per K
@@ -409,12 +400,7 @@ struct FwdMainloopSm90 {
       Tensor sVt = make_tensor(make_smem_ptr(opaque(ss.smem_v.data())), typename Traits::SmemLayoutVt{});
       Tensor tOrV = thr_mma_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage)
       Barrier::wait(&ss.full_v[slot.stage()], slot.phase());
-      if constexpr (Traits::kRowSumsOnTensorCore) {
-        // One commit group with the PV GEMM: the warpgroup waits count groups.
-        warpgroup_gemm_pair(tiled_mma_pv, tOrP, tOrV(_, _, _, slot.stage()), tOrO, tiled_mma_sum, tSrOnes, tSum);
-      } else {
-        warpgroup_gemm</*kZeroInit=*/false, /*kARegs=*/true>(tiled_mma_pv, tOrP, tOrV(_, _, _, slot.stage()), tOrO);
-      }
+      warpgroup_gemm</*kZeroInit=*/false, /*kARegs=*/true>(tiled_mma_pv, tOrP, tOrV(_, _, _, slot.stage()), tOrO);
     };
     const int n_iters = n_max - n_min;
     // Hands a stage back once the wgmmas reading it have been waited for. The
@@ -489,7 +475,7 @@ struct FwdMainloopSm90 {
           issue_qk(iter);
           // O is rescaled by the max change of block j-1 before the PV GEMM
           // adds to it: here under the S GEMM, or in finish_pv.
-          if constexpr (!Traits::kRescaleOnNewMaxOnly) scale_o();
+          if constexpr (!Traits::kRescaleOnNewMaxOnly) scale_rows(tOrO, o_scale);
           issue_pv(iter - 1);
           turns.pass();
           stamp(FwdEvent::kIssued);
@@ -503,7 +489,7 @@ struct FwdMainloopSm90 {
         if constexpr (Traits::kSoftmaxUnderOwnPv) finish_pv(n_iters - 1);
         turns.wait_mine();
         stamp(FwdEvent::kTurn);
-        if constexpr (!Traits::kRescaleOnNewMaxOnly) scale_o();
+        if constexpr (!Traits::kRescaleOnNewMaxOnly) scale_rows(tOrO, o_scale);
         issue_pv(n_iters - 1);
         turns.pass();
         stamp(FwdEvent::kIssued);
