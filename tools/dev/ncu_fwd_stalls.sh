@@ -37,7 +37,7 @@ for point in ${STALL_POINTS:-128:16384:full}; do
     profile "stalls-ours-$hd-$s-$m" -k regex:fwd --launch-skip 2 --launch-count 1 -- "$bin" bench
   causal=(); [[ $m == causal ]] && causal=(--causal)
   profile "stalls-cudnn-$hd-$s-$m" -k 'regex:(?i)sdpa|fprop|flash' --launch-skip 2 --launch-count 1 -- \
-    python3 "$ROOT/tools/dev/cudnn_fwd_calls.py" --seqlen "$s" --head-dim "$hd" "${causal[@]}"
+    python3 "$ROOT/tools/dev/attention_calls.py" --seqlen "$s" --head-dim "$hd" "${causal[@]}"
 done
 
 metrics=gpu__time_duration.sum,dram__bytes_read.sum,lts__t_bytes.sum,sm__cycles_elapsed.avg.per_second
@@ -53,7 +53,7 @@ for point in ${TRAFFIC_POINTS:-}; do
     echo "== cudnn $point"
     timeout -s KILL 120 ncu --clock-control none --cache-control all --metrics "$metrics" \
       -k 'regex:(?i)sdpa|fprop|flash' --launch-skip 2 --launch-count 1 \
-      python3 "$ROOT/tools/dev/cudnn_fwd_calls.py" --seqlen "$s" --head-dim "$hd" "${causal[@]}" 2>&1 |
+      python3 "$ROOT/tools/dev/attention_calls.py" --seqlen "$s" --head-dim "$hd" "${causal[@]}" 2>&1 |
       grep -E "^\s+(gpu__|dram__|lts__|sm__)"
   } >> "$OUT/traffic.txt"
 done

@@ -1,0 +1,63 @@
+"""Calls one attention implementation through JAX a few times, for Nsight Compute (GPU machine).
+
+--impl cudnn needs only jax (jax.nn.dot_product_attention(implementation="cudnn")), so a profile of cuDNN's
+kernels can sit beside one of the harness's (fwd_check) in a call that carries no wheel; --impl jax_fa3 needs
+the wheel. --pass fwd calls the forward; --pass bwd runs the forward once under jax.vjp and then calls only the
+jit-compiled backward (the benchmark's backward step), so a profile filtered on the backward's kernels sees
+nothing else of the implementation's. The shape is the benchmark's: 16k tokens, hidden 2048 (batch = 16384 /
+seqlen, heads = 2048 / head_dim), layout (batch, seqlen, heads, head_dim).
+
+  ncu --clock-control none -k regex:'(?i)sdpa|fprop|flash' --launch-skip 2 --launch-count 1 \\
+      python3 tools/dev/attention_calls.py --seqlen 16384 --head-dim 128 [--causal]
+  ncu --clock-control none -k regex:bwd_main --launch-skip 1 --launch-count 1 \\
+      python3 tools/dev/attention_calls.py --impl jax_fa3 --pass bwd
+  (cuDNN's backward kernels: -k regex:'(?i)bprop|dot_do')
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def attention(impl: str, causal: bool):
+    if impl == "cudnn":
+        return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
+    import jax_fa3  # only here: --impl cudnn runs without the wheel
+
+    return lambda q, k, v: jax_fa3.flash_attention(q, k, v, causal=causal)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--impl", choices=("cudnn", "jax_fa3"), default="cudnn")
+    ap.add_argument("--pass", dest="which", choices=("fwd", "bwd"), default="fwd")
+    ap.add_argument("--seqlen", type=int, default=16384)
+    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
+    ap.add_argument("--causal", action="store_true")
+    ap.add_argument("--calls", type=int, default=4)
+    args = ap.parse_args()
+    dtype = jnp.bfloat16 if args.dtype == "bf16" else jnp.float16
+    shape = (16384 // args.seqlen, args.seqlen, 2048 // args.head_dim, args.head_dim)
+    # Host-side draws: no random-number kernels in the profile.
+    rng = np.random.default_rng(0)
+    q, k, v, dout = (jax.device_put(rng.standard_normal(shape, dtype=np.float32)).astype(dtype) for _ in range(4))
+    fwd = jax.jit(attention(args.impl, args.causal))
+    if args.which == "fwd":
+        for _ in range(args.calls):
+            out = fwd(q, k, v)
+    else:
+        _, vjp = jax.vjp(fwd, q, k, v)
+        bwd = jax.jit(lambda vjp, dout: vjp(dout))
+        for _ in range(args.calls):
+            out = bwd(vjp, dout)
+    jax.block_until_ready(out)
+    print(args.impl, args.which, shape, args.dtype, "causal" if args.causal else "full", "calls:", args.calls)
+
+
+if __name__ == "__main__":
+    main()
