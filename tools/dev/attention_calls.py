@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--causal", action="store_true")
     ap.add_argument("--calls", type=int, default=4)
     args = ap.parse_args()
+    if args.calls < 1:
+        ap.error("--calls must be at least 1")
     dtype = jnp.bfloat16 if args.dtype == "bf16" else jnp.float16
     shape = (16384 // args.seqlen, args.seqlen, 2048 // args.head_dim, args.head_dim)
     # Host-side draws: no random-number kernels in the profile.
