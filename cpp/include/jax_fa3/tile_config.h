@@ -134,12 +134,14 @@ constexpr FwdVariant fwd_variant(bool masked, int seqlen_k) {
 #define JAX_FA3_BWD_CHUNK_WAVES 4
 #endif
 constexpr int kBwdMaskedChunkWaves = JAX_FA3_BWD_CHUNK_WAVES;
-template <int kBlockM_, int kStages_, bool kDQFromRegs_, int kDQHeldEighths_ = 0, bool kDQTransposed_ = false>
+template <int kBlockM_, int kStages_, bool kDQFromRegs_, int kDQHeldEighths_ = 0, bool kDQTransposed_ = false,
+          bool kDQPaired_ = false>
 struct BwdWalk {
   static constexpr int kBlockM = kBlockM_, kStages = kStages_, kDQHeldEighths = kDQHeldEighths_;
-  static constexpr bool kDQFromRegs = kDQFromRegs_, kDQTransposed = kDQTransposed_;
+  static constexpr bool kDQFromRegs = kDQFromRegs_, kDQTransposed = kDQTransposed_, kDQPaired = kDQPaired_;
   static_assert(kDQHeldEighths == 0 || kDQFromRegs, "only dQ sent from registers can be held");
   static_assert(!(kDQTransposed && kDQFromRegs), "transposed dQ values are not in adjacent pairs for red.v2");
+  static_assert(!kDQPaired || (kDQFromRegs && kDQHeldEighths == 0), "paired dQ sums are sent from registers, unheld");
 };
 template <int kHeadDim>
 struct BwdTile;
