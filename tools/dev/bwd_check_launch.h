@@ -39,17 +39,6 @@ struct Tile<128> {
   using type = CandidateTile128;
 };
 #endif
-// Head dim 256's fast walk with paired dQ sums (DqPair) instead of its own,
-// under every mask: -DBWD_CHECK_WALK256_PAIRED=1.
-#ifdef BWD_CHECK_WALK256_PAIRED
-struct CandidateTile256 : BwdTile<256> {
-  template <bool> using Fast = BwdWalk<64, 2, true, 0, false, true>;
-};
-template <>
-struct Tile<256> {
-  using type = CandidateTile256;
-};
-#endif
 
 // The workspace the launches below need: the library's, but for a candidate
 // whose query blocks differ from it.

@@ -115,6 +115,14 @@ constexpr FwdVariant fwd_variant(bool masked, int seqlen_k) {
 // lost its wgmma serialisation (benchmarks/results/2026-12-03b_h200_blocks.md).
 // Head dim 256 keeps two Q/dO stages only without the 64 KB dQ tile (with it
 // they would need 288 KB of shared memory).
+// No CTA pairs summing dQ before the reduce-adds: 2-CTA clusters on adjacent
+// key blocks, each keeping half of every warpgroup's dQ columns and pushing
+// the other half to its peer (st.async into its dO stage), halve the
+// reduce-add bytes, which alone would be worth ~20% at head dim 256; the pairs
+// ran 0.99-1.04 without a mask and 0.94-0.97 causal in the harness: their CTAs
+// wait for each other every step, and the kept half's reduce-adds stall both
+// (benchmarks/results/2026-12-06d_h100_bwd_dq_pairs.md). The code is in git at
+// b0e6b79.
 //
 // The deterministic mode's CTAs run in BwdCtaOrder's chunks (key blocks
 // slowest) of about kBwdMaskedChunkWaves waves of CTAs under a mask, and of
@@ -134,14 +142,12 @@ constexpr FwdVariant fwd_variant(bool masked, int seqlen_k) {
 #define JAX_FA3_BWD_CHUNK_WAVES 4
 #endif
 constexpr int kBwdMaskedChunkWaves = JAX_FA3_BWD_CHUNK_WAVES;
-template <int kBlockM_, int kStages_, bool kDQFromRegs_, int kDQHeldEighths_ = 0, bool kDQTransposed_ = false,
-          bool kDQPaired_ = false>
+template <int kBlockM_, int kStages_, bool kDQFromRegs_, int kDQHeldEighths_ = 0, bool kDQTransposed_ = false>
 struct BwdWalk {
   static constexpr int kBlockM = kBlockM_, kStages = kStages_, kDQHeldEighths = kDQHeldEighths_;
-  static constexpr bool kDQFromRegs = kDQFromRegs_, kDQTransposed = kDQTransposed_, kDQPaired = kDQPaired_;
+  static constexpr bool kDQFromRegs = kDQFromRegs_, kDQTransposed = kDQTransposed_;
   static_assert(kDQHeldEighths == 0 || kDQFromRegs, "only dQ sent from registers can be held");
   static_assert(!(kDQTransposed && kDQFromRegs), "transposed dQ values are not in adjacent pairs for red.v2");
-  static_assert(!kDQPaired || (kDQFromRegs && kDQHeldEighths == 0), "paired dQ sums are sent from registers, unheld");
 };
 template <int kHeadDim>
 struct BwdTile;

@@ -11,7 +11,6 @@
 #include "jax_fa3/common/arch.h"
 
 #include <cute/tensor.hpp>
-#include <cute/arch/cluster_sm90.hpp>
 #include <cutlass/arch/barrier.h>
 #include <cutlass/arch/reg_reconfig.h>
 #include <cutlass/cutlass.h>
@@ -55,23 +54,14 @@ bwd_main_kernel(const __grid_constant__ BwdMainParams<Traits> params) {
   const int hkv = cta.hkv;
   const int b = cta.b;
   const int group = params.heads_q / params.heads_kv;
-  // kDQPaired: clusters of two CTAs on key blocks 2i and 2i + 1 (the grid's
-  // key blocks rounded up to even). A pair walks the query blocks of both
-  // key blocks together; a last key block without a partner walks alone and
-  // sends all of its dQ itself, and the grid's padding CTA only joins the
-  // cluster barrier below.
-  const int n_blocks = (params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
-  const bool paired = Traits::kDQPaired && (n_block | 1) < n_blocks;
-  const uint32_t rank = Traits::kDQPaired ? uint32_t(n_block & 1) : 0u;
   // The walk: range.num_m query blocks for each of the group's query heads.
   // Each role derives it after its register reconfiguration (values kept
   // live across setmaxnreg would be spilled).
   auto walk = [&] {
-    const int n0 = (paired ? n_block & ~1 : n_block) * Traits::kBlockN;
-    const int n1 = min(n0 + (paired ? 2 : 1) * Traits::kBlockN, params.seqlen_k);
+    const int n0 = n_block * Traits::kBlockN;
+    const int n1 = min(n0 + Traits::kBlockN, params.seqlen_k);
     const BwdQueryRange range = BwdQueryRange::make(params.mask, n0, n1, Traits::kBlockM);
-    // See BwdStep; a pair's two CTAs start at the same block.
-    return params.deterministic ? range : range.shifted(Traits::kDQPaired ? n_block / 2 : n_block);
+    return params.deterministic ? range : range.shifted(n_block);  // see BwdStep
   };
 
   if (threadIdx.x == 0) {
@@ -82,23 +72,11 @@ bwd_main_kernel(const __grid_constant__ BwdMainParams<Traits> params) {
     for (int s = 0; s < Traits::kStages; ++s) {
       initialize_barrier(ss.full_bar[s], 1);
       initialize_barrier(ss.empty_bar[s], Traits::kMmaThreads);
-      if constexpr (Traits::kDQPaired) {
-        for (int w = 0; w < Traits::kWarpgroups; ++w) {
-          initialize_barrier(ss.xfree_bar[s][w], 4);  // the peer warpgroup's warps
-          initialize_barrier(ss.xfull_bar[s][w], 1);  // this warpgroup's expect_tx
-        }
-      }
     }
     initialize_barrier(ss.kv_bar, 1);
     cutlass::arch::fence_barrier_init();
   }
   __syncthreads();
-  if constexpr (Traits::kDQPaired) {
-    // Both CTAs' barriers are initialised before either arrives on the other's.
-    cute::cluster_arrive_relaxed();
-    cute::cluster_wait();
-    if (n_block >= n_blocks) return;
-  }
 
   const int warpgroup = cutlass::canonical_warp_group_idx();
   if (warpgroup == 0) {
@@ -126,9 +104,7 @@ bwd_main_kernel(const __grid_constant__ BwdMainParams<Traits> params) {
     clear(tdVrdV);
     const BwdQueryRange range = walk();
     const int total = range.num_m * group;
-    if (total > 0) {
-      bwd_mma<Traits, kMasked>(params, ss, n_block, hkv, b, range, total, mma_tid, tdKrdK, tdVrdV, paired, rank);
-    }
+    if (total > 0) bwd_mma<Traits, kMasked>(params, ss, n_block, hkv, b, range, total, mma_tid, tdKrdK, tdVrdV);
     // Keys that no query sees get zero dK/dV, written like any other.
     store_dkv<Traits>(params, tdKrdK, tdVrdV, n_block, hkv, b, mma_tid % 128, wg % Traits::kKeySplit,
                       wg / Traits::kKeySplit);

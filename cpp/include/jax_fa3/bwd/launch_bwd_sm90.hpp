@@ -100,23 +100,9 @@ cudaError_t run_bwd_pipeline(const BwdParams& params, cudaStream_t stream) {
     auto kernel = bwd_main_kernel<Traits, kMasked, kChunkedOrder>;
     constexpr int kSmem = bwd_main_smem_bytes<Traits>();
     if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem)) return e;
-    static_assert(!(Traits::kDQPaired && kChunkedOrder), "paired CTAs are adjacent in blockIdx.x");
-    // Paired: clusters of two along the key blocks, rounded up to even.
-    const unsigned grid_n = unsigned(Traits::kDQPaired ? (n_blocks + 1) / 2 * 2 : n_blocks);
-    cudaLaunchConfig_t config{};
-    config.gridDim = kChunkedOrder ? dim3(unsigned(mp.order.num_ctas()))
-                                   : dim3(grid_n, unsigned(s.heads_kv), unsigned(s.batch));
-    config.blockDim = dim3(Traits::kThreads);
-    config.dynamicSmemBytes = kSmem;
-    config.stream = stream;
-    cudaLaunchAttribute cluster{};
-    cluster.id = cudaLaunchAttributeClusterDimension;
-    cluster.val.clusterDim.x = Traits::kDQPaired ? 2 : 1;
-    cluster.val.clusterDim.y = 1;
-    cluster.val.clusterDim.z = 1;
-    config.attrs = &cluster;
-    config.numAttrs = Traits::kDQPaired ? 1 : 0;
-    if (cudaError_t e = cudaLaunchKernelEx(&config, kernel, mp)) return e;
+    const dim3 grid = kChunkedOrder ? dim3(unsigned(mp.order.num_ctas()))
+                                    : dim3(unsigned(n_blocks), unsigned(s.heads_kv), unsigned(s.batch));
+    kernel<<<grid, Traits::kThreads, kSmem, stream>>>(mp);
     if (cudaError_t e = cudaGetLastError()) return e;
   }
 

@@ -25,7 +25,6 @@
 #include <cute/atom/copy_traits_sm90.hpp>
 #include <cutlass/arch/barrier.h>
 
-#include "jax_fa3/bwd/dq_pair_bwd_sm90.hpp"
 #include "jax_fa3/bwd/epilogue_bwd_sm90.hpp"
 #include "jax_fa3/bwd/params_bwd_sm90.hpp"
 #include "jax_fa3/bwd/traits_bwd_sm90.hpp"
@@ -232,7 +231,7 @@ struct DqHeld {
 template <class Traits, bool kMasked, class Acc>
 __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename Traits::SharedStorage& ss,
                                         int n_block, int hkv, int b, BwdQueryRange range, int total, int mma_tid,
-                                        Acc& tdKrdK, Acc& tdVrdV, bool paired, uint32_t rank) {
+                                        Acc& tdKrdK, Acc& tdVrdV) {
   using Element = typename Traits::Element;
   using BlockM = typename Traits::BlockM;
   using BlockN = typename Traits::BlockN;
@@ -261,8 +260,6 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
   wait_barrier(ss.kv_bar, 0);
 
   DqHeld<Traits> held;  // kDQFromRegs only
-  DqPair<Traits> pair;  // kDQPaired only
-  auto send_pair = [&](float* gdq, int i, float2 v) { dq_add_pair<Traits>(gdq, dq_coords<Traits>(), wg, i, v); };
 
   // The query block walks down from start_m, wrapping around, once per query
   // head of the group (BwdStep, without the head: the step's head is needed
@@ -413,18 +410,6 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
     if constexpr (Traits::kDQFromRegs) {
       if (t > 0) held.send(wg);
     }
-    // Likewise the previous step's paired dQ half (the peer pushed it at
-    // about the time this CTA did, long enough ago for its latency not to
-    // show); only then is that step's stage free. Taken under the S GEMM it
-    // ran 2-3% slower, its sends under the dK GEMM 6-14% slower.
-    if constexpr (Traits::kDQPaired) {
-      if (paired && t > 0) {
-        const int prev = (t - 1) % kStages;
-        pair.collect(ss, prev, ((t - 1) / kStages) & 1, wg);
-        arrive_barrier(ss.empty_bar[prev]);
-        pair.send(send_pair);
-      }
-    }
     if constexpr (Traits::kDPAfterP) issue_dp();
     Tensor tdVrdO = thr_dkv.partition_fragment_B(
         local_tile(sdOt(_, _, stage), Shape<Int<kDSlice>, BlockM>{}, make_coord(dsl, _0{})));
@@ -502,27 +487,16 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
     const auto cdQ = dq_coords<Traits>();
     if constexpr (Traits::kDQFromRegs) {
       // Straight into the accumulator (fp32 adds at L2), but for the values
-      // DqHeld keeps for the next step, or summed with the peer CTA's first
-      // (kDQPaired). The fast walk's rotation keeps the CTAs in flight on
-      // different query blocks.
+      // DqHeld keeps for the next step. The fast walk's rotation keeps the
+      // CTAs in flight on different query blocks.
       held.gdq = DqReducer<Traits>::at(p, b, hkv * (p.heads_q / p.heads_kv) + t / range.num_m, m).gdq;
-      bool paired_step = false;
-      if constexpr (Traits::kDQPaired) {
-        if (paired) {
-          DqPair<Traits>::mark_free(ss, stage, wg, rank);
-          pair.give(ss, tdQrdQ, stage, (t / kStages) & 1, wg, rank, held.gdq);
-          paired_step = true;
-        }
-      }
-      if (!paired_step) {
-        CUTLASS_PRAGMA_UNROLL
-        for (int i = 0; i < size(tdQrdQ); i += 2) {
-          const float2 v = make_float2(tdQrdQ(i), tdQrdQ(i + 1));
-          if (i < DqHeld<Traits>::kFirst) {
-            dq_add_pair<Traits>(held.gdq, cdQ, wg, i, v);
-          } else {
-            held.hold(i, v);
-          }
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(tdQrdQ); i += 2) {
+        const float2 v = make_float2(tdQrdQ(i), tdQrdQ(i + 1));
+        if (i < DqHeld<Traits>::kFirst) {
+          dq_add_pair<Traits>(held.gdq, cdQ, wg, i, v);
+        } else {
+          held.hold(i, v);
         }
       }
     } else {
@@ -544,17 +518,10 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
     }
 
     warpgroup_wait<0>();
-    // Every GEMM reading this stage's Q/dO is done: hand it back (paired:
-    // once the peer's dQ half in it is taken).
-    if (!(Traits::kDQPaired && paired)) arrive_barrier(ss.empty_bar[stage]);
+    // Every GEMM reading this stage's Q/dO is done: hand it back.
+    arrive_barrier(ss.empty_bar[stage]);
   }
   if constexpr (Traits::kDQFromRegs) held.send(wg);
-  if constexpr (Traits::kDQPaired) {
-    if (paired) {
-      pair.collect(ss, (total - 1) % kStages, ((total - 1) / kStages) & 1, wg);
-      pair.send(send_pair);
-    }
-  }
 }
 
 }  // namespace jax_fa3::bwd

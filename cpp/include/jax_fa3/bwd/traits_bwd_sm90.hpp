@@ -38,10 +38,6 @@ struct BwdTraits {
   static constexpr bool kDQFromRegs = Walk::kDQFromRegs;
   static constexpr int kDQHeldEighths = Walk::kDQHeldEighths;  // DqHeld (mainloop)
   static constexpr bool kDQTransposed = Walk::kDQTransposed;
-  // kDQPaired: CTAs run in clusters of two on adjacent key blocks, and each
-  // adds the pair's dQ parts of one half of every warpgroup's columns before
-  // sending them (DqPair, dq_pair_bwd_sm90.hpp): half the reduce-add bytes.
-  static constexpr bool kDQPaired = Walk::kDQPaired;
   static constexpr int kWarpgroups = Tile::kConsumerWarpgroups;  // MMA warpgroups
   // Warp specialisation: warpgroup 0 is the producer (warp 0 issues the TMA
   // loads, warp 1 sends the dQ tiles to the fp32 accumulator unless
@@ -71,13 +67,6 @@ struct BwdTraits {
   static constexpr int kDQSlice = kHeadDim / kWarpgroups;
   static constexpr int kSdPCols = kBlockM / kDSplit;
   static constexpr bool kPdSInSmem = kDSplit > 1;
-  // The half a warpgroup hands to the other CTA of its pair goes through the
-  // step's dO stage, in the bytes only that warpgroup's dV GEMM reads (its
-  // column slice): kDQSlice / 2 fp32 columns take as many bytes as kDSlice
-  // 16-bit ones.
-  static_assert(!kDQPaired || (!kDQTransposed && kKeySplit == 1 &&
-                               kDSlice * sizeof(Element) == (kDQSlice / 2) * sizeof(float)),
-                "paired dQ: the exchanged half must fill the warpgroup's dO column slice");
   // S and dP of 64 x 128 (kBlockM = 128) take 128 of the 240 registers: with
   // softcap, tanh's temporaries do not fit beside them (12-52 bytes of
   // spills), so dP is issued only once P is computed (bwd_mma). On every
@@ -172,11 +161,6 @@ struct BwdTraits {
     alignas(8) uint64_t full_bar[kStages];
     alignas(8) uint64_t empty_bar[kStages];
     alignas(8) uint64_t kv_bar;
-    // kDQPaired (DqPair): xfree_bar[stage][w]: the other CTA's warpgroup w
-    // may push its half of the step's dQ part into warpgroup w's area here;
-    // xfull_bar[stage][w]: it has (the pushed bytes as transactions).
-    alignas(8) uint64_t xfree_bar[kDQPaired ? kStages : 1][kDQPaired ? kWarpgroups : 1];
-    alignas(8) uint64_t xfull_bar[kDQPaired ? kStages : 1][kDQPaired ? kWarpgroups : 1];
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   // + 1024: the kernel aligns the storage to 1024 bytes inside its window.
