@@ -421,8 +421,9 @@ static int run_checks(bool small) {
         {"d192 full b2 gqa2", bf, 2, 113, 113, 4, 2, 192, -1, -1, 0.f, false},
         {"d256 full softcap30 gqa2", bf, 2, 113, 113, 2, 1, 256, -1, -1, 30.f, false},
         {"d256 causal", bf, 1, 1000, 1000, 2, 2, 256, -1, 0, 0.f, false},
-        // Odd key-block counts (the last block has no partner) and windows
-        // that reach one block of a pair but not the other (DqPair).
+        // Head dim 256 under more shapes: an odd number of key blocks, fp16,
+        // sq != sk, a local window, one query (added for the CTA pairs of
+        // benchmarks/results/2026-12-06d_h100_bwd_dq_pairs.md).
         {"d256 fp16 full sq>sk (3 key blocks)", fp, 2, 300, 150, 2, 2, 256, -1, -1, 0.f, false},
         {"d256 causal sq<sk dlse=0 gqa2", bf, 1, 113, 1000, 4, 2, 256, -1, 0, 0.f, true},
         {"d256 local(37,5) sq>sk", bf, 1, 1000, 500, 2, 1, 256, 37, 5, 0.f, false},
