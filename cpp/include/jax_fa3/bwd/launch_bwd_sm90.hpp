@@ -1,7 +1,8 @@
 // Definition of run_bwd_sm90: the backward as a short device-level pipeline,
 // all enqueued on `stream` (no host synchronisation, no allocation):
-//   1. clear the fp32 dq accumulator (and the deterministic-order counters);
-//   2. preprocess: per-row D = rowsum(dO * O) - dlse and lse * log2(e);
+//   1. clear the deterministic-order counters (deterministic mode only);
+//   2. preprocess: per-row D = rowsum(dO * O) - dlse and lse * log2(e), and
+//      the fp32 dq accumulator cleared;
 //   3. main kernel: dK, dV (written directly) and dq partial sums;
 //   4. convert: dq accumulator -> dq (Element, times softmax_scale).
 // Included only by the generated instantiation files.
@@ -51,18 +52,18 @@ cudaError_t run_bwd_pipeline(const BwdParams& params, cudaStream_t stream) {
   float* dq_accum = reinterpret_cast<float*>(base + ws.dq_accum_offset);
   int* dq_sem = params.deterministic ? reinterpret_cast<int*>(base + ws.dq_sem_offset) : nullptr;
 
-  // 1. The workspace arrives with undefined contents.
-  if (cudaError_t e = cudaMemsetAsync(dq_accum, 0, ws.dq_accum_bytes, stream)) return e;
+  // 1. The workspace arrives with undefined contents (the preprocess clears dq_accum).
   if (params.deterministic) {
     if (cudaError_t e = cudaMemsetAsync(dq_sem, 0, ws.dq_sem_bytes, stream)) return e;
   }
 
-  // 2. Row terms.
+  // 2. Row terms, dq accumulator cleared.
   {
-    const dim3 grid(unsigned((ws.rows + kPreprocessWarps - 1) / kPreprocessWarps), s.heads_q, s.batch);
-    bwd_preprocess_kernel<Element><<<grid, kPreprocessWarps * 32, 0, stream>>>(
+    constexpr int kRows = PreprocessShape<kHeadDim>::kRowsPerBlock;
+    const dim3 grid(unsigned((ws.rows + kRows - 1) / kRows), s.heads_q, s.batch);
+    bwd_preprocess_kernel<Element, kHeadDim><<<grid, kPreprocessWarps * 32, 0, stream>>>(
         static_cast<const Element*>(params.out), static_cast<const Element*>(params.dout), params.lse, params.dlse,
-        lse2, dpsum, s.seqlen_q, s.heads_q, s.head_dim, ws.rows);
+        lse2, dpsum, dq_accum, s.seqlen_q, s.heads_q, s.head_dim, ws.rows);
     if (cudaError_t e = cudaGetLastError()) return e;
   }
 
@@ -108,11 +109,11 @@ cudaError_t run_bwd_pipeline(const BwdParams& params, cudaStream_t stream) {
 
   // 4. dq.
   {
-    const int64_t chunks = int64_t(s.batch) * s.seqlen_q * s.heads_q * (s.head_dim / 8);
-    const unsigned blocks = unsigned((chunks + kConvertThreads - 1) / kConvertThreads);
-    bwd_convert_dq_kernel<Element, kHeadDim, Traits::kBlockM><<<blocks, kConvertThreads, 0, stream>>>(
+    constexpr int kRows = ConvertShape<kHeadDim>::kRowsPerBlock;
+    const dim3 grid(unsigned((int64_t(s.seqlen_q) + kRows - 1) / kRows), s.heads_q, s.batch);
+    bwd_convert_dq_kernel<Element, kHeadDim, Traits::kBlockM><<<grid, kConvertThreads, 0, stream>>>(
         dq_accum, static_cast<Element*>(params.dq), s.seqlen_q, s.heads_q, s.head_dim, ws.rows,
-        prob.softmax_scale, chunks);
+        prob.softmax_scale);
     if (cudaError_t e = cudaGetLastError()) return e;
   }
   return cudaSuccess;

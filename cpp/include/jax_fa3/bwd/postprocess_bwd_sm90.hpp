@@ -16,32 +16,56 @@ namespace jax_fa3::bwd {
 
 constexpr int kConvertThreads = 256;
 
-// One thread per 8 output elements: 2 x 16-byte loads (one 32-byte chunk
-// row of the tile), 1 x 16-byte store, consecutive threads on consecutive
-// columns then heads (coalesced stores).
+// Block (x, h, b): kRowsPerBlock query rows of head h, batch b (grid axes
+// instead of index divisions). A row's 8-column chunks go to kLanesPerRow
+// consecutive threads (the bucket's chunk count rounded up to a power of
+// two); each thread converts kPasses chunks, its loads issued before any
+// store: 2 x 16-byte loads (one 32-byte chunk row of the tile) and one
+// 16-byte store each.
+template <int kHeadDim>
+struct ConvertShape {
+  static constexpr int kChunks = kHeadDim / 8;
+  static constexpr int kLanesPerRow = kChunks <= 8 ? 8 : kChunks <= 16 ? 16 : 32;
+  static_assert(kChunks <= 32, "a row's chunks must fit one warp");
+  static constexpr int kPasses = 2;
+  static constexpr int kRowsPerPass = kConvertThreads / kLanesPerRow;
+  static constexpr int kRowsPerBlock = kRowsPerPass * kPasses;
+};
+
 template <class Element, int kHeadDim, int kBlockM>
 __global__ void __launch_bounds__(kConvertThreads)
 bwd_convert_dq_kernel(const float* __restrict__ dq_accum, Element* __restrict__ dq, int seqlen_q, int heads_q,
-                      int head_dim, int64_t rows, float scale, int64_t chunks) {
-  const int64_t idx = int64_t(blockIdx.x) * kConvertThreads + threadIdx.x;
-  if (idx >= chunks) return;
-  const int chunks_per_row = head_dim / 8;
-  const int c = int(idx % chunks_per_row);
-  int64_t t = idx / chunks_per_row;
-  const int h = int(t % heads_q);
-  t /= heads_q;
-  const int64_t i = t % seqlen_q;
-  const int64_t b = t / seqlen_q;
-  const int r = int(i % kBlockM);
-  const float* src = dq_accum + ((b * heads_q + h) * rows + (i - r)) * kHeadDim +
-                     BwdWorkspace::dq_tile_offset(kBlockM, r, c * 8);
-  const float4 lo = *reinterpret_cast<const float4*>(src);
-  const float4 hi = *reinterpret_cast<const float4*>(src + 4);
-  alignas(16) Element v[8] = {Element(lo.x * scale), Element(lo.y * scale), Element(lo.z * scale),
-                              Element(lo.w * scale), Element(hi.x * scale), Element(hi.y * scale),
-                              Element(hi.z * scale), Element(hi.w * scale)};
-  *reinterpret_cast<uint4*>(dq + ((b * seqlen_q + i) * heads_q + h) * head_dim + c * 8) =
-      *reinterpret_cast<const uint4*>(v);
+                      int head_dim, int64_t rows, float scale) {
+  using Shape = ConvertShape<kHeadDim>;
+  constexpr int kPasses = Shape::kPasses;
+  const int h = blockIdx.y;
+  const int b = blockIdx.z;
+  const int c = threadIdx.x % Shape::kLanesPerRow;
+  const bool col_inside = c * 8 < head_dim;
+  const float* head_accum = dq_accum + (int64_t(b) * heads_q + h) * rows * kHeadDim;
+
+  int64_t i[kPasses];
+  float4 lo[kPasses], hi[kPasses];
+#pragma unroll
+  for (int p = 0; p < kPasses; ++p) {
+    i[p] = int64_t(blockIdx.x) * Shape::kRowsPerBlock + p * Shape::kRowsPerPass + threadIdx.x / Shape::kLanesPerRow;
+    if (i[p] < seqlen_q && col_inside) {
+      const int r = int(i[p] % kBlockM);
+      const float* src = head_accum + (i[p] - r) * kHeadDim + BwdWorkspace::dq_tile_offset(kBlockM, r, c * 8);
+      lo[p] = *reinterpret_cast<const float4*>(src);
+      hi[p] = *reinterpret_cast<const float4*>(src + 4);
+    }
+  }
+#pragma unroll
+  for (int p = 0; p < kPasses; ++p) {
+    if (i[p] < seqlen_q && col_inside) {
+      alignas(16) Element v[8] = {Element(lo[p].x * scale), Element(lo[p].y * scale), Element(lo[p].z * scale),
+                                  Element(lo[p].w * scale), Element(hi[p].x * scale), Element(hi[p].y * scale),
+                                  Element(hi[p].z * scale), Element(hi[p].w * scale)};
+      *reinterpret_cast<uint4*>(dq + ((int64_t(b) * seqlen_q + i[p]) * heads_q + h) * head_dim + c * 8) =
+          *reinterpret_cast<const uint4*>(v);
+    }
+  }
 }
 
 }  // namespace jax_fa3::bwd
