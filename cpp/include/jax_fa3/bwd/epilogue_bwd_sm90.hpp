@@ -9,7 +9,6 @@
 #include <cutlass/cutlass.h>
 
 #include "jax_fa3/bwd/params_bwd_sm90.hpp"
-#include "jax_fa3/bwd/postprocess_bwd_sm90.hpp"
 #include "jax_fa3/common/utils.hpp"
 
 namespace jax_fa3::bwd {
@@ -21,8 +20,6 @@ enum class BwdNamedBarrier : uint32_t {
   kdSReady = 0,  // every MMA warpgroup has written its dS^T of the step to smem
   kdQEmpty = 1,  // + w, writer -> warpgroup w: its part of the smem dQ tile may be overwritten
   kdQFull = 3,   // + w, warpgroup w -> writer: its part of the step's dQ tile is complete
-  kdQLanded = 5,  // writer -> MMA warpgroups: every dQ part of this CTA has landed (DqFinish)
-  kdQList = 6,    // MMA warpgroups: DqFinish's list of query blocks to convert
 };
 
 JAX_FA3_HOST_DEVICE uint32_t barrier_id(BwdNamedBarrier b) { return static_cast<uint32_t>(b); }
@@ -141,65 +138,6 @@ struct DqHandoff {
           if (more) release(w);
         }
       }
-    }
-    if constexpr (Traits::kConvertsDq) {
-      // Every add of this CTA performed, and ordered before what follows it
-      // in program order (async proxy -> generic proxy), before DqFinish counts them.
-      if (cute::elect_one_sync()) {
-        asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
-        asm volatile("fence.proxy.async.global;\n" ::: "memory");
-      }
-      __syncwarp();
-      cutlass::arch::NamedBarrier::arrive(Traits::kMmaThreads + cutlass::NumThreadsPerWarp,
-                                          barrier_id(BwdNamedBarrier::kdQLanded));
-    }
-  }
-};
-
-// The dq conversion inside the main kernel (Traits::kConvertsDq): no convert
-// kernel, and each query block's accumulator tile read back from L2 right
-// after its last part landed rather than from DRAM after the whole grid.
-// Once the writer has seen every dQ part of this CTA land (kdQLanded), each
-// MMA thread counts this CTA into one visited query block's dq_done counter
-// (acq_rel: the release publishes the landed parts, and the thread whose add
-// completes the count, key_blocks_visiting, acquires every other CTA's);
-// the MMA threads then convert the blocks this CTA completed, together, in
-// rounds of one visited block per thread. The list lives in the writer's smem
-// dQ tile, free once everything landed.
-template <class Traits>
-struct DqFinish {
-  static constexpr int kThreads = Traits::kMmaThreads;
-  static_assert(Traits::kBlockM * Traits::kHeadDim >= kThreads + 1, "the list must fit the smem dQ tile");
-
-  CUTE_DEVICE static void run(const BwdMainParams<Traits>& params, float* smem_dq, int hkv, int b,
-                              BwdQueryRange range, int total, int tid) {
-    using Element = typename Traits::Element;
-    auto list_sync = [] { cutlass::arch::NamedBarrier::sync(kThreads, barrier_id(BwdNamedBarrier::kdQList)); };
-    int* list = reinterpret_cast<int*>(smem_dq);  // [0]: count, then steps
-    cutlass::arch::NamedBarrier::sync(kThreads + cutlass::NumThreadsPerWarp, barrier_id(BwdNamedBarrier::kdQLanded));
-    const int hq0 = hkv * (params.heads_q / params.heads_kv);
-    for (int base = 0; base < total; base += kThreads) {
-      if (tid == 0) list[0] = 0;
-      list_sync();
-      const int step = base + tid;
-      if (step < total) {
-        const int hq = hq0 + step / range.num_m, m = range.m_begin + step % range.num_m;
-        int* done = params.dq_done + (int64_t(b) * params.heads_q + hq) * params.m_blocks + m;
-        int before;
-        asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], 1;\n" : "=r"(before) : "l"(done) : "memory");
-        if (before + 1 == BwdQueryRange::key_blocks_visiting(params.mask, m, Traits::kBlockM, Traits::kBlockN)) {
-          list[1 + atomicAdd(&list[0], 1)] = step;
-        }
-      }
-      list_sync();
-      const int count = list[0];
-      for (int j = 0; j < count; ++j) {
-        const int s = list[1 + j];
-        convert_dq_block<Element, Traits::kHeadDim, Traits::kBlockM, kThreads>(
-            params.dq_accum, static_cast<Element*>(params.dq), params.rows, params.seqlen_q, params.heads_q,
-            params.head_dim, params.softmax_scale, b, hq0 + s / range.num_m, range.m_begin + s % range.num_m, tid);
-      }
-      list_sync();
     }
   }
 };

@@ -108,9 +108,6 @@ bwd_main_kernel(const __grid_constant__ BwdMainParams<Traits> params) {
     // Keys that no query sees get zero dK/dV, written like any other.
     store_dkv<Traits>(params, tdKrdK, tdVrdV, n_block, hkv, b, mma_tid % 128, wg % Traits::kKeySplit,
                       wg / Traits::kKeySplit);
-    if constexpr (Traits::kConvertsDq) {
-      if (total > 0) DqFinish<Traits>::run(params, ss.dq.data(), hkv, b, range, total, mma_tid);
-    }
   }
 }
 

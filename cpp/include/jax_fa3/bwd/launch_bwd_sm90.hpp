@@ -1,10 +1,10 @@
 // Definition of run_bwd_sm90: the backward as a short device-level pipeline,
 // all enqueued on `stream` (no host synchronisation, no allocation):
-//   1. preprocess: per-row D = rowsum(dO * O) - dlse and lse * log2(e); the
-//      fp32 dq accumulator and the per-query-block counters cleared;
-//   2. main kernel: dK, dV (written directly) and dq partial sums, each query
-//      block converted to dq by the CTA that completes it (Traits::kConvertsDq);
-//   3. otherwise, convert: dq accumulator -> dq (Element, times softmax_scale).
+//   1. clear the deterministic-order counters (deterministic mode only);
+//   2. preprocess: per-row D = rowsum(dO * O) - dlse and lse * log2(e), and
+//      the fp32 dq accumulator cleared;
+//   3. main kernel: dK, dV (written directly) and dq partial sums;
+//   4. convert: dq accumulator -> dq (Element, times softmax_scale).
 // Included only by the generated instantiation files.
 #pragma once
 
@@ -51,23 +51,23 @@ cudaError_t run_bwd_pipeline(const BwdParams& params, cudaStream_t stream) {
   float* dpsum = reinterpret_cast<float*>(base + ws.dpsum_offset);
   float* dq_accum = reinterpret_cast<float*>(base + ws.dq_accum_offset);
   int* dq_sem = params.deterministic ? reinterpret_cast<int*>(base + ws.dq_sem_offset) : nullptr;
-  int* dq_done = reinterpret_cast<int*>(base + ws.dq_done_offset);
-  const WindowMask mask = WindowMask::make(s, prob.mask);
 
-  // 1. Row terms; the workspace arrives with undefined contents, which the
-  // preprocess clears where it must.
+  // 1. The workspace arrives with undefined contents (the preprocess clears dq_accum).
+  if (params.deterministic) {
+    if (cudaError_t e = cudaMemsetAsync(dq_sem, 0, ws.dq_sem_bytes, stream)) return e;
+  }
+
+  // 2. Row terms, dq accumulator cleared.
   {
     constexpr int kRows = PreprocessShape<kHeadDim>::kRowsPerBlock;
     const dim3 grid(unsigned((ws.rows + kRows - 1) / kRows), s.heads_q, s.batch);
-    const PreprocessDq dq{dq_accum, dq_done, dq_sem, Traits::kConvertsDq ? params.dq : nullptr, mask,
-                          Traits::kBlockM, Traits::kBlockN, ws.m_blocks};
     bwd_preprocess_kernel<Element, kHeadDim><<<grid, kPreprocessWarps * 32, 0, stream>>>(
         static_cast<const Element*>(params.out), static_cast<const Element*>(params.dout), params.lse, params.dlse,
-        lse2, dpsum, dq, s.seqlen_q, s.heads_q, s.head_dim, ws.rows);
+        lse2, dpsum, dq_accum, s.seqlen_q, s.heads_q, s.head_dim, ws.rows);
     if (cudaError_t e = cudaGetLastError()) return e;
   }
 
-  // 2. Main kernel.
+  // 3. Main kernel.
   {
     constexpr float kLog2e = 1.4426950408889634f;
     const BwdMainParams<Traits> mp{
@@ -75,7 +75,7 @@ cudaError_t run_bwd_pipeline(const BwdParams& params, cudaStream_t stream) {
         make_tma_q<Traits>(static_cast<const Element*>(params.dout), s.seqlen_q, s.head_dim, s.heads_q, s.batch),
         make_tma_k<Traits>(static_cast<const Element*>(params.k), s.seqlen_k, s.head_dim, s.heads_kv, s.batch),
         make_tma_v<Traits>(static_cast<const Element*>(params.v), s.seqlen_k, s.head_dim, s.heads_kv, s.batch),
-        mask,
+        WindowMask::make(s, prob.mask),
         s.batch,
         s.seqlen_q,
         s.seqlen_k,
@@ -93,8 +93,6 @@ cudaError_t run_bwd_pipeline(const BwdParams& params, cudaStream_t stream) {
         dpsum,
         dq_accum,
         dq_sem,
-        dq_done,
-        params.dq,
         params.dk,
         params.dv,
         params.deterministic,
@@ -109,9 +107,10 @@ cudaError_t run_bwd_pipeline(const BwdParams& params, cudaStream_t stream) {
     if (cudaError_t e = cudaGetLastError()) return e;
   }
 
-  // 3. dq, where the main kernel did not convert it.
-  if constexpr (!Traits::kConvertsDq) {
-    const dim3 grid(unsigned(ws.m_blocks), s.heads_q, s.batch);
+  // 4. dq.
+  {
+    constexpr int kRows = ConvertShape<kHeadDim>::kRowsPerBlock;
+    const dim3 grid(unsigned((int64_t(s.seqlen_q) + kRows - 1) / kRows), s.heads_q, s.batch);
     bwd_convert_dq_kernel<Element, kHeadDim, Traits::kBlockM><<<grid, kConvertThreads, 0, stream>>>(
         dq_accum, static_cast<Element*>(params.dq), s.seqlen_q, s.heads_q, s.head_dim, ws.rows,
         prob.softmax_scale);

@@ -30,8 +30,6 @@ struct BwdMainParams {
   const float* dpsum;
   float* dq_accum;
   int* dq_sem;
-  int* dq_done;  // per (batch, query head, query block): key blocks whose dQ part landed (DqFinish)
-  void* dq;
   void* dk;
   void* dv;
   bool deterministic;
@@ -56,29 +54,6 @@ struct BwdQueryRange {
     return BwdQueryRange{m_begin, m_end - m_begin, m_end - 1};
   }
   JAX_FA3_HOST_DEVICE int last_m() const { return m_begin + num_m - 1; }
-  // How many key blocks (of block_n keys) have query block m in their range:
-  // the n with make(mask, n * block_n, min((n + 1) * block_n, seqlen_k),
-  // block_m) holding m, counted in closed form. make's range of key block n
-  // is [query_begin(n0) / block_m, ceil(query_end(n1) / block_m)), non-empty
-  // iff query_begin(n0) < query_end(n1); with rows [r0, r1) of block m
-  // (r1 clipped to seqlen_q) and window sides >= 0 that is
-  //   query_begin(n0) < r1, which holds for n below ceil((r1 + diag + right) / block_n),
-  //   query_end(n1) > r0, which holds from n = (r0 + diag - left) / block_n
-  //   (for none when seqlen_k <= r0 + diag - left, for all when that is < 0).
-  // tools/dev/host_checks.cu compares it with make() over windows and shapes.
-  // The window sides may be seqlen_q + seqlen_k (unbounded): sums in 64
-  // bits, divisions only of values clamped into [0, seqlen_k + block_n) (32-bit).
-  JAX_FA3_HOST_DEVICE static int key_blocks_visiting(const WindowMask& mask, int m, int block_m, int block_n) {
-    const int n_blocks = (mask.seqlen_k + block_n - 1) / block_n;
-    const int64_t r0 = int64_t(m) * block_m;
-    const int64_t r1 = r0 + block_m < mask.seqlen_q ? r0 + block_m : mask.seqlen_q;
-    if (r1 <= r0) return 0;
-    const int64_t upper = r1 + mask.diag + mask.right;  // key blocks n < ceil(upper / block_n)
-    const int end = upper <= 0 ? 0 : upper >= int64_t(n_blocks) * block_n ? n_blocks : (int(upper) + block_n - 1) / block_n;
-    const int64_t lower = r0 + mask.diag - mask.left;  // the first key block's last key must exceed it
-    const int begin = lower < 0 ? 0 : lower >= mask.seqlen_k ? n_blocks : int(lower) / block_n;
-    return end > begin ? end - begin : 0;
-  }
   // The same blocks, the walk starting `shift` blocks below the last one.
   JAX_FA3_HOST_DEVICE BwdQueryRange shifted(int shift) const {
     return num_m == 0 ? *this : BwdQueryRange{m_begin, num_m, last_m() - shift % num_m};

@@ -12,8 +12,6 @@
 #include <cstdint>
 #include <math_constants.h>
 
-#include "jax_fa3/bwd/params_bwd_sm90.hpp"
-
 namespace jax_fa3::bwd {
 
 constexpr int kPreprocessWarps = 8;
@@ -37,29 +35,14 @@ struct PreprocessShape {
 //           for the padding rows: exp2(s - lse2) is then exactly 0, so these
 //           rows contribute no P, no dS and no gradient, and never a NaN.
 //   dq_accum = 0 over this block's rows (the accumulator holds rows x kHeadDim
-//           floats per (batch, head), contiguous: BwdWorkspace), and the
-//           per-query-block counters (dq_done; dq_sem in deterministic mode)
-//           of the query blocks starting in them;
-//   dq     = 0 on the rows of query blocks that no key block visits, where no
-//           conversion will write (only when the main kernel converts dq
-//           itself: dq_unvisited != nullptr; the convert kernel writes every row).
+//           floats per (batch, head), contiguous: BwdWorkspace).
 // Block (x, h, b): rows [x, x + 1) * kRowsPerBlock of head h, batch b, padding
 // rows (seqlen_q <= row < rows) included.
-struct PreprocessDq {
-  float* accum;
-  int* done;
-  int* sem;  // deterministic mode only, else nullptr
-  void* unvisited;
-  WindowMask mask;
-  int block_m, block_n;
-  int64_t m_blocks;
-};
-
 template <class Element, int kHeadDim>
 __global__ void __launch_bounds__(kPreprocessWarps * 32)
 bwd_preprocess_kernel(const Element* __restrict__ out, const Element* __restrict__ dout,
                       const float* __restrict__ lse, const float* __restrict__ dlse,
-                      float* __restrict__ lse2, float* __restrict__ dpsum, const PreprocessDq dq,
+                      float* __restrict__ lse2, float* __restrict__ dpsum, float* __restrict__ dq_accum,
                       int seqlen_q, int heads_q, int head_dim, int64_t rows) {
   using Shape = PreprocessShape<kHeadDim>;
   constexpr int kPasses = Shape::kPasses;
@@ -85,25 +68,9 @@ bwd_preprocess_kernel(const Element* __restrict__ out, const Element* __restrict
 
   {
     const int64_t block_rows = rows - row0 < Shape::kRowsPerBlock ? rows - row0 : Shape::kRowsPerBlock;
-    float4* dst = reinterpret_cast<float4*>(dq.accum + (head_row0 + row0) * kHeadDim);
+    float4* dst = reinterpret_cast<float4*>(dq_accum + (head_row0 + row0) * kHeadDim);
     for (int i = threadIdx.x; i < block_rows * (kHeadDim / 4); i += kPreprocessWarps * 32) {
       dst[i] = make_float4(0.f, 0.f, 0.f, 0.f);
-    }
-  }
-
-#pragma unroll
-  for (int p = 0; p < kPasses; ++p) {
-    if (row[p] >= rows) continue;
-    const int m = int(row[p]) / dq.block_m;  // rows < 2^31: 32-bit division
-    if (chunk == 0 && int(row[p]) == m * dq.block_m) {
-      const int64_t counter = (int64_t(b) * heads_q + h) * dq.m_blocks + m;
-      dq.done[counter] = 0;
-      if (dq.sem != nullptr) dq.sem[counter] = 0;
-    }
-    if (dq.unvisited != nullptr && row[p] < seqlen_q && chunk * 8 < head_dim &&
-        BwdQueryRange::key_blocks_visiting(dq.mask, m, dq.block_m, dq.block_n) == 0) {
-      Element* dst = static_cast<Element*>(dq.unvisited) + ((int64_t(b) * seqlen_q + row[p]) * heads_q + h) * head_dim;
-      *reinterpret_cast<uint4*>(dst + chunk * 8) = make_uint4(0u, 0u, 0u, 0u);
     }
   }
 

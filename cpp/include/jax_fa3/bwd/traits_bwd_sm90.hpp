@@ -38,10 +38,6 @@ struct BwdTraits {
   static constexpr bool kDQFromRegs = Walk::kDQFromRegs;
   static constexpr int kDQHeldEighths = Walk::kDQHeldEighths;  // DqHeld (mainloop)
   static constexpr bool kDQTransposed = Walk::kDQTransposed;
-  // dq converted inside the main kernel (DqFinish), by the CTA whose part of
-  // a query block lands last; walks whose MMA warpgroups add dQ from their
-  // registers run the convert kernel instead.
-  static constexpr bool kConvertsDq = !kDQFromRegs;
   static constexpr int kWarpgroups = Tile::kConsumerWarpgroups;  // MMA warpgroups
   // Warp specialisation: warpgroup 0 is the producer (warp 0 issues the TMA
   // loads, warp 1 sends the dQ tiles to the fp32 accumulator unless

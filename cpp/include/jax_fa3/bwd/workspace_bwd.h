@@ -21,7 +21,6 @@ struct BwdWorkspace {
   size_t dpsum_offset;     // float [batch, heads_q, rows]: D = rowsum(dO * O) - dlse
   size_t dq_accum_offset;  // float [batch, heads_q, m_blocks, tile (dq_tile_offset)]: fp32 dq sums
   size_t dq_sem_offset;    // int [batch, heads_q, m_blocks]: deterministic dq order (0 bytes otherwise)
-  size_t dq_done_offset;   // int [batch, heads_q, m_blocks]: key blocks whose dq part has landed
   size_t dq_accum_bytes;
   size_t dq_sem_bytes;
   size_t total_bytes;
@@ -59,8 +58,6 @@ struct BwdWorkspace {
     w.dq_sem_offset = off;
     w.dq_sem_bytes = deterministic ? static_cast<size_t>(s.batch) * s.heads_q * w.m_blocks * sizeof(int) : 0;
     off = align_up(off + w.dq_sem_bytes);
-    w.dq_done_offset = off;
-    off = align_up(off + static_cast<size_t>(s.batch) * s.heads_q * w.m_blocks * sizeof(int));
     w.total_bytes = off;
     return w;
   }
