@@ -17,20 +17,10 @@ namespace jax_fa3::bwd {
 constexpr int kConvertThreads = 256;
 
 // Block (x, h, b): kRowsPerBlock query rows of head h, batch b (grid axes
-// instead of index divisions). A row's 8-column chunks go to kLanesPerRow
-// consecutive threads (the bucket's chunk count rounded up to a power of
-// two); each thread converts kPasses chunks, its loads issued before any
-// store: 2 x 16-byte loads (one 32-byte chunk row of the tile) and one
-// 16-byte store each.
+// instead of index divisions), each task one 8-column chunk of a row: 2 x
+// 16-byte loads (one 32-byte chunk row of the tile) and one 16-byte store.
 template <int kHeadDim>
-struct ConvertShape {
-  static constexpr int kChunks = kHeadDim / 8;
-  static constexpr int kLanesPerRow = kChunks <= 8 ? 8 : kChunks <= 16 ? 16 : 32;
-  static_assert(kChunks <= 32, "a row's chunks must fit one warp");
-  static constexpr int kPasses = 2;
-  static constexpr int kRowsPerPass = kConvertThreads / kLanesPerRow;
-  static constexpr int kRowsPerBlock = kRowsPerPass * kPasses;
-};
+using ConvertShape = SideKernelRows<kHeadDim, kConvertThreads>;
 
 template <class Element, int kHeadDim, int kBlockM>
 __global__ void __launch_bounds__(kConvertThreads)

@@ -12,23 +12,14 @@
 #include <cstdint>
 #include <math_constants.h>
 
+#include "jax_fa3/bwd/workspace_bwd.h"
+
 namespace jax_fa3::bwd {
 
 constexpr int kPreprocessWarps = 8;
 
-// A row's 16-byte chunks of O and dO (head_dim <= kHeadDim, a multiple of 8)
-// go to kLanesPerRow lanes, the bucket's chunk count rounded up to a power of
-// two so that a row's sum is a butterfly within its lanes; each thread takes
-// kPasses rows, its loads all issued before any sum.
 template <int kHeadDim>
-struct PreprocessShape {
-  static constexpr int kChunks = kHeadDim / 8;
-  static constexpr int kLanesPerRow = kChunks <= 8 ? 8 : kChunks <= 16 ? 16 : 32;
-  static_assert(kChunks <= 32, "a row's chunks must fit one warp");
-  static constexpr int kPasses = 2;
-  static constexpr int kRowsPerPass = kPreprocessWarps * (32 / kLanesPerRow);
-  static constexpr int kRowsPerBlock = kRowsPerPass * kPasses;
-};
+using PreprocessShape = SideKernelRows<kHeadDim, kPreprocessWarps * 32>;
 
 //   dpsum = rowsum(dO * O) - dlse
 //   lse2  = lse * log2(e), or +inf for rows that see no key (lse = -inf) and

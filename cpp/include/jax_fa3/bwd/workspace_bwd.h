@@ -63,6 +63,21 @@ struct BwdWorkspace {
   }
 };
 
+// The row-parallel side kernels (preprocess, convert): a row's 16-byte chunks
+// (8 elements of O/dO/dq; head_dim <= kHeadDim, a multiple of 8) go to
+// kLanesPerRow consecutive threads, the bucket's chunk count rounded up to a
+// power of two (so that a row's sum is a butterfly within its lanes); each of
+// kThreads threads takes kPasses rows, its loads all issued before any use.
+template <int kHeadDim, int kThreads>
+struct SideKernelRows {
+  static constexpr int kChunks = kHeadDim / 8;
+  static constexpr int kLanesPerRow = kChunks <= 8 ? 8 : kChunks <= 16 ? 16 : 32;
+  static_assert(kChunks <= 32, "a row's chunks must fit one warp");
+  static constexpr int kPasses = 2;
+  static constexpr int kRowsPerPass = kThreads / kLanesPerRow;
+  static constexpr int kRowsPerBlock = kRowsPerPass * kPasses;
+};
+
 // The workspace a head dim's backward needs: its masked and unmasked kernels
 // may walk different query blocks (BwdTile), and the callers size it from the
 // shapes alone, before the mask's effect on them (mask_cuts) is decided, so it
