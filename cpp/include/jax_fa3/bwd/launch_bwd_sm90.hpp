@@ -61,7 +61,7 @@ cudaError_t run_bwd_pipeline(const BwdParams& params, cudaStream_t stream) {
   {
     constexpr int kRows = PreprocessShape<kHeadDim>::kRowsPerBlock;
     const dim3 grid(unsigned((ws.rows + kRows - 1) / kRows), s.heads_q, s.batch);
-    bwd_preprocess_kernel<Element, kHeadDim><<<grid, kPreprocessWarps * 32, 0, stream>>>(
+    bwd_preprocess_kernel<Element, kHeadDim><<<grid, kPreprocessThreads, 0, stream>>>(
         static_cast<const Element*>(params.out), static_cast<const Element*>(params.dout), params.lse, params.dlse,
         lse2, dpsum, dq_accum, s.seqlen_q, s.heads_q, s.head_dim, ws.rows);
     if (cudaError_t e = cudaGetLastError()) return e;

@@ -16,10 +16,10 @@
 
 namespace jax_fa3::bwd {
 
-constexpr int kPreprocessWarps = 8;
+constexpr int kPreprocessThreads = 256;
 
 template <int kHeadDim>
-using PreprocessShape = SideKernelRows<kHeadDim, kPreprocessWarps * 32>;
+using PreprocessShape = SideKernelRows<kHeadDim, kPreprocessThreads>;
 
 //   dpsum = rowsum(dO * O) - dlse
 //   lse2  = lse * log2(e), or +inf for rows that see no key (lse = -inf) and
@@ -30,7 +30,7 @@ using PreprocessShape = SideKernelRows<kHeadDim, kPreprocessWarps * 32>;
 // Block (x, h, b): rows [x, x + 1) * kRowsPerBlock of head h, batch b, padding
 // rows (seqlen_q <= row < rows) included.
 template <class Element, int kHeadDim>
-__global__ void __launch_bounds__(kPreprocessWarps * 32)
+__global__ void __launch_bounds__(kPreprocessThreads)
 bwd_preprocess_kernel(const Element* __restrict__ out, const Element* __restrict__ dout,
                       const float* __restrict__ lse, const float* __restrict__ dlse,
                       float* __restrict__ lse2, float* __restrict__ dpsum, float* __restrict__ dq_accum,
@@ -60,7 +60,7 @@ bwd_preprocess_kernel(const Element* __restrict__ out, const Element* __restrict
   {
     const int64_t block_rows = rows - row0 < Shape::kRowsPerBlock ? rows - row0 : Shape::kRowsPerBlock;
     float4* dst = reinterpret_cast<float4*>(dq_accum + (head_row0 + row0) * kHeadDim);
-    for (int i = threadIdx.x; i < block_rows * (kHeadDim / 4); i += kPreprocessWarps * 32) {
+    for (int i = threadIdx.x; i < block_rows * (kHeadDim / 4); i += kPreprocessThreads) {
       dst[i] = make_float4(0.f, 0.f, 0.f, 0.f);
     }
   }
