@@ -1,8 +1,8 @@
 """Attention benchmark: jax_fa3 vs cuDNN vs XLA on the FlashAttention-3 paper's grid.
 
     python -m jax_fa3.benchmark [--seqlens 512,1k,...] [--head-dims 64,128,256]
-        [--dtypes bf16,fp16] [--causal both|yes|no] [--impls jax_fa3,cudnn,xla]
-        [--modes fwd,fwdbwd,bwd] [--csv F] [--json F] [--markdown F] [--plot F.png]
+        [--dtypes bf16,fp16] [--causal both|yes|no] [--impls jax_fa3,cudnn,xla[,fa3]]
+        [--fa3-lib LIB] [--modes fwd,fwdbwd,bwd] [--csv F] [--json F] [--markdown F] [--plot F.png]
 
 The grid keeps the total number of tokens and the hidden size fixed, as the
 paper does: ``batch = total_tokens // seqlen`` and ``heads = hidden // head_dim``
@@ -10,7 +10,10 @@ paper does: ``batch = total_tokens // seqlen`` and ``heads = hidden // head_dim`
 run, on the same inputs:
 
 - ``jax_fa3``: :func:`jax_fa3.flash_attention`;
-- ``cudnn`` / ``xla``: ``jax.nn.dot_product_attention(..., implementation=...)``.
+- ``cudnn`` / ``xla``: ``jax.nn.dot_product_attention(..., implementation=...)``;
+- ``fa3`` (only when asked for, with ``--fa3-lib``): FlashAttention-3's own Hopper
+  kernels through a shared library that ``tools/dev/build_fa3_ffi.sh`` builds from a
+  flash-attention checkout (``tools/dev/fa3_ffi.cu``; bf16/fp16, heads_q == heads_kv).
 
 Modes: ``fwd`` times the jit-compiled forward, ``fwdbwd`` the jit-compiled
 forward plus the backward (a ``jax.vjp`` with a fixed random cotangent), and
@@ -67,7 +70,8 @@ import numpy as np
 
 import jax_fa3
 
-IMPLS = ("jax_fa3", "cudnn", "xla")
+IMPLS = ("jax_fa3", "cudnn", "xla", "fa3")
+DEFAULT_IMPLS = ("jax_fa3", "cudnn", "xla")  # fa3 needs --fa3-lib
 MODES = ("fwd", "fwdbwd", "bwd")
 MODE_LABELS = {"fwd": "fwd", "fwdbwd": "f+b", "bwd": "bwd"}
 DTYPES = {"bf16": jnp.bfloat16, "fp16": jnp.float16}
@@ -141,8 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--causal", choices=("both", "yes", "no"), default="both")
     g.add_argument("--total-tokens", type=int, default=16384, help="batch * seqlen")
     g.add_argument("--hidden", type=int, default=2048, help="heads * head_dim")
-    g.add_argument("--impls", type=_choice_list(IMPLS), default=",".join(IMPLS),
+    g.add_argument("--impls", type=_choice_list(IMPLS), default=",".join(DEFAULT_IMPLS),
                    help="comma-separated: " + ", ".join(IMPLS))
+    g.add_argument("--fa3-lib", metavar="LIB",
+                   help="FlashAttention-3 FFI library (tools/dev/build_fa3_ffi.sh) for --impls ...,fa3")
     g.add_argument("--modes", type=_choice_list(MODES), default=",".join(MODES), help="comma-separated: fwd, fwdbwd, bwd")
     g.add_argument("--xla-max-seqlen", type=int, default=8192,
                    help="skip the XLA implementation above this seqlen (it materialises b*h*s^2 scores); 0: no limit")
@@ -177,6 +183,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0 or args.min_sample_ms < 0 or args.xla_max_seqlen < 0:
         parser.error("--warmup, --min-sample-ms and --xla-max-seqlen must be >= 0")
+    if "fa3" in args.impls and not args.fa3_lib:
+        parser.error("--impls fa3 needs --fa3-lib (the library tools/dev/build_fa3_ffi.sh builds)")
     return args
 
 
@@ -270,10 +278,65 @@ def make_inputs(point: Point, key, n_sets: int) -> list[tuple]:
     return sets
 
 
+def load_fa3(lib_path: str) -> None:
+    """Registers the FFI targets of tools/dev/fa3_ffi.cu (FlashAttention-3's kernels) from lib_path."""
+    import ctypes
+
+    lib = ctypes.cdll.LoadLibrary(os.path.abspath(lib_path))
+    jax.ffi.register_ffi_target("jax_fa3_bench_fa3_fwd", jax.ffi.pycapsule(lib.Fa3Fwd), platform="CUDA")
+    jax.ffi.register_ffi_target("jax_fa3_bench_fa3_bwd", jax.ffi.pycapsule(lib.Fa3Bwd), platform="CUDA")
+
+
+def _fa3_bwd_scratch(shape: tuple[int, ...], causal: bool) -> tuple[jax.ShapeDtypeStruct, ...]:
+    """FlashAttention-3's backward workspace, sized as its mha_bwd sizes it (fa3_ffi.cu checks)."""
+    b, s, h, d = shape
+    dr = next(r for r in (64, 96, 128, 192, 256) if d <= r)
+    block_m = 128 if dr <= 64 else 64 if dr <= 96 else (64 if causal else 80) if dr <= 128 else 64
+    rows = b * h * (-(-s // block_m) * block_m)
+    f32 = jnp.float32
+    return (jax.ShapeDtypeStruct((rows,), f32), jax.ShapeDtypeStruct((rows,), f32),
+            jax.ShapeDtypeStruct((rows * dr,), f32),
+            jax.ShapeDtypeStruct((-(-s // block_m) * b * h,), jnp.int32))
+
+
+def fa3_attention(causal: bool) -> Callable:
+    """(q, k, v) -> out through FlashAttention-3's forward and backward kernels (load_fa3 first)."""
+
+    def fwd_call(q, k, v):
+        b, s, h, _ = q.shape
+        out, lse, _ = jax.ffi.ffi_call(
+            "jax_fa3_bench_fa3_fwd",
+            (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, s), jnp.float32),
+             jax.ShapeDtypeStruct((4,), jnp.int32)),
+        )(q, k, v, softmax_scale=np.float32(q.shape[-1] ** -0.5), causal=causal)
+        return out, lse
+
+    @jax.custom_vjp
+    def attn(q, k, v):
+        return fwd_call(q, k, v)[0]
+
+    def attn_fwd(q, k, v):
+        out, lse = fwd_call(q, k, v)
+        return out, (q, k, v, out, lse)
+
+    def attn_bwd(res, dout):
+        q, k, v, out, lse = res
+        like = jax.ShapeDtypeStruct(q.shape, q.dtype)
+        grads = jax.ffi.ffi_call(
+            "jax_fa3_bench_fa3_bwd", (like, like, like, *_fa3_bwd_scratch(q.shape, causal)),
+        )(q, k, v, out, dout, lse, softmax_scale=np.float32(q.shape[-1] ** -0.5), causal=causal)
+        return grads[:3]
+
+    attn.defvjp(attn_fwd, attn_bwd)
+    return attn
+
+
 def attention_fn(impl: str, causal: bool) -> Callable:
     """(q, k, v) -> out for one implementation; default softmax scale 1/sqrt(head_dim)."""
     if impl == "jax_fa3":
         return lambda q, k, v: jax_fa3.flash_attention(q, k, v, causal=causal)
+    if impl == "fa3":
+        return fa3_attention(causal)
     return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=impl)
 
 
@@ -610,6 +673,7 @@ def collect_meta(args: argparse.Namespace, argv: Sequence[str] | None, complete:
             "min_sample_ms": args.min_sample_ms, "input_sets": args.input_sets, "seed": args.seed,
             "xla_max_seqlen": args.xla_max_seqlen, "check": args.check, "check_rtol": args.check_rtol,
             "impls": list(args.impls), "modes": list(args.modes),
+            **({"fa3_lib": args.fa3_lib} if "fa3" in args.impls else {}),
         },
     }
 
@@ -976,6 +1040,8 @@ def write_plot(path: str, points: Sequence[Point], records: Sequence[dict], args
 def run(argv: Sequence[str] | None = None) -> dict:
     """Runs the benchmark for a command line (sys.argv[1:] when None); returns {'meta', 'results'}."""
     args = parse_args(argv)
+    if "fa3" in args.impls:
+        load_fa3(args.fa3_lib)
 
     def log(message: str) -> None:
         if not args.quiet:

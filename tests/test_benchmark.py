@@ -164,6 +164,19 @@ def test_grid_and_flops():
         benchmark.parse_args(["--impls", "flash"])
 
 
+def test_fa3_is_opt_in_and_needs_its_library():
+    assert "fa3" not in benchmark.parse_args([]).impls
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--impls", "jax_fa3,fa3"])
+    assert benchmark.parse_args(["--impls", "fa3", "--fa3-lib", "x.so"]).impls == ["fa3"]
+    # Its backward scratch follows FlashAttention-3's tile (80 query rows at head dim 128 without a
+    # mask, 64 causal): 2 x 3 heads x rows padded to the tile, semaphores per (row block, batch, head).
+    dpsum, lse2, dq_accum, sem = benchmark._fa3_bwd_scratch((2, 100, 3, 128), causal=False)
+    assert dpsum.shape == lse2.shape == (2 * 3 * 160,) and dq_accum.shape == (2 * 3 * 160 * 128,)
+    assert sem.shape == (2 * 2 * 3,)
+    assert benchmark._fa3_bwd_scratch((2, 100, 3, 128), causal=True)[0].shape == (2 * 3 * 128,)
+
+
 def test_check_flags_wrong_results():
     import jax.numpy as jnp
 
