@@ -25,9 +25,13 @@
 
 namespace jax_fa3 {
 
-template <class Traits_>
+// kCapped: the logit softcap is on. A template argument rather than a
+// runtime test so that the main loop has no branch between a warpgroup's PV
+// GEMM issue and its wait (FwdMainloopSm90::mma says why that matters).
+template <class Traits_, bool kCapped_>
 struct FwdKernelSm90 {
   using Traits = Traits_;
+  static constexpr bool kCapped = kCapped_;
   using Mainloop = FwdMainloopSm90<Traits>;
   using Epilogue = FwdEpilogueSm90<Traits>;
   using Scheduler = typename Traits::Scheduler;
@@ -135,8 +139,8 @@ struct FwdKernelSm90 {
       OnlineSoftmax<Traits::kRowsPerThread> softmax(params.mainloop.scale_log2);
       if (n_max > n_min) {
         auto run_mma = [&](auto&& prefetch) {
-          Mainloop::mma(params.mainloop, ss, tile, n_min, n_max, kv_count, q_count, thread_idx, tOrO, softmax,
-                        turns, prefetch);
+          Mainloop::template mma<kCapped>(params.mainloop, ss, tile, n_min, n_max, kv_count, q_count, thread_idx,
+                                          tOrO, softmax, turns, prefetch);
         };
         if constexpr (Traits::kWarpSpecialized) {
           run_mma([](int) {});

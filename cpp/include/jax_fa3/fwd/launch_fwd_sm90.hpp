@@ -1,6 +1,7 @@
 // Definition of run_fwd_sm90 (declared in launch_fwd_sm90.h). Included only by
 // the generated instantiation files (one per dtype x head dim x FwdVariant) and the
-// dev harness, since it pulls in CuTe and the whole kernel.
+// dev harness, since it pulls in CuTe and the whole kernel. Each compiles two
+// kernels, with and without the logit softcap.
 #pragma once
 
 #include "jax_fa3/common/arch.h"
@@ -65,7 +66,9 @@ cudaError_t run_fwd_sm90(const FwdParams& params, cudaStream_t stream) {
   } else if constexpr (JAX_FA3_FWD_ABLATE_WARPSPEC && kVariant == FwdVariant::kMasked) {
     return cudaErrorNotSupported;
   } else {
-    return launch_fwd_kernel<FwdKernelSm90<FwdKernelTraitsSm90<Element, kHeadDim, kVariant>>>(params, stream);
+    using Traits = FwdKernelTraitsSm90<Element, kHeadDim, kVariant>;
+    return params.problem.softcap > 0.f ? launch_fwd_kernel<FwdKernelSm90<Traits, true>>(params, stream)
+                                        : launch_fwd_kernel<FwdKernelSm90<Traits, false>>(params, stream);
   }
 }
 

@@ -305,7 +305,7 @@ struct FwdMainloopSm90 {
   // the same number of turns in every warpgroup, whatever blocks it skips.
   // `prefetch(iter)` runs at the start of each block iter >= 1 (the loads of a
   // build without warp specialization; nothing otherwise).
-  template <class SharedStorage, class FragO, class Softmax, class Turns, class Prefetch>
+  template <bool kCapped, class SharedStorage, class FragO, class Softmax, class Turns, class Prefetch>
   CUTE_DEVICE static void mma(Params const& params, SharedStorage& ss, WorkTile const& tile, int n_min,
                               int n_max, int kv_count, int q_count, int thread_idx, FragO& tOrO, Softmax& softmax,
                               Turns& turns, Prefetch&& prefetch) {
@@ -325,31 +325,40 @@ struct FwdMainloopSm90 {
 
     WindowMask const& mask = params.mask;
     const int m0 = tile.m_block * kBlockM;
-    const bool capped = params.softcap > 0.f;
     float o_scale[Traits::kRowsPerThread];
 
     // Softcap, mask and the online softmax of one block of scores; leaves
     // exp(S - max) in S and the factor O must be rescaled by in o_scale.
-    // Returns whether one of this thread's rows got a new max.
-    auto softmax_step = [&](int iter) {
-      if (capped) {
+    // Returns whether one of this thread's rows got a new max. The softcap
+    // (kCapped) and the mask test (mask_test_tag) are compile-time so that
+    // the steady-state loop below is one basic block from its PV issue to the
+    // PV wait: across a runtime branch with the PV GEMM in flight, ptxas
+    // waits for that GEMM at the branches' join, before the row max, and the
+    // softmax no longer starts under the warpgroup's own PV GEMM (head dim
+    // 128, causal: +4.8% at 4k-16k in the harness,
+    // benchmarks/results/2026-12-06f_h100_fwd_branch_free.md).
+    auto needs_mask = [&](int iter) CUTLASS_LAMBDA_FUNC_INLINE {
+      const int n0 = n_block_at(iter, n_max) * kBlockN;
+      bool need = n0 + kBlockN > mask.seqlen_k;
+      if constexpr (kMasked) need = need || !mask.tile_inside_window(m0, m0 + kBlockM, n0, n0 + kBlockN);
+      return need;
+    };
+    auto softmax_step = [&](int iter, auto mask_test_tag) CUTLASS_LAMBDA_FUNC_INLINE {
+      if constexpr (kCapped) {
         CUTLASS_PRAGMA_UNROLL
         for (int i = 0; i < size(tSrS); ++i) {
           tSrS(i) = params.softcap * tanhf(tSrS(i) * params.softcap_in_scale);
         }
       }
-      const int n0 = n_block_at(iter, n_max) * kBlockN;
-      bool need_mask = n0 + kBlockN > mask.seqlen_k;
-      bool need_left = false;
-      if constexpr (kMasked) {
-        need_mask = need_mask || !mask.tile_inside_window(m0, m0 + kBlockM, n0, n0 + kBlockN);
+      if constexpr (decltype(mask_test_tag)::value) {
+        const int n0 = n_block_at(iter, n_max) * kBlockN;
         // row_key_begin grows with the row: the tile's last row starts last.
-        need_left = need_mask && mask.row_key_begin(m0 + kBlockM - 1) > n0;
-      }
-      if (need_left) {
-        apply_mask</*kLeft=*/true>(tSrS, tScS, mask, m0, n0);
-      } else if (need_mask) {
-        apply_mask</*kLeft=*/false>(tSrS, tScS, mask, m0, n0);
+        const bool need_left = kMasked && mask.row_key_begin(m0 + kBlockM - 1) > n0;
+        if (need_left) {
+          apply_mask</*kLeft=*/true>(tSrS, tScS, mask, m0, n0);
+        } else if (needs_mask(iter)) {
+          apply_mask</*kLeft=*/false>(tSrS, tScS, mask, m0, n0);
+        }
       }
       Tensor scores = rowcol_view(tSrS);
       return softmax.update(scores, o_scale);
@@ -448,26 +457,13 @@ struct FwdMainloopSm90 {
         // PV GEMM is in flight; at the end of the step ptxas hoists its wait
         // (with the release after it) to the start of the softmax.
         bool new_max = false;
-        auto finish_pv = [&](int block) {  // after the softmax of `block`
+        auto finish_pv = [&](int block) CUTLASS_LAMBDA_FUNC_INLINE {  // after the softmax of `block`
           warpgroup_wait<0>();
           if (block > first) release_v(block - 1);
           if constexpr (Traits::kRescaleOnNewMaxOnly) rescale_o(new_max);
           convert_fragment_into(tSrS, tOrP);
         };
-        // The first live block: S alone (O is still 0: no rescale).
-        if (first > 0) prefetch(first);
-        turns.wait_mine();
-        stamp(FwdEvent::kTurn);
-        issue_qk(first);
-        turns.pass();
-        stamp(FwdEvent::kIssued);
-        warpgroup_wait<0>();
-        stamp(FwdEvent::kSReady);
-        release_k(first);
-        softmax_step(first);
-        stamp(FwdEvent::kSoftmaxDone);
-        if constexpr (!Traits::kSoftmaxUnderOwnPv) finish_pv(first);
-        for (int iter = first + 1; iter < n_iters; ++iter) {
+        auto step = [&](int iter, auto mask_test_tag) CUTLASS_LAMBDA_FUNC_INLINE {
           prefetch(iter);
           if constexpr (Traits::kSoftmaxUnderOwnPv) finish_pv(iter - 1);
           turns.wait_mine();
@@ -479,12 +475,49 @@ struct FwdMainloopSm90 {
           issue_pv(iter - 1);
           turns.pass();
           stamp(FwdEvent::kIssued);
-          warpgroup_wait<1>();
+          // With a softcap the tanh's registers do not fit beside P's, which
+          // the PV GEMM in flight holds: wait for it before the softmax.
+          if constexpr (kCapped) {
+            warpgroup_wait<0>();
+          } else {
+            warpgroup_wait<1>();
+          }
           stamp(FwdEvent::kSReady);
           release_k(iter);
-          new_max = softmax_step(iter);
+          new_max = softmax_step(iter, mask_test_tag);
           stamp(FwdEvent::kSoftmaxDone);
           if constexpr (!Traits::kSoftmaxUnderOwnPv) finish_pv(iter);
+        };
+        // The blocks that need a mask test are a prefix of the walk (the end
+        // of the keys, a causal diagonal) and, with a local window, a suffix;
+        // the steady-state loop between them runs without any.
+        int masked_end = first + 1, masked_begin = n_iters;
+        if constexpr (kMasked && !kCapped) {
+          while (masked_end < n_iters && needs_mask(masked_end)) ++masked_end;
+          while (masked_begin > masked_end && needs_mask(masked_begin - 1)) --masked_begin;
+        }
+        // The first live block: S alone (O is still 0: no rescale).
+        if (first > 0) prefetch(first);
+        turns.wait_mine();
+        stamp(FwdEvent::kTurn);
+        issue_qk(first);
+        turns.pass();
+        stamp(FwdEvent::kIssued);
+        warpgroup_wait<0>();
+        stamp(FwdEvent::kSReady);
+        release_k(first);
+        softmax_step(first, cute::true_type{});
+        stamp(FwdEvent::kSoftmaxDone);
+        if constexpr (!Traits::kSoftmaxUnderOwnPv) finish_pv(first);
+        int iter = first + 1;
+        if constexpr (kCapped) {
+          // The softmax waits for the PV GEMM anyway (step): one loop, fewer
+          // copies of it (head dim 256's spilled with three).
+          for (; iter < n_iters; ++iter) step(iter, cute::true_type{});
+        } else {
+          for (; iter < masked_end; ++iter) step(iter, cute::true_type{});
+          for (; iter < masked_begin; ++iter) step(iter, cute::false_type{});
+          for (; iter < n_iters; ++iter) step(iter, cute::true_type{});
         }
         if constexpr (Traits::kSoftmaxUnderOwnPv) finish_pv(n_iters - 1);
         turns.wait_mine();
@@ -509,7 +542,7 @@ struct FwdMainloopSm90 {
         turns.pass();
         warpgroup_wait<0>();
         release_k(iter);
-        rescale_o(softmax_step(iter));
+        rescale_o(softmax_step(iter, cute::true_type{}));
         convert_fragment_into(tSrS, tOrP);
         turns.wait_mine();
         issue_pv(iter);
