@@ -12,6 +12,9 @@ seqlen, heads = 2048 / head_dim), layout (batch, seqlen, heads, head_dim).
   ncu --clock-control none -k regex:bwd_main --launch-skip 1 --launch-count 1 \\
       python3 tools/dev/attention_calls.py --impl jax_fa3 --pass bwd
   (cuDNN's backward kernels: -k regex:'(?i)bprop|dot_do')
+
+--impl fa3 calls FlashAttention-3's own kernels (the benchmark's fa3 implementation; needs the wheel and
+--fa3-lib, the library tools/dev/build_fa3_ffi.sh builds).
 """
 
 from __future__ import annotations
@@ -23,17 +26,23 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def attention(impl: str, causal: bool):
+def attention(impl: str, causal: bool, fa3_lib: str | None):
     if impl == "cudnn":
         return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
     import jax_fa3  # only here: --impl cudnn runs without the wheel
 
+    if impl == "fa3":
+        from jax_fa3 import benchmark
+
+        benchmark.load_fa3(fa3_lib)
+        return benchmark.fa3_attention(causal)
     return lambda q, k, v: jax_fa3.flash_attention(q, k, v, causal=causal)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--impl", choices=("cudnn", "jax_fa3"), default="cudnn")
+    ap.add_argument("--impl", choices=("cudnn", "jax_fa3", "fa3"), default="cudnn")
+    ap.add_argument("--fa3-lib", help="the FlashAttention-3 FFI library, for --impl fa3")
     ap.add_argument("--pass", dest="which", choices=("fwd", "bwd"), default="fwd")
     ap.add_argument("--seqlen", type=int, default=16384)
     ap.add_argument("--head-dim", type=int, default=128)
@@ -43,12 +52,14 @@ def main() -> None:
     args = ap.parse_args()
     if args.calls < 1:
         ap.error("--calls must be at least 1")
+    if args.impl == "fa3" and not args.fa3_lib:
+        ap.error("--impl fa3 needs --fa3-lib")
     dtype = jnp.bfloat16 if args.dtype == "bf16" else jnp.float16
     shape = (16384 // args.seqlen, args.seqlen, 2048 // args.head_dim, args.head_dim)
     # Host-side draws: no random-number kernels in the profile.
     rng = np.random.default_rng(0)
     q, k, v, dout = (jax.device_put(rng.standard_normal(shape, dtype=np.float32)).astype(dtype) for _ in range(4))
-    fwd = jax.jit(attention(args.impl, args.causal))
+    fwd = jax.jit(attention(args.impl, args.causal, args.fa3_lib))
     if args.which == "fwd":
         for _ in range(args.calls):
             out = fwd(q, k, v)

@@ -452,10 +452,11 @@ struct FwdMainloopSm90 {
         // Block j: S(j) and O += P(j-1) V(j-1) issued back to back. After the
         // softmax of S(j), finish_pv waits for that second GEMM, hands its V
         // stage back, rescales O (kRescaleOnNewMaxOnly) and converts S(j) into
-        // P(j). Traits::kSoftmaxUnderOwnPv: finish_pv opens the next step, in
-        // another basic block, so the softmax runs while the warpgroup's own
-        // PV GEMM is in flight; at the end of the step ptxas hoists its wait
-        // (with the release after it) to the start of the softmax.
+        // P(j). Traits::kSoftmaxUnderOwnPv: finish_pv opens the next step, so
+        // the whole softmax runs while the warpgroup's own PV GEMM is in
+        // flight; otherwise ptxas places the PV wait inside the softmax, once
+        // the row max and the shifts are done (the conversion into P must
+        // wait: the PV GEMM in flight reads the previous P's registers).
         bool new_max = false;
         auto finish_pv = [&](int block) CUTLASS_LAMBDA_FUNC_INLINE {  // after the softmax of `block`
           warpgroup_wait<0>();
