@@ -336,7 +336,7 @@ struct FwdMainloopSm90 {
     // waits for that GEMM at the branches' join, before the row max, and the
     // softmax no longer starts under the warpgroup's own PV GEMM (head dim
     // 128, causal: +4.8% at 4k-16k in the harness,
-    // benchmarks/results/2026-12-06f_h100_fwd_branch_free.md).
+    // benchmarks/results/2026-12-06f_h100_fa3_side_by_side.md).
     auto needs_mask = [&](int iter) CUTLASS_LAMBDA_FUNC_INLINE {
       const int n0 = n_block_at(iter, n_max) * kBlockN;
       bool need = n0 + kBlockN > mask.seqlen_k;
