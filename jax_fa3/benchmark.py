@@ -1,4 +1,4 @@
-"""Attention benchmark: jax_fa3 vs cuDNN vs XLA on the FlashAttention-3 paper's grid.
+"""Attention benchmark: jax_fa3 vs cuDNN vs XLA (and, opt-in, FlashAttention-3) on the FlashAttention-3 paper's grid.
 
     python -m jax_fa3.benchmark [--seqlens 512,1k,...] [--head-dims 64,128,256]
         [--dtypes bf16,fp16] [--causal both|yes|no] [--impls jax_fa3,cudnn,xla[,fa3]]
@@ -132,7 +132,7 @@ def _choice_list(choices: Sequence[str], aliases: dict[str, str] | None = None) 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Time jax_fa3, cuDNN and XLA attention (forward, forward+backward, backward) on the "
+        description="Time jax_fa3, cuDNN, XLA and (opt-in) FlashAttention-3 attention (forward, forward+backward, backward) on the "
         "FlashAttention-3 paper's grid: batch = total_tokens // seqlen, heads = hidden // head_dim.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
