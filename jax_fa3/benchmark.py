@@ -291,7 +291,7 @@ def _fa3_bwd_scratch(shape: tuple[int, ...], causal: bool) -> tuple[jax.ShapeDty
     """FlashAttention-3's backward workspace, sized as its mha_bwd sizes it (fa3_ffi.cu checks)."""
     b, s, h, d = shape
     dr = next(r for r in (64, 96, 128, 192, 256) if d <= r)
-    block_m = 128 if dr <= 64 else 64 if dr <= 96 else (64 if causal else 80) if dr <= 128 else 64
+    block_m = 128 if dr == 64 else 80 if dr == 128 and not causal else 64
     rows = b * h * (-(-s // block_m) * block_m)
     f32 = jnp.float32
     return (jax.ShapeDtypeStruct((rows,), f32), jax.ShapeDtypeStruct((rows,), f32),

@@ -40,9 +40,9 @@ int round_up(int x, int m) { return (x + m - 1) / m * m; }
 int head_dim_rounded(int d) { return d <= 64 ? 64 : d <= 96 ? 96 : d <= 128 ? 128 : d <= 192 ? 192 : 256; }
 
 // FlashAttention-3's backward tile (flash_api.cpp, mha_bwd, sm90): the
-// workspace's row padding follows it.
+// workspace's row padding follows it (jax_fa3.benchmark._fa3_bwd_scratch too).
 int bwd_block_m(int d_rounded, bool causal) {
-  return d_rounded <= 64 ? 128 : d_rounded <= 96 ? 64 : d_rounded <= 128 ? (causal ? 64 : 80) : 64;
+  return d_rounded == 64 ? 128 : d_rounded == 128 && !causal ? 80 : 64;
 }
 int bwd_block_n(int d_rounded) { return d_rounded <= 128 ? 128 : d_rounded <= 192 ? 96 : 80; }
 
@@ -68,10 +68,13 @@ int device_sm_count() {
 }
 
 // What set_params_fprop / mha_fwd set for a dense call.
-void fill_fwd(Flash_fwd_params& p, const Dims& x, bool bf16, float scale, bool causal, int s_q_rounded,
-              int s_k_rounded) {
+void fill_fwd(Flash_fwd_params& p, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, const Dims& x, bool bf16,
+              float scale, bool causal, int s_q_rounded, int s_k_rounded) {
   p = {};
   p.is_bf16 = bf16;
+  p.q_ptr = q.untyped_data();
+  p.k_ptr = k.untyped_data();
+  p.v_ptr = v.untyped_data();
   const int64_t row = int64_t(x.h) * x.d;
   p.q_row_stride = p.k_row_stride = p.v_row_stride = p.o_row_stride = row;
   p.q_head_stride = p.k_head_stride = p.v_head_stride = p.o_head_stride = x.d;
@@ -166,10 +169,7 @@ ffi::Error fa3_fwd(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi:
   if (auto e = dims_of(q, k, &x); e.failure()) return e;
   const bool bf16 = q.element_type() == ffi::DataType::BF16;
   Flash_fwd_params p;
-  fill_fwd(p, x, bf16, softmax_scale, causal, round_up(x.s_q, 128), round_up(x.s_k, 128));
-  p.q_ptr = q.untyped_data();
-  p.k_ptr = k.untyped_data();
-  p.v_ptr = v.untyped_data();
+  fill_fwd(p, q, k, v, x, bf16, softmax_scale, causal, round_up(x.s_q, 128), round_up(x.s_k, 128));
   p.o_ptr = out->untyped_data();
   p.softmax_lse_ptr = lse->typed_data();
   if (causal) {
@@ -200,10 +200,7 @@ ffi::Error fa3_bwd(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi:
       dq_accum->element_count() < need_rows * dr)
     return ffi::Error::InvalidArgument("fa3: scratch buffers too small");
   Flash_bwd_params p;
-  fill_fwd(p, x, bf16, softmax_scale, causal, s_q_rounded, s_k_rounded);
-  p.q_ptr = q.untyped_data();
-  p.k_ptr = k.untyped_data();
-  p.v_ptr = v.untyped_data();
+  fill_fwd(p, q, k, v, x, bf16, softmax_scale, causal, s_q_rounded, s_k_rounded);
   p.o_ptr = out.untyped_data();
   p.softmax_lse_ptr = lse.typed_data();
   p.do_ptr = dout.untyped_data();
