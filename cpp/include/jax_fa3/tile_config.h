@@ -19,21 +19,27 @@ namespace jax_fa3 {
 // 80 keys ran 2-4% faster causal from 2k on, 2-3% slower at 512-1k
 // (benchmarks/results/2026-12-04_h200_fwd_rescale.md).
 //
-// Head dim 128's wide blocks are 160 keys, not the most the registers allow
-// (176: O, S and P take 196 of the 232): 160 ran 1.2-3.2% faster from 2k to
-// 16k keys in two runs (also at 16k, where 176 pads less), 144 up to 1.4%;
-// causal tiles on 144 or 160 keys instead of 128 ran 1-6% slower
-// (benchmarks/results/2026-12-04i_h200_fwd_blocks.md).
+// Head dim 128's wide blocks are 176 keys, the most the registers allow (O, S
+// and P take 196 of the 232). Through JAX, against 160 (two A/B runs of the
+// wheels in turns, bf16 and fp16, benchmarks/results/2026-12-06g_h100_fwd_176.md):
+// +3-4.5% at 8k-16k keys, level at 2k-4k. (On the forward's loop before
+// 2f69310, with its runtime branches, 176 had lost 1.2-3.2% to 160,
+// benchmarks/results/2026-12-04i_h200_fwd_blocks.md.) Causal tiles on 144 or
+// 160 keys instead of 128 ran 1-6% slower (same file).
 //
-// kNarrowPaysPermille: an unmasked call runs on the narrow blocks too when the
-// wide ones would pad the keys to more than (1000 + it) / 1000 of what the
-// narrow ones pad to (fwd_narrow_keys_pay; 0: never): about what a narrow
-// block costs more a key. At head dim 128 the 128-key blocks ran 4.9% faster
-// than the 160-key ones at 1k keys (160 pad those by 9.4%) and 1.2-3.1%
-// slower from 2k (1.6% padding, at 16k 0.6%); head dim 96 (128 vs 160 keys):
-// +16.5% and +5.6% at 512 and 1k (25% and 9.4% padding), 0.991-0.999 from 2k
-// (1.6%, at 16k 0.6%); head dim 192 (96 vs 112 keys): +2.9% at 1k (6.1% more
-// padding), 0.976-0.989 from 2k (0.3-0.8%)
+// kNarrowPaysPermille: an unmasked call runs on the narrow blocks too when
+//   (wide-padded keys + one wide block) * 1000
+//     > (narrow-padded keys + one narrow block) * (1000 + kNarrowPaysPermille)
+// (fwd_narrow_keys_pay; 0: never): about what a narrow block costs more a key,
+// and a block's worth more per walk for each width, since a tile's first S
+// GEMM and last PV GEMM have no other GEMM of the warpgroup to hide under. At
+// head dim 128, 176 against 128 keys, both at 3.1% padding against none:
+// -1..-4% at 512 keys, -1.3% at 1k, then level or better at 2k-4k (same file):
+// the rule picks 128 up to 1.1k and 176 from 2k at 60. The earlier
+// measurements it also reproduces: head dim 96 (128 vs 160 keys): +16.5% and
+// +5.6% at 512 and 1k (25% and 9.4% padding), 0.991-0.999 from 2k (1.6%, at
+// 16k 0.6%); head dim 192 (96 vs 112 keys): +2.9% at 1k (6.1% more padding),
+// 0.976-0.989 from 2k (0.3-0.8%)
 // (benchmarks/results/2026-12-04g_h200_fwd_narrow_unmasked.md).
 //
 // No CTA pairs: FlashAttention-3's 2-CTA clusters sharing K/V loads (TMA
@@ -54,8 +60,8 @@ namespace jax_fa3 {
 template <int kHeadDim, bool kNarrowKeys>
 struct FwdTile;
 template <bool kNarrowKeys> struct FwdTile<64, kNarrowKeys>  { static constexpr int kBlockM = 192, kBlockN = 128, kStages = 2, kConsumerWarpgroups = 3, kNarrowPaysPermille = 0; static constexpr bool kPingPong = true; };
-template <bool kNarrowKeys> struct FwdTile<96, kNarrowKeys>  { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 128 : 160, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 16; static constexpr bool kPingPong = true; };
-template <bool kNarrowKeys> struct FwdTile<128, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 128 : 160, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 30; static constexpr bool kPingPong = true; };
+template <bool kNarrowKeys> struct FwdTile<96, kNarrowKeys>  { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 128 : 160, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 40; static constexpr bool kPingPong = true; };
+template <bool kNarrowKeys> struct FwdTile<128, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 128 : 176, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 60; static constexpr bool kPingPong = true; };
 template <bool kNarrowKeys> struct FwdTile<192, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = kNarrowKeys ? 96 : 112, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 30; static constexpr bool kPingPong = false; };
 template <bool kNarrowKeys> struct FwdTile<256, kNarrowKeys> { static constexpr int kBlockM = 128, kBlockN = 80, kStages = 2, kConsumerWarpgroups = 2, kNarrowPaysPermille = 0; static constexpr bool kPingPong = false; };
 
@@ -74,8 +80,8 @@ template <int kHeadDim>
 constexpr bool fwd_narrow_keys_pay(int seqlen_k) {
   if (!fwd_has_narrow_unmasked<kHeadDim>()) return false;
   constexpr long long wide = FwdTile<kHeadDim, false>::kBlockN, narrow = FwdTile<kHeadDim, true>::kBlockN;
-  const long long wide_keys = (seqlen_k + wide - 1) / wide * wide;
-  const long long narrow_keys = (seqlen_k + narrow - 1) / narrow * narrow;
+  const long long wide_keys = (seqlen_k + wide - 1) / wide * wide + wide;
+  const long long narrow_keys = (seqlen_k + narrow - 1) / narrow * narrow + narrow;
   return wide_keys * 1000 > narrow_keys * (1000 + FwdTile<kHeadDim, false>::kNarrowPaysPermille);
 }
 
