@@ -22,7 +22,7 @@ namespace jax_fa3 {
 // Head dim 128's wide blocks are 176 keys, the most the registers allow (O, S
 // and P take 196 of the 232). Through JAX, against 160 (two A/B runs of the
 // wheels in turns, bf16 and fp16, benchmarks/results/2026-12-06g_h100_fwd_176.md):
-// +3-4.5% at 8k-16k keys, level at 2k-4k. (On the forward's loop before
+// +1.8-4.5% at 8k-16k keys, level at 2k-4k. (On the forward's loop before
 // 2f69310, with its runtime branches, 176 had lost 1.2-3.2% to 160,
 // benchmarks/results/2026-12-04i_h200_fwd_blocks.md.) Causal tiles on 144 or
 // 160 keys instead of 128 ran 1-6% slower (same file).
