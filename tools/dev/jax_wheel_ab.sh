@@ -19,9 +19,6 @@ OUT=${OUT:-/tmp/jax_fa3_out}
 mkdir -p "$OUT/ab"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 cd "$(dirname "$0")/../.."
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
 args=${BENCH_ARGS:---dtypes bf16 --head-dims 128 --modes fwd --iters 6 --warmup 2 --input-sets 2}
 nvidia-smi --query-gpu=clocks.sm,power.draw,clocks_throttle_reasons.active \
   --format=csv,noheader,nounits -lms 500 > "$OUT/ab/clocks.csv" &
