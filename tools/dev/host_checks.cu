@@ -301,8 +301,9 @@ int main() {
   }
   // The forward's key block width (fwd_variant): narrow blocks where the
   // wide ones pad the keys, one block more counted for each, by more than
-  // kNarrowPaysPermille: at head dim 128 (128 vs 176 keys) up to 1.1k keys,
-  // wide from 2k on, also where 176 pad 3.1%; a single wide block stays wide.
+  // kNarrowPaysPermille: at head dim 128 (128 vs 176 keys) narrow at 512 and
+  // 1k, wide at 2k-16k although 176 pad 2k-4k by 3.1%; a single wide block
+  // stays wide.
   for (int sk : {512, 1024}) {
     CHECK(fwd_variant<96>(false, sk) == FwdVariant::kUnmaskedNarrow, "d96 sk %d: expected narrow", sk);
   }

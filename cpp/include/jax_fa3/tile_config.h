@@ -35,7 +35,7 @@ namespace jax_fa3 {
 // GEMM and last PV GEMM have no other GEMM of the warpgroup to hide under. At
 // head dim 128, 176 against 128 keys, both at 3.1% padding against none:
 // -1..-4% at 512 keys, -1.3% at 1k, then level or better at 2k-4k (same file):
-// the rule picks 128 up to 1.1k and 176 from 2k at 60. The earlier
+// at 60 the rule picks 128 at 512 and 1k, 176 at 2k-16k. The earlier
 // measurements it also reproduces: head dim 96 (128 vs 160 keys): +16.5% and
 // +5.6% at 512 and 1k (25% and 9.4% padding), 0.991-0.999 from 2k (1.6%, at
 // 16k 0.6%); head dim 192 (96 vs 112 keys): +2.9% at 1k (6.1% more padding),
