@@ -32,8 +32,8 @@ constexpr int bwd_main_smem_bytes() {
 
 // kChunkedOrder: the CTA order of the deterministic kernels under a mask and
 // without one where BwdTile's row chunks it (BwdCtaOrder); otherwise blockIdx
-// is (key block, kv head, batch). kCapped: softcapped scores (params.softcap > 0).
-template <class Traits, bool kMasked, bool kChunkedOrder, bool kCapped>
+// is (key block, kv head, batch).
+template <class Traits, bool kMasked, bool kChunkedOrder>
 __global__ void __launch_bounds__(Traits::kThreads, 1)
 bwd_main_kernel(const __grid_constant__ BwdMainParams<Traits> params) {
   using namespace cute;
@@ -104,7 +104,7 @@ bwd_main_kernel(const __grid_constant__ BwdMainParams<Traits> params) {
     clear(tdVrdV);
     const BwdQueryRange range = walk();
     const int total = range.num_m * group;
-    if (total > 0) bwd_mma<Traits, kMasked, kCapped>(params, ss, n_block, hkv, b, range, total, mma_tid, tdKrdK, tdVrdV);
+    if (total > 0) bwd_mma<Traits, kMasked>(params, ss, n_block, hkv, b, range, total, mma_tid, tdKrdK, tdVrdV);
     // Keys that no query sees get zero dK/dV, written like any other.
     store_dkv<Traits>(params, tdKrdK, tdVrdV, n_block, hkv, b, mma_tid % 128, wg % Traits::kKeySplit,
                       wg / Traits::kKeySplit);

@@ -98,8 +98,7 @@ cudaError_t run_bwd_pipeline(const BwdParams& params, cudaStream_t stream) {
         params.deterministic,
         BwdCtaOrder::make(int(n_blocks), s.heads_kv, s.batch, device.multiprocessor_count, kChunkWaves)};
 
-    auto kernel = prob.softcap > 0.f ? bwd_main_kernel<Traits, kMasked, kChunkedOrder, true>
-                                     : bwd_main_kernel<Traits, kMasked, kChunkedOrder, false>;
+    auto kernel = bwd_main_kernel<Traits, kMasked, kChunkedOrder>;
     constexpr int kSmem = bwd_main_smem_bytes<Traits>();
     if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem)) return e;
     const dim3 grid = kChunkedOrder ? dim3(unsigned(mp.order.num_ctas()))

@@ -228,7 +228,7 @@ struct DqHeld {
 //   dQ;  dQ -> smem tile for the writer warp, or into the accumulator
 //   (kDQFromRegs; DqHeld's share after the next step's P), under the dK
 //   GEMM;  wait dK;  release the Q/dO stage.
-template <class Traits, bool kMasked, bool kCapped, class Acc>
+template <class Traits, bool kMasked, class Acc>
 __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename Traits::SharedStorage& ss,
                                         int n_block, int hkv, int b, BwdQueryRange range, int total, int mma_tid,
                                         Acc& tdKrdK, Acc& tdVrdV) {
@@ -255,7 +255,7 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
   typename Traits::MmadQ mma_dq;
 
   const bool partial_keys = n0 + kBlockN > p.seqlen_k;
-  constexpr bool kDPAfterP = Traits::template kDPAfterP<kCapped>;
+  const bool softcap = p.softcap > 0.f;
 
   wait_barrier(ss.kv_bar, 0);
 
@@ -313,7 +313,7 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
     warpgroup_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_sdp, tSrK, tSrQ, tSrS);
     // P is computed under the dP GEMM, except where the registers are tight
     // (kDPAfterP).
-    if constexpr (!kDPAfterP) issue_dp();
+    if constexpr (!Traits::kDPAfterP) issue_dp();
 
     // The mask test only on tiles that cross the end of the keys (zero-filled
     // K rows, whose P must not be exp2(-lse2): it can overflow) or, with
@@ -331,9 +331,9 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
     // when capped, which is all dS = P (dP - D) [* (1 - tanh^2)] needs.
     // P = ex2.approx(s * scale_log2 - lse2), one FFMA + one MUFU per element
     // like the forward's softmax (flushing P < 2^-126 to 0). The loop is
-    // straight-line per mask variant, chosen once per tile (the softcap is
-    // the kernel's): a branch inside the unrolled loop costs registers, and
-    // most tiles need no mask test at all.
+    // straight-line per (softcap, mask) variant, chosen once per tile: a
+    // branch inside the unrolled loop costs registers, and most tiles need no
+    // mask test at all.
     auto compute_p = [&](auto softcap_tag, auto mask_tag) {
       constexpr bool kSoftcap = decltype(softcap_tag)::value;
       constexpr bool kMaskTile = decltype(mask_tag)::value;
@@ -393,20 +393,24 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
       }
     };
     // S done (dP still running unless kDPAfterP).
-    if constexpr (kDPAfterP) {
+    if constexpr (Traits::kDPAfterP) {
       warpgroup_wait<0>();
     } else {
       warpgroup_wait<1>();
     }
-    compute_p_tile(cute::bool_constant<kCapped>{});
-    // Uncapped, P is converted after the loop (packed cvt), so the loop holds one copy.
-    if constexpr (!kCapped) convert_fragment_into(tSrS, rP);
+    if (softcap) {
+      compute_p_tile(cute::true_type{});
+    } else {
+      compute_p_tile(cute::false_type{});
+      // Converted after the loop (packed cvt), so the loop holds one copy.
+      convert_fragment_into(tSrS, rP);
+    }
     // The previous step's held dQ values, now that P no longer waits behind
     // them (sent before P, under the S GEMM, they gained less).
     if constexpr (Traits::kDQFromRegs) {
       if (t > 0) held.send(wg);
     }
-    if constexpr (kDPAfterP) issue_dp();
+    if constexpr (Traits::kDPAfterP) issue_dp();
     Tensor tdVrdO = thr_dkv.partition_fragment_B(
         local_tile(sdOt(_, _, stage), Shape<Int<kDSlice>, BlockM>{}, make_coord(dsl, _0{})));
     if constexpr (!kPdSInSmem) {

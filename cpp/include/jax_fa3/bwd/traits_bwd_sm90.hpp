@@ -17,10 +17,6 @@
 #include "jax_fa3/common/utils.hpp"
 #include "jax_fa3/tile_config.h"
 
-#ifndef JAX_FA3_BWD_DP_WITH_S_COLS
-#define JAX_FA3_BWD_DP_WITH_S_COLS 80
-#endif
-
 namespace jax_fa3::bwd {
 
 using namespace cute;
@@ -73,16 +69,12 @@ struct BwdTraits {
   static constexpr bool kPdSInSmem = kDSplit > 1;
   // S and dP of 64 x 128 (kBlockM = 128) take 128 of the 240 registers: with
   // softcap, tanh's temporaries do not fit beside them (12-52 bytes of
-  // spills), so dP is issued only once P is computed (bwd_mma). The softcap
-  // is a kernel template argument (kCapped): a wgmma issued on one side of a
-  // runtime branch made ptxas serialise all of the kernel's wgmmas (C7514).
-  // With 80 columns (head dim 128's 80-query walk), S and dP issued together
-  // fit only without the softcap (with it, 8 bytes of spills); without it,
-  // 128 columns (head dim 64) fit too. JAX_FA3_BWD_DP_WITH_S_COLS: the most
-  // columns an uncapped kernel issues S and dP together at (untimed: settable
-  // so the dev harness can time 64 / 80 / 128).
-  template <bool kCapped>
-  static constexpr bool kDPAfterP = kSdPCols > (kCapped ? 64 : JAX_FA3_BWD_DP_WITH_S_COLS);
+  // spills), so dP is issued only once P is computed (bwd_mma). On every
+  // tile, not only softcapped ones: a wgmma issued on one side of a runtime
+  // branch only made ptxas serialise all of the kernel's wgmmas (C7514).
+  // With 80 columns (head dim 128's 80-query walk) too: issued together, S
+  // and dP spilled 8-16 bytes there.
+  static constexpr bool kDPAfterP = kSdPCols > 64;
   static_assert(kDQTransposed ? kBlockM % 16 == 0 && kDQSlice % 64 == 0 : kBlockM % 64 == 0,
                 "the dQ wgmma tiles kBlockM (or, transposed, kDQSlice) by its M = 64; kBlockM is the K of dV/dK");
   static_assert(kBlockN % 64 == 0 && kWarpgroups % kKeySplit == 0, "bad BwdTile row");
