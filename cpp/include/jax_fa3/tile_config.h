@@ -33,9 +33,11 @@ namespace jax_fa3 {
 // (fwd_narrow_keys_pay; 0: never): about what a narrow block costs more a key,
 // and a block's worth more per walk for each width, since a tile's first S
 // GEMM and last PV GEMM have no other GEMM of the warpgroup to hide under. At
-// head dim 128, 176 against 128 keys, both at 3.1% padding against none:
-// -1..-4% at 512 keys, -1.3% at 1k, then level or better at 2k-4k (same file):
-// at 60 the rule picks 128 at 512 and 1k, 176 at 2k-16k. The earlier
+// head dim 128, 176-key blocks (3.1% padding) against 128-key ones (none):
+// -1..-4% at 512 keys, -1.3% at 1k; at 2k-4k, with the same padding, 176 ran
+// level with 160 (same file), which had beaten 128 there by 1.2-3.1%
+// (2026-12-04g below): at 60 the rule picks 128 at 512 and 1k, 176 at
+// 2k-16k. The earlier
 // measurements it also reproduces: head dim 96 (128 vs 160 keys): +16.5% and
 // +5.6% at 512 and 1k (25% and 9.4% padding), 0.991-0.999 from 2k (1.6%, at
 // 16k 0.6%); head dim 192 (96 vs 112 keys): +2.9% at 1k (6.1% more padding),
