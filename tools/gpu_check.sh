@@ -48,11 +48,7 @@ for step in $steps; do
   case $step in
     build)
       if [ -n "${JAX_FA3_WHEEL:-}" ]; then
-        run_step build python3 -m pip install --no-deps --force-reinstall "$JAX_FA3_WHEEL" || exit 1
-        # The wheel brings the compiled extension; the Python package is this checkout's (a wheel built
-        # before a Python-only change stays usable: the kernels it carries must still match cpp/).
-        site=$(cd /tmp && python3 -c "import jax_fa3, os; print(os.path.dirname(jax_fa3.__file__))")
-        cp -r jax_fa3/. "$site/"
+        run_step build bash tools/install_wheel.sh "$JAX_FA3_WHEEL" || exit 1
       else
         # A warm machine keeps the last install: skip the rebuild if the sources
         # and kernel set are unchanged.
@@ -60,8 +56,7 @@ for step in $steps; do
                  echo "${JAX_FA3_HEAD_DIMS:-all} ${JAX_FA3_DTYPES:-all}") | sha1sum | cut -c1-12)
         if [ "$(cat /tmp/jax_fa3_build_hash 2>/dev/null)" = "$hash" ]; then
           echo "== build: unchanged ($hash), kept"
-          site=$(cd /tmp && python3 -c "import jax_fa3, os; print(os.path.dirname(jax_fa3.__file__))")
-          cp -r jax_fa3/. "$site/"  # refresh the Python files only
+          bash tools/install_wheel.sh  # refresh the Python files only
         else
           export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16} JAX_FA3_CUDA=ON JAX_FA3_PTXAS_VERBOSE=ON
           run_step build python3 -m pip install --no-build-isolation --no-deps -v . || exit 1

@@ -28,10 +28,7 @@ for round in $(seq "${ROUNDS:-1}"); do
   for which in A B B A; do
     n=$((n + 1))
     wheel=$wheel_a; [ "$which" = B ] && wheel=$wheel_b
-    python3 -m pip install -q --no-deps --force-reinstall "$wheel" > "$OUT/ab/install.log" 2>&1 || { cat "$OUT/ab/install.log"; exit 1; }
-    # The wheel brings the compiled extension; the Python package is this checkout's.
-    site=$(cd /tmp && python3 -c "import jax_fa3, os; print(os.path.dirname(jax_fa3.__file__))")
-    cp -r jax_fa3/. "$site/"
+    bash tools/install_wheel.sh "$wheel" > "$OUT/ab/install.log" 2>&1 || { cat "$OUT/ab/install.log"; exit 1; }
     start=$SECONDS
     (cd /tmp && python3 -m jax_fa3.benchmark $args --quiet --json "$OUT/ab/$n-$which.json") > "$OUT/ab/$n-$which.log" 2>&1
     echo "run $n ($which, $(basename "$wheel")): rc $?, $((SECONDS - start)) s"
