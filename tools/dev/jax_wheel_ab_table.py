@@ -15,7 +15,7 @@ import sys
 def main(folder):
     runs = sorted(pathlib.Path(folder).glob("*-[AB].json"), key=lambda p: int(p.stem.split("-")[0]))
     ours = collections.defaultdict(lambda: {"A": [], "B": []})
-    refs = collections.defaultdict(list)
+    refs = collections.defaultdict(lambda: collections.defaultdict(list))  # point -> impl -> values
     for path in runs:
         which = path.stem.split("-")[1]
         data = json.loads(path.read_text())
@@ -28,18 +28,14 @@ def main(folder):
                 if row["impl"] == "jax_fa3":
                     ours[point + (mode,)][which].append(value)
                 else:
-                    refs[point + (mode,)].append(f"{row['impl']} {value:.1f}")
+                    refs[point + (mode,)][row["impl"]].append(value)
     print("| dtype | hd | mask | seqlen | mode | A runs | B runs | A mean | B mean | B / A | references (min-max) |")
     print("|---|---:|---|---:|---|---|---|---:|---:|---:|---|")
     for key in sorted(ours):
         a, b = ours[key]["A"], ours[key]["B"]
         if not a or not b:
             continue
-        by_impl = collections.defaultdict(list)
-        for entry in refs[key]:
-            impl, value = entry.split()
-            by_impl[impl].append(float(value))
-        ref = ", ".join(f"{impl} {min(v):.1f}-{max(v):.1f}" for impl, v in sorted(by_impl.items()))
+        ref = ", ".join(f"{impl} {min(v):.1f}-{max(v):.1f}" for impl, v in sorted(refs[key].items()))
         ma, mb = statistics.mean(a), statistics.mean(b)
         print(f"| {' | '.join(map(str, key))} | {', '.join(f'{x:.1f}' for x in a)} | "
               f"{', '.join(f'{x:.1f}' for x in b)} | {ma:.1f} | {mb:.1f} | {mb / ma:.3f} | {ref} |")
