@@ -37,11 +37,10 @@ namespace jax_fa3 {
 // -1..-4% at 512 keys, -1.3% at 1k; at 2k-4k, with the same padding, 176 ran
 // level with 160 (same file), which had beaten 128 there by 1.2-3.1%
 // (2026-12-04g below): at 60 the rule picks 128 at 512 and 1k, 176 at
-// 2k-16k. The earlier
-// measurements it also reproduces: head dim 96 (128 vs 160 keys): +16.5% and
-// +5.6% at 512 and 1k (25% and 9.4% padding), 0.991-0.999 from 2k (1.6%, at
-// 16k 0.6%); head dim 192 (96 vs 112 keys): +2.9% at 1k (6.1% more padding),
-// 0.976-0.989 from 2k (0.3-0.8%)
+// 2k-16k. The earlier measurements it also reproduces: head dim 96 (128 vs
+// 160 keys): +16.5% and +5.6% at 512 and 1k (25% and 9.4% padding),
+// 0.991-0.999 from 2k (1.6%, at 16k 0.6%); head dim 192 (96 vs 112 keys):
+// +2.9% at 1k (6.1% more padding), 0.976-0.989 from 2k (0.3-0.8%)
 // (benchmarks/results/2026-12-04g_h200_fwd_narrow_unmasked.md).
 //
 // No CTA pairs: FlashAttention-3's 2-CTA clusters sharing K/V loads (TMA
@@ -82,9 +81,10 @@ template <int kHeadDim>
 constexpr bool fwd_narrow_keys_pay(int seqlen_k) {
   if (!fwd_has_narrow_unmasked<kHeadDim>()) return false;
   constexpr long long wide = FwdTile<kHeadDim, false>::kBlockN, narrow = FwdTile<kHeadDim, true>::kBlockN;
-  const long long wide_keys = (seqlen_k + wide - 1) / wide * wide + wide;
-  const long long narrow_keys = (seqlen_k + narrow - 1) / narrow * narrow + narrow;
-  return wide_keys * 1000 > narrow_keys * (1000 + FwdTile<kHeadDim, false>::kNarrowPaysPermille);
+  // The keys each width walks (padded to whole blocks), one block more.
+  const long long wide_cost = ((seqlen_k + wide - 1) / wide + 1) * wide;
+  const long long narrow_cost = ((seqlen_k + narrow - 1) / narrow + 1) * narrow;
+  return wide_cost * 1000 > narrow_cost * (1000 + FwdTile<kHeadDim, false>::kNarrowPaysPermille);
 }
 
 template <int kHeadDim>
