@@ -73,7 +73,9 @@ struct BwdTraits {
   // tile, not only softcapped ones: a wgmma issued on one side of a runtime
   // branch only made ptxas serialise all of the kernel's wgmmas (C7514).
   // With 80 columns (head dim 128's 80-query walk) too: issued together, S
-  // and dP spilled 8-16 bytes there.
+  // and dP spilled 8-16 bytes there; compiled without the softcap path they
+  // fit, and still ran 2-3% slower without a mask, twice
+  // (benchmarks/results/2026-12-06h_h100_bwd_dp_with_s.md).
   static constexpr bool kDPAfterP = kSdPCols > 64;
   static_assert(kDQTransposed ? kBlockM % 16 == 0 && kDQSlice % 64 == 0 : kBlockM % 64 == 0,
                 "the dQ wgmma tiles kBlockM (or, transposed, kDQSlice) by its M = 64; kBlockM is the K of dV/dK");
