@@ -81,10 +81,9 @@ template <int kHeadDim>
 constexpr bool fwd_narrow_keys_pay(int seqlen_k) {
   if (!fwd_has_narrow_unmasked<kHeadDim>()) return false;
   constexpr long long wide = FwdTile<kHeadDim, false>::kBlockN, narrow = FwdTile<kHeadDim, true>::kBlockN;
-  // The keys each width walks (padded to whole blocks), one block more.
-  const long long wide_cost = ((seqlen_k + wide - 1) / wide + 1) * wide;
-  const long long narrow_cost = ((seqlen_k + narrow - 1) / narrow + 1) * narrow;
-  return wide_cost * 1000 > narrow_cost * (1000 + FwdTile<kHeadDim, false>::kNarrowPaysPermille);
+  // The keys a width walks (padded to whole blocks), one block more.
+  auto cost = [seqlen_k](long long block) { return ((seqlen_k + block - 1) / block + 1) * block; };
+  return cost(wide) * 1000 > cost(narrow) * (1000 + FwdTile<kHeadDim, false>::kNarrowPaysPermille);
 }
 
 template <int kHeadDim>
