@@ -227,6 +227,31 @@ void check_bwd_smem(const char* what) {
     CHECK(once && outside == 0, "dQ tile %s, warpgroup %d: %d value(s) outside the part, not every float once", what,
           wg, outside);
   }
+  // Walks that reduce-add dQ from registers use the fragment order: the
+  // address bwd_mma computes for value i (the thread's base + the group's
+  // fixed distance) must be where dq_fragment_offset, which the convert
+  // kernel reads by, puts that value's (row, column); every float once.
+  if constexpr (Traits::kDQFromRegs) {
+    constexpr int kTile = Traits::kBlockM * Traits::kHeadDim;
+    std::vector<int> hits(kTile, 0);
+    int misplaced = 0;
+    for (int wg = 0; wg < Traits::kWarpgroups; ++wg) {
+      for (int tid = 0; tid < 128; ++tid) {
+        typename Traits::MmadQ mma;
+        auto coords = mma.get_thread_slice(tid).partition_C(cute::make_identity_tensor(typename Traits::DQTile{}));
+        for (int i = 0; i < int(cute::size(coords)); ++i) {
+          const int row = cute::get<0>(coords(i)), col = wg * Traits::kDQSlice + cute::get<1>(coords(i));
+          const int at = BwdWorkspace::dq_fragment_thread_offset(Traits::kDQSlice, wg, tid) +
+                         (i / 4) * BwdWorkspace::kDqFragmentGroupFloats + i % 4;
+          misplaced += at != BwdWorkspace::dq_fragment_offset(Traits::kDQSlice, row, col);
+          if (at >= 0 && at < kTile) ++hits[at];
+        }
+      }
+    }
+    const bool once = std::all_of(hits.begin(), hits.end(), [](int h) { return h == 1; });
+    CHECK(once && misplaced == 0, "dQ fragment order %s: %d value(s) misplaced, not every float once", what,
+          misplaced);
+  }
   // One buffer, two wgmma views (K-major for one GEMM, MN-major for another):
   // element (r, c[, stage]) of one must be element (c, r[, stage]) of the other.
   auto same_bytes = [&](auto layout, auto transposed, const char* name) {
@@ -329,6 +354,7 @@ int main() {
   check_bwd_smem<128, BwdTile<128>::Fast<true>>("d128 masked");
   check_bwd_smem<128, BwdTile<128>::Fast<false>>("d128 unmasked (80 queries, dQ transposed)");
   check_bwd_smem<256, BwdTile<256>::Deterministic<true>>("d256 deterministic");
+  check_bwd_smem<256, BwdTile<256>::Fast<false>>("d256 fast (dQ from registers)");
   std::printf("%s (%d failure(s))\n", failures ? "FAILED" : "all host checks passed", failures);
   return failures ? 1 : 0;
 }

@@ -103,7 +103,8 @@ constexpr FwdVariant fwd_variant(bool masked, int seqlen_k) {
 // per step (a multiple of 64, the dQ wgmma's M, unless kDQTransposed), a
 // kStages-deep Q/dO ring, and where each step's dQ part goes:
 //   kDQFromRegs: the MMA warpgroups add it into the fp32 accumulator straight
-//     from their registers (red.global.add.v2.f32; fast mode only), the last
+//     from their registers (128-bit reduce-adds into a tile in the wgmma
+//     fragment's order, BwdWorkspace::dq_fragment_offset; fast mode only), the last
 //     kDQHeldEighths / 8 of each thread's values only in the next step
 //     (DqHeld: at head dim 256, 3/8 ran 3.0-8.0% faster than none causal,
 //     0.3-4.9% without a mask over three runs, the best of 1/8-6/8 and three
@@ -154,7 +155,7 @@ struct BwdWalk {
   static constexpr int kBlockM = kBlockM_, kStages = kStages_, kDQHeldEighths = kDQHeldEighths_;
   static constexpr bool kDQFromRegs = kDQFromRegs_, kDQTransposed = kDQTransposed_;
   static_assert(kDQHeldEighths == 0 || kDQFromRegs, "only dQ sent from registers can be held");
-  static_assert(!(kDQTransposed && kDQFromRegs), "transposed dQ values are not in adjacent pairs for red.v2");
+  static_assert(!(kDQTransposed && kDQFromRegs), "dQ from registers goes out in untransposed groups of four");
 };
 template <int kHeadDim>
 struct BwdTile;

@@ -172,16 +172,27 @@ CUTE_HOST_DEVICE int dq_offset(const Coords& cdQ, int wg, int i) {
   return BwdWorkspace::dq_tile_offset(Traits::kBlockM, row, wg * Traits::kDQSlice + col);
 }
 
-// Adds the thread's dQ values i, i + 1 into the fp32 accumulator tile at gdq:
-// a reduction (REDG), no atomic round trip. Written as PTX red rather than
-// atomicAdd with its result unused: ptxas then emits ATOMG instead whenever
-// the kernel holds a memory fence anywhere, even on a branch never taken (the
-// one SASS difference of note in a fast kernel that ran 15-22% slower with
-// such a branch, benchmarks/results/2026-12-04j_h200_bwd_det.md).
-template <class Traits, class Coords>
-CUTE_DEVICE void dq_add_pair(float* gdq, const Coords& cdQ, int wg, int i, float2 v) {
-  float* dst = gdq + dq_offset<Traits>(cdQ, wg, i);
-  asm volatile("red.relaxed.gpu.global.add.v2.f32 [%0], {%1, %2};" :: "l"(dst), "f"(v.x), "f"(v.y) : "memory");
+// The thread's place in a query block's fp32 dQ tile laid out by
+// BwdWorkspace::dq_fragment_offset (kDQFromRegs): its values i .. i + 3 (rows
+// r, r + 8 x columns c, c + 1 of column group i / 4) are the 16 bytes at
+// base + (i / 4) * kDqFragmentGroupFloats.
+template <class Traits>
+CUTE_DEVICE float* dq_fragment_base(float* gdq, int wg) {
+  static_assert(Traits::kBlockM == 64 && !Traits::kDQTransposed, "one wgmma tile of rows, not transposed");
+  return gdq + BwdWorkspace::dq_fragment_thread_offset(Traits::kDQSlice, wg, int(fresh_warpgroup_thread()));
+}
+
+// Adds the thread's dQ values i .. i + 3 at their place (dq_fragment_base):
+// one 128-bit reduction (REDG), no atomic round trip. Written as PTX red
+// rather than atomicAdd with its result unused: ptxas then emits ATOMG instead
+// whenever the kernel holds a memory fence anywhere, even on a branch never
+// taken (the one SASS difference of note in a fast kernel that ran 15-22%
+// slower with such a branch, benchmarks/results/2026-12-04j_h200_bwd_det.md).
+CUTE_DEVICE void dq_add_group(float* base, int i, float4 v) {
+  float* dst = base + (i / 4) * BwdWorkspace::kDqFragmentGroupFloats;
+  asm volatile("red.relaxed.gpu.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(dst), "f"(v.x), "f"(v.y),
+               "f"(v.z), "f"(v.w)
+               : "memory");
 }
 
 // kDQFromRegs: a step's dQ part leaves the SM as fp32 reduce-adds, 64 KB a
@@ -196,25 +207,26 @@ template <class Traits>
 struct DqHeld {
   static constexpr int kValues = Traits::kBlockM * Traits::kDQSlice / 128;  // per thread
   static constexpr int kFirst = kValues - kValues * Traits::kDQHeldEighths / 8;
-  static_assert(kFirst % 2 == 0, "values go out in pairs");
+  static_assert(kFirst % 4 == 0, "values go out in groups of four");
 
-  float2 v[(kValues - kFirst) / 2 > 0 ? (kValues - kFirst) / 2 : 1];
-  float* gdq = nullptr;
+  float4 v[(kValues - kFirst) / 4 > 0 ? (kValues - kFirst) / 4 : 1];
+  float* base = nullptr;  // dq_fragment_base
 
   // Through an add of -0 (exact) the compiler cannot merge away: with a plain
   // copy the held values stayed in the dQ accumulator's registers, and ptxas,
   // reading GMMA-written registers after the next step's wgmmas were issued,
   // injected a wait for those (C7517).
-  CUTE_DEVICE void hold(int i, float2 x) {
-    float2& h = v[(i - kFirst) / 2];
-    asm volatile("add.rn.f32 %0, %2, 0f80000000;\n\tadd.rn.f32 %1, %3, 0f80000000;"
-                 : "=f"(h.x), "=f"(h.y) : "f"(x.x), "f"(x.y));
+  CUTE_DEVICE void hold(int i, float4 x) {
+    float4& h = v[(i - kFirst) / 4];
+    asm volatile(
+        "add.rn.f32 %0, %4, 0f80000000;\n\tadd.rn.f32 %1, %5, 0f80000000;\n\t"
+        "add.rn.f32 %2, %6, 0f80000000;\n\tadd.rn.f32 %3, %7, 0f80000000;"
+        : "=f"(h.x), "=f"(h.y), "=f"(h.z), "=f"(h.w) : "f"(x.x), "f"(x.y), "f"(x.z), "f"(x.w));
   }
 
-  CUTE_DEVICE void send(int wg) const {
-    const auto cdQ = dq_coords<Traits>();
+  CUTE_DEVICE void send() const {
     CUTLASS_PRAGMA_UNROLL
-    for (int i = kFirst; i < kValues; i += 2) dq_add_pair<Traits>(gdq, cdQ, wg, i, v[(i - kFirst) / 2]);
+    for (int i = kFirst; i < kValues; i += 4) dq_add_group(base, i, v[(i - kFirst) / 4]);
   }
 };
 
@@ -408,7 +420,7 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
     // The previous step's held dQ values, now that P no longer waits behind
     // them (sent before P, under the S GEMM, they gained less).
     if constexpr (Traits::kDQFromRegs) {
-      if (t > 0) held.send(wg);
+      if (t > 0) held.send();
     }
     if constexpr (Traits::kDPAfterP) issue_dp();
     Tensor tdVrdO = thr_dkv.partition_fragment_B(
@@ -482,19 +494,19 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
     }
 
     // dV and dQ retired (groups retire in order), dK still running: send
-    // the dQ part under it, in pairs of adjacent columns (64 bits each).
+    // the dQ part under it.
     warpgroup_wait<1>();
-    const auto cdQ = dq_coords<Traits>();
     if constexpr (Traits::kDQFromRegs) {
       // Straight into the accumulator (fp32 adds at L2), but for the values
       // DqHeld keeps for the next step. The fast walk's rotation keeps the
       // CTAs in flight on different query blocks.
-      held.gdq = DqReducer<Traits>::at(p, b, hkv * (p.heads_q / p.heads_kv) + t / range.num_m, m).gdq;
+      held.base = dq_fragment_base<Traits>(
+          DqReducer<Traits>::at(p, b, hkv * (p.heads_q / p.heads_kv) + t / range.num_m, m).gdq, wg);
       CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < size(tdQrdQ); i += 2) {
-        const float2 v = make_float2(tdQrdQ(i), tdQrdQ(i + 1));
+      for (int i = 0; i < size(tdQrdQ); i += 4) {
+        const float4 v = make_float4(tdQrdQ(i), tdQrdQ(i + 1), tdQrdQ(i + 2), tdQrdQ(i + 3));
         if (i < DqHeld<Traits>::kFirst) {
-          dq_add_pair<Traits>(held.gdq, cdQ, wg, i, v);
+          dq_add_group(held.base, i, v);
         } else {
           held.hold(i, v);
         }
@@ -503,6 +515,7 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
       // Into this warpgroup's part of the smem tile, for the writer warp.
       Handoff::wait_empty(wg);
       float* sdq = ss.dq.data();
+      const auto cdQ = dq_coords<Traits>();
       if constexpr (Traits::kDQTransposed) {
         // Values i, i + 1 are adjacent queries, 8 floats apart in the tile.
         CUTLASS_PRAGMA_UNROLL
@@ -521,7 +534,7 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
     // Every GEMM reading this stage's Q/dO is done: hand it back.
     arrive_barrier(ss.empty_bar[stage]);
   }
-  if constexpr (Traits::kDQFromRegs) held.send(wg);
+  if constexpr (Traits::kDQFromRegs) held.send();
 }
 
 }  // namespace jax_fa3::bwd

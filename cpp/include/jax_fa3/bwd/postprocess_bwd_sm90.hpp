@@ -22,10 +22,13 @@ constexpr int kConvertThreads = 256;
 template <int kHeadDim>
 using ConvertShape = SideKernelRows<kHeadDim, kConvertThreads>;
 
-template <class Element, int kHeadDim, int kBlockM>
+// kFragmentOrder: the tile is laid out by BwdWorkspace::dq_fragment_offset
+// (slices of kSlice columns), else by dq_tile_offset.
+template <class Element, int kHeadDim, int kBlockM, bool kFragmentOrder = false, int kSlice = kHeadDim>
 __global__ void __launch_bounds__(kConvertThreads)
 bwd_convert_dq_kernel(const float* __restrict__ dq_accum, Element* __restrict__ dq, int seqlen_q, int heads_q,
                       int head_dim, int64_t rows, float scale) {
+  static_assert(!kFragmentOrder || kBlockM == 64, "the fragment order covers one wgmma tile of rows");
   using Shape = ConvertShape<kHeadDim>;
   constexpr int kPasses = Shape::kPasses;
   const int h = blockIdx.y;
@@ -41,9 +44,19 @@ bwd_convert_dq_kernel(const float* __restrict__ dq_accum, Element* __restrict__ 
     i[p] = int64_t(blockIdx.x) * Shape::kRowsPerBlock + p * Shape::kRowsPerPass + threadIdx.x / Shape::kLanesPerRow;
     if (i[p] < seqlen_q && col_inside) {
       const int r = int(i[p] % kBlockM);
-      const float* src = head_accum + (i[p] - r) * kHeadDim + BwdWorkspace::dq_tile_offset(kBlockM, r, c * 8);
-      lo[p] = *reinterpret_cast<const float4*>(src);
-      hi[p] = *reinterpret_cast<const float4*>(src + 4);
+      const float* tile = head_accum + (i[p] - r) * kHeadDim;
+      if constexpr (kFragmentOrder) {
+        // The row's 8 columns: 4 pairs, 16 bytes apart.
+        const float* src = tile + BwdWorkspace::dq_fragment_offset(kSlice, r, c * 8);
+        const float2 a = *reinterpret_cast<const float2*>(src), b = *reinterpret_cast<const float2*>(src + 4),
+                     e = *reinterpret_cast<const float2*>(src + 8), f = *reinterpret_cast<const float2*>(src + 12);
+        lo[p] = make_float4(a.x, a.y, b.x, b.y);
+        hi[p] = make_float4(e.x, e.y, f.x, f.y);
+      } else {
+        const float* src = tile + BwdWorkspace::dq_tile_offset(kBlockM, r, c * 8);
+        lo[p] = *reinterpret_cast<const float4*>(src);
+        hi[p] = *reinterpret_cast<const float4*>(src + 4);
+      }
     }
   }
 #pragma unroll

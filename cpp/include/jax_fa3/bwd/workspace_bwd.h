@@ -39,6 +39,28 @@ struct BwdWorkspace {
   JAX_FA3_HOST_DEVICE static constexpr int dq_tile_offset(int block_m, int row, int col) {
     return (col / 8) * (block_m * 8) + row * 8 + col % 8;
   }
+  // The tile of the walks whose warpgroups reduce-add their dQ part from
+  // registers (64 rows, the MMA warpgroups' column slices of `slice` columns
+  // side by side): in the order of the wgmma accumulator fragment, so that a
+  // thread's four values of one 8-column group (rows r, r + 8 x columns c,
+  // c + 1) are 16 contiguous bytes and its groups lie at fixed distances from
+  // one base: [slice][column group][warp][lane][4]. One 128-bit reduce-add per
+  // group at an immediate offset, where the row-major tile took a 64-bit one
+  // per pair with its own address arithmetic
+  // (benchmarks/results/2026-12-06h_h100_bwd_ncu_instructions.md).
+  JAX_FA3_HOST_DEVICE static constexpr int dq_fragment_offset(int slice, int row, int col) {
+    const int in_slice = col % slice;
+    const int lane = (row % 8) * 4 + (in_slice % 8) / 2;
+    return (col / slice) * (64 * slice) + (in_slice / 8) * kDqFragmentGroupFloats + (row / 16) * 128 + lane * 4 +
+           ((row % 16) / 8) * 2 + in_slice % 2;
+  }
+  // In that layout, thread `tid` of MMA warpgroup `wg` (wgmma accumulator
+  // rows 16 (tid / 32) + (tid % 32) / 4 [+ 8], columns 2 (tid % 4) [+ 1] of
+  // each group) finds its first group here, and group g g * 512 floats on.
+  static constexpr int kDqFragmentGroupFloats = 512;
+  JAX_FA3_HOST_DEVICE static constexpr int dq_fragment_thread_offset(int slice, int wg, int tid) {
+    return wg * (64 * slice) + (tid / 32) * 128 + (tid % 32) * 4;
+  }
   JAX_FA3_HOST_DEVICE static size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
   JAX_FA3_HOST_DEVICE static BwdWorkspace make(const AttnShape& s, bool deterministic, int block_m,
