@@ -14,10 +14,10 @@
 //     kv head, batch) once and puts a head's lower key blocks first (the dQ
 //     turns wait on them);
 //   * the backward's dQ values land on every float of their warpgroup's part
-//     of the dQ tile exactly once (dq_offset over the dQ wgmma's accumulator
-//     coordinates), and its transposed smem views (Q^T, K^T, dS^T) address the
-//     same bytes as the views they transpose, for the library's walks (head dim
-//     128's unmasked one computes dQ transposed).
+//     of the dQ tile exactly once, where its order (dq_offset) puts them and
+//     the convert kernel reads them, and its transposed smem views (Q^T, K^T,
+//     dS^T) address the same bytes as the views they transpose, for the
+//     library's walks (head dim 128's unmasked one computes dQ transposed).
 //
 //   nvcc -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Icpp/include -I<cutlass>/include tools/dev/host_checks.cu \
 //     -o build-dev/host_checks && build-dev/host_checks
@@ -30,6 +30,7 @@
 
 #include "jax_fa3/bwd/cta_order_bwd_sm90.hpp"
 #include "jax_fa3/bwd/mainloop_bwd_sm90.hpp"
+#include "jax_fa3/bwd/postprocess_bwd_sm90.hpp"
 #include "jax_fa3/common/mask.h"
 #include "jax_fa3/fwd/tile_scheduler_fwd_sm90.hpp"
 #include "jax_fa3/tile_config.h"
@@ -200,58 +201,61 @@ void print_bwd_fast_causal_balance(int seqlen, int sm_count) {
               list_schedule_end(tail_slowest, sm_count, 0) / mean, list_schedule_end(longest_first, sm_count, 0) / mean);
 }
 
-// The backward's shared-memory bookkeeping for one walk. Each MMA
-// warpgroup's 128 threads write their dQ accumulator values into their part
-// of the dQ tile (kBlockM x kDQSlice floats from wg * part): every float once,
-// none outside, whichever way the GEMM is oriented.
+// The backward's dQ tile for one walk, in its order (BwdTraits::kDQLayout,
+// BwdWorkspace::dq_offset):
+//   * each MMA warpgroup's 128 threads store (or reduce-add) every dQ value
+//     at the address bwd_mma computes for it (row chunks: dq_row_chunk_offset;
+//     fragment orders: the thread's base + the group's fixed distance), which
+//     must be dq_offset of the value's (query row, column) and inside that
+//     warpgroup's part; every float of the tile once;
+//   * the convert kernel's loads (DqConvertLoads) find each (row, column)
+//     where dq_offset puts it, at addresses aligned for their width.
 template <int kHeadDim, class Walk>
 void check_bwd_smem(const char* what) {
   using Traits = bwd::BwdTraits<cutlass::bfloat16_t, kHeadDim, Walk>;
-  constexpr int kPart = Traits::kBlockM * Traits::kDQSlice;
+  constexpr DqLayout kLayout = Traits::kDQLayout;
+  constexpr int kBlockM = Traits::kBlockM, kSlice = Traits::kDQSlice;
+  constexpr int kPart = kBlockM * kSlice, kTile = kBlockM * kHeadDim;
+  auto layout_offset = [](int row, int col) { return BwdWorkspace::dq_offset(kLayout, kBlockM, kSlice, row, col); };
+  std::vector<int> hits(kTile, 0);
+  int misplaced = 0;
   for (int wg = 0; wg < Traits::kWarpgroups; ++wg) {
-    std::vector<int> hits(kPart, 0);
-    int outside = 0;
     for (int tid = 0; tid < 128; ++tid) {
       typename Traits::MmadQ mma;
       auto coords = mma.get_thread_slice(tid).partition_C(cute::make_identity_tensor(typename Traits::DQTile{}));
       for (int i = 0; i < int(cute::size(coords)); ++i) {
-        const int at = bwd::dq_offset<Traits>(coords, wg, i) - wg * kPart;
-        if (at < 0 || at >= kPart) {
-          ++outside;
+        const int row = cute::get<Traits::kDQTransposed ? 1 : 0>(coords(i));
+        const int col = wg * kSlice + cute::get<Traits::kDQTransposed ? 0 : 1>(coords(i));
+        int at;
+        if constexpr (kLayout == DqLayout::kRowChunks) {
+          at = bwd::dq_row_chunk_offset<Traits>(coords, wg, i);
         } else {
-          ++hits[at];
+          at = BwdWorkspace::dq_fragment_thread_offset(kPart, wg, tid) + (i / 4) * BwdWorkspace::kDqFragmentGroupFloats +
+               i % 4;
+        }
+        misplaced += at != layout_offset(row, col) || at < wg * kPart || at >= (wg + 1) * kPart;
+        if (at >= 0 && at < kTile) ++hits[at];
+      }
+    }
+  }
+  const bool once = std::all_of(hits.begin(), hits.end(), [](int h) { return h == 1; });
+  CHECK(once && misplaced == 0, "dQ tile %s: %d value(s) misplaced or outside their part, not every float once",
+        what, misplaced);
+  using Loads = bwd::DqConvertLoads<kLayout>;
+  int misread = 0;
+  for (int r = 0; r < kBlockM; r += Loads::kRowPairs ? 2 : 1) {
+    for (int c = 0; c < kHeadDim / 8; ++c) {
+      const int base = layout_offset(r, c * 8);
+      for (int l = 0; l < Loads::kLoads; ++l) {
+        misread += (base + l * Loads::kStride) % Loads::kWidth != 0;
+        for (int e = 0; e < Loads::kWidth; ++e) {
+          const int row = Loads::kRowPairs ? r + e : r, col = c * 8 + (Loads::kRowPairs ? l : l * Loads::kWidth + e);
+          misread += base + l * Loads::kStride + e != layout_offset(row, col);
         }
       }
     }
-    const bool once = std::all_of(hits.begin(), hits.end(), [](int h) { return h == 1; });
-    CHECK(once && outside == 0, "dQ tile %s, warpgroup %d: %d value(s) outside the part, not every float once", what,
-          wg, outside);
   }
-  // Walks that reduce-add dQ from registers use the fragment order: the
-  // address bwd_mma computes for value i (the thread's base + the group's
-  // fixed distance) must be where dq_fragment_offset, which the convert
-  // kernel reads by, puts that value's (row, column); every float once.
-  if constexpr (Traits::kDQFromRegs) {
-    constexpr int kTile = Traits::kBlockM * Traits::kHeadDim;
-    std::vector<int> hits(kTile, 0);
-    int misplaced = 0;
-    for (int wg = 0; wg < Traits::kWarpgroups; ++wg) {
-      for (int tid = 0; tid < 128; ++tid) {
-        typename Traits::MmadQ mma;
-        auto coords = mma.get_thread_slice(tid).partition_C(cute::make_identity_tensor(typename Traits::DQTile{}));
-        for (int i = 0; i < int(cute::size(coords)); ++i) {
-          const int row = cute::get<0>(coords(i)), col = wg * Traits::kDQSlice + cute::get<1>(coords(i));
-          const int at = BwdWorkspace::dq_fragment_thread_offset(Traits::kDQSlice, wg, tid) +
-                         (i / 4) * BwdWorkspace::kDqFragmentGroupFloats + i % 4;
-          misplaced += at != BwdWorkspace::dq_fragment_offset(Traits::kDQSlice, row, col);
-          if (at >= 0 && at < kTile) ++hits[at];
-        }
-      }
-    }
-    const bool once = std::all_of(hits.begin(), hits.end(), [](int h) { return h == 1; });
-    CHECK(once && misplaced == 0, "dQ fragment order %s: %d value(s) misplaced, not every float once", what,
-          misplaced);
-  }
+  CHECK(misread == 0, "dQ tile %s: the convert kernel misreads %d float(s)", what, misread);
   // One buffer, two wgmma views (K-major for one GEMM, MN-major for another):
   // element (r, c[, stage]) of one must be element (c, r[, stage]) of the other.
   auto same_bytes = [&](auto layout, auto transposed, const char* name) {

@@ -111,7 +111,7 @@ cudaError_t run_bwd_pipeline(const BwdParams& params, cudaStream_t stream) {
   {
     constexpr int kRows = ConvertShape<kHeadDim>::kRowsPerBlock;
     const dim3 grid(unsigned((int64_t(s.seqlen_q) + kRows - 1) / kRows), s.heads_q, s.batch);
-    bwd_convert_dq_kernel<Element, kHeadDim, Traits::kBlockM, Traits::kDQFromRegs, Traits::kDQSlice>
+    bwd_convert_dq_kernel<Element, kHeadDim, Traits::kBlockM, Traits::kDQLayout, Traits::kDQSlice>
         <<<grid, kConvertThreads, 0, stream>>>(
         dq_accum, static_cast<Element*>(params.dq), s.seqlen_q, s.heads_q, s.head_dim, ws.rows,
         prob.softmax_scale);

@@ -152,8 +152,8 @@ CUTE_DEVICE uint32_t fresh_warpgroup_thread() {
   return tid % 128;
 }
 
-// Coordinates in the warpgroup's dQ accumulator tile (Traits::DQTile: (row,
-// column), or transposed (column, row)) of each of the thread's dQ values.
+// Coordinates (row, column) in the warpgroup's dQ accumulator tile of each
+// of the thread's dQ values.
 template <class Traits>
 CUTE_DEVICE auto dq_coords() {
   typename Traits::MmadQ mma_dq;
@@ -161,25 +161,25 @@ CUTE_DEVICE auto dq_coords() {
       .partition_C(make_identity_tensor(typename Traits::DQTile{}));
 }
 
-// Offset (floats) in a query block's dQ accumulator tile of the thread's dQ
-// value i: BwdWorkspace::dq_tile_offset. Not transposed, values i and i + 1
-// are adjacent columns and a warp's 64-bit stores of them cover 8 rows of one
-// 8-column chunk, 256 contiguous bytes.
+// Offset (floats) in a query block's dQ tile laid out in row chunks
+// (DqLayout::kRowChunks: walks of 128 queries a step) of the thread's dQ
+// value i: values i and i + 1 are adjacent columns and a warp's 64-bit
+// stores of them cover 8 rows of one 8-column chunk, 256 contiguous bytes.
 template <class Traits, class Coords>
-CUTE_HOST_DEVICE int dq_offset(const Coords& cdQ, int wg, int i) {
-  const int row = get<Traits::kDQTransposed ? 1 : 0>(cdQ(i));
-  const int col = get<Traits::kDQTransposed ? 0 : 1>(cdQ(i));
-  return BwdWorkspace::dq_tile_offset(Traits::kBlockM, row, wg * Traits::kDQSlice + col);
+CUTE_HOST_DEVICE int dq_row_chunk_offset(const Coords& cdQ, int wg, int i) {
+  static_assert(Traits::kDQLayout == DqLayout::kRowChunks && !Traits::kDQTransposed, "row chunks, not transposed");
+  return BwdWorkspace::dq_tile_offset(Traits::kBlockM, get<0>(cdQ(i)), wg * Traits::kDQSlice + get<1>(cdQ(i)));
 }
 
-// The thread's place in a query block's fp32 dQ tile laid out by
-// BwdWorkspace::dq_fragment_offset (kDQFromRegs): its values i .. i + 3 (rows
-// r, r + 8 x columns c, c + 1 of column group i / 4) are the 16 bytes at
-// base + (i / 4) * kDqFragmentGroupFloats.
+// The thread's place in a query block's fp32 dQ tile (workspace or smem)
+// laid out in a fragment order (BwdWorkspace::dq_fragment_offset): its
+// values i .. i + 3 (accumulator rows r, r + 8 x columns c, c + 1 of column
+// group i / 4) are the 16 bytes at base + (i / 4) * kDqFragmentGroupFloats.
 template <class Traits>
-CUTE_DEVICE float* dq_fragment_base(float* gdq, int wg) {
-  static_assert(Traits::kBlockM == 64 && !Traits::kDQTransposed, "one wgmma tile of rows, not transposed");
-  return gdq + BwdWorkspace::dq_fragment_thread_offset(Traits::kDQSlice, wg, int(fresh_warpgroup_thread()));
+CUTE_DEVICE float* dq_fragment_base(float* tile, int wg) {
+  static_assert(Traits::kDQLayout != DqLayout::kRowChunks, "a fragment order");
+  return tile + BwdWorkspace::dq_fragment_thread_offset(Traits::kBlockM * Traits::kDQSlice, wg,
+                                                        int(fresh_warpgroup_thread()));
 }
 
 // Adds the thread's dQ values i .. i + 3 at their place (dq_fragment_base):
@@ -514,16 +514,19 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
     } else {
       // Into this warpgroup's part of the smem tile, for the writer warp.
       Handoff::wait_empty(wg);
-      float* sdq = ss.dq.data();
-      const auto cdQ = dq_coords<Traits>();
-      if constexpr (Traits::kDQTransposed) {
-        // Values i, i + 1 are adjacent queries, 8 floats apart in the tile.
-        CUTLASS_PRAGMA_UNROLL
-        for (int i = 0; i < size(tdQrdQ); ++i) sdq[dq_offset<Traits>(cdQ, wg, i)] = tdQrdQ(i);
-      } else {
+      if constexpr (Traits::kDQLayout == DqLayout::kRowChunks) {
+        const auto cdQ = dq_coords<Traits>();
         CUTLASS_PRAGMA_UNROLL
         for (int i = 0; i < size(tdQrdQ); i += 2) {
-          *reinterpret_cast<float2*>(sdq + dq_offset<Traits>(cdQ, wg, i)) = make_float2(tdQrdQ(i), tdQrdQ(i + 1));
+          *reinterpret_cast<float2*>(ss.dq.data() + dq_row_chunk_offset<Traits>(cdQ, wg, i)) =
+              make_float2(tdQrdQ(i), tdQrdQ(i + 1));
+        }
+      } else {
+        float* base = dq_fragment_base<Traits>(ss.dq.data(), wg);
+        CUTLASS_PRAGMA_UNROLL
+        for (int i = 0; i < size(tdQrdQ); i += 4) {
+          *reinterpret_cast<float4*>(base + (i / 4) * BwdWorkspace::kDqFragmentGroupFloats) =
+              make_float4(tdQrdQ(i), tdQrdQ(i + 1), tdQrdQ(i + 2), tdQrdQ(i + 3));
         }
       }
       cutlass::arch::fence_view_async_shared();

@@ -1,6 +1,6 @@
 // Last stage of the backward: the fp32 dq accumulator (workspace: per batch,
 // query head and query block one tile of kBlockM rows x head_dim bucket,
-// laid out by BwdWorkspace::dq_tile_offset) becomes dq in the
+// laid out by BwdWorkspace::dq_offset) becomes dq in the
 // caller's dtype, scaled by softmax_scale, bounded by seqlen_q and the real
 // head_dim.
 #pragma once
@@ -17,56 +17,97 @@ namespace jax_fa3::bwd {
 constexpr int kConvertThreads = 256;
 
 // Block (x, h, b): kRowsPerBlock query rows of head h, batch b (grid axes
-// instead of index divisions), each task one 8-column chunk of a row: 2 x
-// 16-byte loads (one 32-byte chunk row of the tile) and one 16-byte store.
+// instead of index divisions), each task one 8-column chunk of a row (of two
+// adjacent rows for DqConvertLoads::kRowPairs), loaded as kLoads vectors of
+// kWidth floats kStride floats apart from the chunk's first float, and one
+// 16-byte store per row.
 template <int kHeadDim>
 using ConvertShape = SideKernelRows<kHeadDim, kConvertThreads>;
 
-// kFragmentOrder: the tile is laid out by BwdWorkspace::dq_fragment_offset
-// (slices of kSlice columns), else by dq_tile_offset.
-template <class Element, int kHeadDim, int kBlockM, bool kFragmentOrder = false, int kSlice = kHeadDim>
+// The loads of one task by the tile's layout. Load v's float e is
+//   row r + e, column 8 c + v with kRowPairs (a float pair per column: the
+//     transposed fragment puts rows 2k, 2k + 1 side by side),
+//   row r, column 8 c + v kWidth + e otherwise.
+template <DqLayout kLayout> struct DqConvertLoads;
+template <> struct DqConvertLoads<DqLayout::kRowChunks> {
+  static constexpr int kLoads = 2, kWidth = 4, kStride = 4;
+  static constexpr bool kRowPairs = false;
+};
+template <> struct DqConvertLoads<DqLayout::kFragment> {
+  static constexpr int kLoads = 4, kWidth = 2, kStride = 4;
+  static constexpr bool kRowPairs = false;
+};
+template <> struct DqConvertLoads<DqLayout::kFragmentTransposed> {
+  static constexpr int kLoads = 8, kWidth = 2, kStride = 16;
+  static constexpr bool kRowPairs = true;
+};
+
+template <int kWidth>
+__device__ __forceinline__ void load_floats(const float* src, float* dst) {
+  if constexpr (kWidth == 4) {
+    const float4 v = *reinterpret_cast<const float4*>(src);
+    dst[0] = v.x, dst[1] = v.y, dst[2] = v.z, dst[3] = v.w;
+  } else {
+    static_assert(kWidth == 2, "float2 or float4 loads");
+    const float2 v = *reinterpret_cast<const float2*>(src);
+    dst[0] = v.x, dst[1] = v.y;
+  }
+}
+
+// kLayout, kSlice: the tile's order and its parts' width (BwdTraits::kDQLayout, kDQSlice).
+template <class Element, int kHeadDim, int kBlockM, DqLayout kLayout, int kSlice>
 __global__ void __launch_bounds__(kConvertThreads)
 bwd_convert_dq_kernel(const float* __restrict__ dq_accum, Element* __restrict__ dq, int seqlen_q, int heads_q,
                       int head_dim, int64_t rows, float scale) {
-  static_assert(!kFragmentOrder || kBlockM == 64, "the fragment order covers one wgmma tile of rows");
   using Shape = ConvertShape<kHeadDim>;
+  using Loads = DqConvertLoads<kLayout>;
   constexpr int kPasses = Shape::kPasses;
+  static_assert(!Loads::kRowPairs || (kPasses == 2 && kBlockM % 2 == 0), "a thread's two rows are one pair");
   const int h = blockIdx.y;
   const int b = blockIdx.z;
   const int c = threadIdx.x % Shape::kLanesPerRow;
   const bool col_inside = c * 8 < head_dim;
   const float* head_accum = dq_accum + (int64_t(b) * heads_q + h) * rows * kHeadDim;
 
+  // The thread's rows: one per pass, or one pair.
   int64_t i[kPasses];
-  float4 lo[kPasses], hi[kPasses];
+  float v[kPasses][8];
+  const int64_t first = int64_t(blockIdx.x) * Shape::kRowsPerBlock;
 #pragma unroll
   for (int p = 0; p < kPasses; ++p) {
-    i[p] = int64_t(blockIdx.x) * Shape::kRowsPerBlock + p * Shape::kRowsPerPass + threadIdx.x / Shape::kLanesPerRow;
+    i[p] = Loads::kRowPairs ? first + 2 * (threadIdx.x / Shape::kLanesPerRow) + p
+                            : first + p * Shape::kRowsPerPass + threadIdx.x / Shape::kLanesPerRow;
+  }
+  // Rows past seqlen_q up to the tile's end are padding, still in the tile.
+#pragma unroll
+  for (int p = 0; p < (Loads::kRowPairs ? 1 : kPasses); ++p) {
     if (i[p] < seqlen_q && col_inside) {
       const int r = int(i[p] % kBlockM);
-      const float* tile = head_accum + (i[p] - r) * kHeadDim;
-      if constexpr (kFragmentOrder) {
-        // The row's 8 columns: 4 pairs, 16 bytes apart.
-        const float* src = tile + BwdWorkspace::dq_fragment_offset(kSlice, r, c * 8);
-        const float2 a = *reinterpret_cast<const float2*>(src), b = *reinterpret_cast<const float2*>(src + 4),
-                     e = *reinterpret_cast<const float2*>(src + 8), f = *reinterpret_cast<const float2*>(src + 12);
-        lo[p] = make_float4(a.x, a.y, b.x, b.y);
-        hi[p] = make_float4(e.x, e.y, f.x, f.y);
-      } else {
-        const float* src = tile + BwdWorkspace::dq_tile_offset(kBlockM, r, c * 8);
-        lo[p] = *reinterpret_cast<const float4*>(src);
-        hi[p] = *reinterpret_cast<const float4*>(src + 4);
+      const float* src =
+          head_accum + (i[p] - r) * kHeadDim + BwdWorkspace::dq_offset(kLayout, kBlockM, kSlice, r, c * 8);
+#pragma unroll
+      for (int l = 0; l < Loads::kLoads; ++l) {
+        float part[Loads::kWidth];
+        load_floats<Loads::kWidth>(src + l * Loads::kStride, part);
+#pragma unroll
+        for (int e = 0; e < Loads::kWidth; ++e) {
+          if constexpr (Loads::kRowPairs) {
+            v[p + e][l] = part[e];
+          } else {
+            v[p][l * Loads::kWidth + e] = part[e];
+          }
+        }
       }
     }
   }
 #pragma unroll
   for (int p = 0; p < kPasses; ++p) {
     if (i[p] < seqlen_q && col_inside) {
-      alignas(16) Element v[8] = {Element(lo[p].x * scale), Element(lo[p].y * scale), Element(lo[p].z * scale),
-                                  Element(lo[p].w * scale), Element(hi[p].x * scale), Element(hi[p].y * scale),
-                                  Element(hi[p].z * scale), Element(hi[p].w * scale)};
+      alignas(16) Element out[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) out[j] = Element(v[p][j] * scale);
       *reinterpret_cast<uint4*>(dq + ((int64_t(b) * seqlen_q + i[p]) * heads_q + h) * head_dim + c * 8) =
-          *reinterpret_cast<const uint4*>(v);
+          *reinterpret_cast<const uint4*>(out);
     }
   }
 }

@@ -77,8 +77,14 @@ struct BwdTraits {
   // fit, and still ran 2-3% slower without a mask, twice
   // (benchmarks/results/2026-12-06h_h100_bwd_dp_with_s.md).
   static constexpr bool kDPAfterP = kSdPCols > 64;
-  static_assert(kDQTransposed ? kBlockM % 16 == 0 && kDQSlice % 64 == 0 : kBlockM % 64 == 0,
-                "the dQ wgmma tiles kBlockM (or, transposed, kDQSlice) by its M = 64; kBlockM is the K of dV/dK");
+  static_assert(kDQTransposed ? kBlockM % 16 == 0 && kDQSlice == 64 : kBlockM % 64 == 0,
+                "the dQ wgmma tiles kBlockM (or, transposed, is one M = 64 of kDQSlice); kBlockM is the K of dV/dK");
+  // The dQ tile's order (BwdWorkspace::dq_offset): the accumulator fragment's
+  // wherever a warpgroup's part is one wgmma accumulator.
+  static constexpr DqLayout kDQLayout = kDQTransposed ? DqLayout::kFragmentTransposed
+                                        : kBlockM == 64 ? DqLayout::kFragment
+                                                        : DqLayout::kRowChunks;
+  static_assert(!kDQFromRegs || kDQLayout == DqLayout::kFragment, "dQ from registers goes out in fragment groups");
   static_assert(kBlockN % 64 == 0 && kWarpgroups % kKeySplit == 0, "bad BwdTile row");
   static_assert(kHeadDim % kDSplit == 0 && kDSlice % 16 == 0, "bad BwdTile row");
   static_assert(kHeadDim % kWarpgroups == 0 && kDQSlice % 8 == 0, "bad BwdTile row");
@@ -150,7 +156,7 @@ struct BwdTraits {
     // P^T, laid out like dS^T; only used with kPdSInSmem (unused, 16 bytes:
     // aligned to 1 KB, its type would take 1 KB).
     cute::array_aligned<Element, kPdSInSmem ? cosize_v<SmemLayoutdS> : 8, kPdSInSmem ? 1024 : 16> p;
-    // fp32 dQ tile of this step (BwdWorkspace::dq_tile_offset), one
+    // fp32 dQ tile of this step (BwdWorkspace::dq_offset, kDQLayout), one
     // contiguous kBlockM x kDQSlice part per MMA warpgroup: the bytes the
     // writer's bulk reduce-adds send to the workspace accumulator. Unused
     // with kDQFromRegs. Not swizzled, so no 1 KB alignment (which would leave

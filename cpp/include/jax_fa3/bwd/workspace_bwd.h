@@ -12,6 +12,9 @@
 
 namespace jax_fa3 {
 
+// How a query block's fp32 dq tile is laid out (BwdWorkspace::dq_offset).
+enum class DqLayout { kRowChunks, kFragment, kFragmentTransposed };
+
 struct BwdWorkspace {
   // Query rows rounded up to whole kBlockM tiles: the main kernel reads the
   // per-row terms and reduces dq one full tile at a time, never bounds-checked.
@@ -19,7 +22,7 @@ struct BwdWorkspace {
   int64_t rows;
   size_t lse2_offset;      // float [batch, heads_q, rows]: lse * log2(e); +inf where P must be 0
   size_t dpsum_offset;     // float [batch, heads_q, rows]: D = rowsum(dO * O) - dlse
-  size_t dq_accum_offset;  // float [batch, heads_q, m_blocks, tile (dq_tile_offset)]: fp32 dq sums
+  size_t dq_accum_offset;  // float [batch, heads_q, m_blocks, tile (dq_offset)]: fp32 dq sums
   size_t dq_sem_offset;    // int [batch, heads_q, m_blocks]: deterministic dq order (0 bytes otherwise)
   size_t dq_accum_bytes;
   size_t dq_sem_bytes;
@@ -30,36 +33,49 @@ struct BwdWorkspace {
   // Offset (floats) of row `row`, column `col` inside one query block's fp32
   // dq tile (block_m rows x head-dim-bucket columns), the same in the main
   // kernel's smem tile and in the workspace accumulator, which receives the
-  // tile byte for byte: chunks of 8 columns, each chunk's block_m rows
-  // contiguous ([bucket / 8][block_m][8]). A warp stores its part of a wgmma
-  // accumulator as 8 consecutive rows of one chunk per instruction, 256
-  // contiguous bytes (no bank conflicts), and each MMA warpgroup's column
-  // slice (a multiple of 8 columns) is one contiguous range that the dQ
-  // writer reduces as soon as that warpgroup is done.
+  // tile byte for byte. Each MMA warpgroup's column slice (`slice` columns)
+  // is one contiguous part of block_m x slice floats, which the dQ writer
+  // reduces as soon as that warpgroup is done. Inside a part (DqLayout):
+  //   kRowChunks: chunks of 8 columns, each chunk's block_m rows contiguous
+  //     ([slice / 8][block_m][8]); a warp stores 8 rows of one chunk per
+  //     64-bit store instruction, 256 contiguous bytes. For walks whose part
+  //     is more than one wgmma accumulator (block_m = 128).
+  //   kFragment: the order of the warpgroup's wgmma accumulator fragment
+  //     (64 rows x slice columns): a thread's four values of one 8-column
+  //     group (rows r, r + 8 x columns c, c + 1) are 16 contiguous bytes and
+  //     its groups lie kDqFragmentGroupFloats apart from one base
+  //     (dq_fragment_thread_offset): [column group][warp][lane][4]. One 128-bit
+  //     store or reduce-add per group at an immediate offset, where the row
+  //     chunks took a 64-bit one per pair with its own address arithmetic
+  //     (benchmarks/results/2026-12-06h_h100_bwd_ncu_instructions.md).
+  //   kFragmentTransposed: the same for an accumulator of dQ^T (slice = 64
+  //     head-dim rows x block_m query columns, BwdWalk::kDQTransposed), where
+  //     the row chunks took one 32-bit store per value with 2-way bank
+  //     conflicts.
   JAX_FA3_HOST_DEVICE static constexpr int dq_tile_offset(int block_m, int row, int col) {
     return (col / 8) * (block_m * 8) + row * 8 + col % 8;
   }
-  // The tile of the walks whose warpgroups reduce-add their dQ part from
-  // registers (64 rows, the MMA warpgroups' column slices of `slice` columns
-  // side by side): in the order of the wgmma accumulator fragment, so that a
-  // thread's four values of one 8-column group (rows r, r + 8 x columns c,
-  // c + 1) are 16 contiguous bytes and its groups lie at fixed distances from
-  // one base: [slice][column group][warp][lane][4]. One 128-bit reduce-add per
-  // group at an immediate offset, where the row-major tile took a 64-bit one
-  // per pair with its own address arithmetic
-  // (benchmarks/results/2026-12-06h_h100_bwd_ncu_instructions.md).
-  JAX_FA3_HOST_DEVICE static constexpr int dq_fragment_offset(int slice, int row, int col) {
+  JAX_FA3_HOST_DEVICE static constexpr int dq_fragment_offset(int block_m, int slice, bool transposed, int row,
+                                                              int col) {
     const int in_slice = col % slice;
-    const int lane = (row % 8) * 4 + (in_slice % 8) / 2;
-    return (col / slice) * (64 * slice) + (in_slice / 8) * kDqFragmentGroupFloats + (row / 16) * 128 + lane * 4 +
-           ((row % 16) / 8) * 2 + in_slice % 2;
+    // (row, column) in the accumulator.
+    const int ar = transposed ? in_slice : row, ac = transposed ? row : in_slice;
+    const int lane = (ar % 8) * 4 + (ac % 8) / 2;
+    return (col / slice) * (block_m * slice) + (ac / 8) * kDqFragmentGroupFloats + (ar / 16) * 128 + lane * 4 +
+           ((ar % 16) / 8) * 2 + ac % 2;
   }
-  // In that layout, thread `tid` of MMA warpgroup `wg` (wgmma accumulator
-  // rows 16 (tid / 32) + (tid % 32) / 4 [+ 8], columns 2 (tid % 4) [+ 1] of
-  // each group) finds its first group here, and group g g * 512 floats on.
+  JAX_FA3_HOST_DEVICE static constexpr int dq_offset(DqLayout layout, int block_m, int slice, int row, int col) {
+    return layout == DqLayout::kRowChunks
+               ? dq_tile_offset(block_m, row, col)
+               : dq_fragment_offset(block_m, slice, layout == DqLayout::kFragmentTransposed, row, col);
+  }
+  // In the fragment orders, thread `tid` of MMA warpgroup `wg` (wgmma
+  // accumulator rows 16 (tid / 32) + (tid % 32) / 4 [+ 8], columns 2 (tid % 4)
+  // [+ 1] of each group) finds its first group here, and group g g * 512
+  // floats on; part_floats = block_m x slice.
   static constexpr int kDqFragmentGroupFloats = 512;
-  JAX_FA3_HOST_DEVICE static constexpr int dq_fragment_thread_offset(int slice, int wg, int tid) {
-    return wg * (64 * slice) + (tid / 32) * 128 + (tid % 32) * 4;
+  JAX_FA3_HOST_DEVICE static constexpr int dq_fragment_thread_offset(int part_floats, int wg, int tid) {
+    return wg * part_floats + (tid / 32) * 128 + (tid % 32) * 4;
   }
   JAX_FA3_HOST_DEVICE static size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
