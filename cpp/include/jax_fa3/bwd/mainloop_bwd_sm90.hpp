@@ -167,7 +167,7 @@ CUTE_DEVICE auto dq_coords() {
 // stores of them cover 8 rows of one 8-column chunk, 256 contiguous bytes.
 template <class Traits, class Coords>
 CUTE_HOST_DEVICE int dq_row_chunk_offset(const Coords& cdQ, int wg, int i) {
-  static_assert(Traits::kDQLayout == DqLayout::kRowChunks && !Traits::kDQTransposed, "row chunks, not transposed");
+  static_assert(Traits::kDQLayout == DqLayout::kRowChunks, "row chunks (never transposed)");
   return BwdWorkspace::dq_tile_offset(Traits::kBlockM, get<0>(cdQ(i)), wg * Traits::kDQSlice + get<1>(cdQ(i)));
 }
 

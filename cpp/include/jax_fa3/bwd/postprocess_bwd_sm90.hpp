@@ -24,23 +24,21 @@ constexpr int kConvertThreads = 256;
 template <int kHeadDim>
 using ConvertShape = SideKernelRows<kHeadDim, kConvertThreads>;
 
-// The loads of one task by the tile's layout. Load v's float e is
-//   row r + e, column 8 c + v with kRowPairs (a float pair per column: the
+// The loads of one task by the tile's layout: 8 floats per row, kWidth
+// at a time. Load l's float e is
+//   row r + e, column 8 c + l with kRowPairs (a float pair per column: the
 //     transposed fragment puts rows 2k, 2k + 1 side by side),
-//   row r, column 8 c + v kWidth + e otherwise.
+//   row r, column 8 c + l kWidth + e otherwise.
+template <int kWidth_, int kStride_, bool kRowPairs_>
+struct DqLoadPattern {
+  static constexpr int kWidth = kWidth_, kStride = kStride_;
+  static constexpr bool kRowPairs = kRowPairs_;
+  static constexpr int kLoads = kRowPairs ? 8 : 8 / kWidth;
+};
 template <DqLayout kLayout> struct DqConvertLoads;
-template <> struct DqConvertLoads<DqLayout::kRowChunks> {
-  static constexpr int kLoads = 2, kWidth = 4, kStride = 4;
-  static constexpr bool kRowPairs = false;
-};
-template <> struct DqConvertLoads<DqLayout::kFragment> {
-  static constexpr int kLoads = 4, kWidth = 2, kStride = 4;
-  static constexpr bool kRowPairs = false;
-};
-template <> struct DqConvertLoads<DqLayout::kFragmentTransposed> {
-  static constexpr int kLoads = 8, kWidth = 2, kStride = 16;
-  static constexpr bool kRowPairs = true;
-};
+template <> struct DqConvertLoads<DqLayout::kRowChunks> : DqLoadPattern<4, 4, false> {};
+template <> struct DqConvertLoads<DqLayout::kFragment> : DqLoadPattern<2, 4, false> {};
+template <> struct DqConvertLoads<DqLayout::kFragmentTransposed> : DqLoadPattern<2, 16, true> {};
 
 template <int kWidth>
 __device__ __forceinline__ void load_floats(const float* src, float* dst) {
