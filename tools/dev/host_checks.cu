@@ -230,8 +230,7 @@ void check_bwd_smem(const char* what) {
         if constexpr (kLayout == DqLayout::kRowChunks) {
           at = bwd::dq_row_chunk_offset<Traits>(coords, wg, i);
         } else {
-          at = BwdWorkspace::dq_fragment_thread_offset(kPart, wg, tid) + (i / 4) * BwdWorkspace::kDqFragmentGroupFloats +
-               i % 4;
+          at = BwdWorkspace::dq_fragment_thread_offset(kPart, wg, tid) + BwdWorkspace::dq_fragment_group_offset(i) + i % 4;
         }
         misplaced += at != layout_offset(row, col) || at < wg * kPart || at >= (wg + 1) * kPart;
         if (at >= 0 && at < kTile) ++hits[at];
@@ -249,8 +248,7 @@ void check_bwd_smem(const char* what) {
       for (int l = 0; l < Loads::kLoads; ++l) {
         misread += (base + l * Loads::kStride) % Loads::kWidth != 0;
         for (int e = 0; e < Loads::kWidth; ++e) {
-          const int row = Loads::kRowPairs ? r + e : r, col = c * 8 + (Loads::kRowPairs ? l : l * Loads::kWidth + e);
-          misread += base + l * Loads::kStride + e != layout_offset(row, col);
+          misread += base + l * Loads::kStride + e != layout_offset(r + Loads::row(l, e), c * 8 + Loads::column(l, e));
         }
       }
     }

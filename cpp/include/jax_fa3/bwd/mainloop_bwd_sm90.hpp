@@ -174,12 +174,20 @@ CUTE_HOST_DEVICE int dq_row_chunk_offset(const Coords& cdQ, int wg, int i) {
 // The thread's place in a query block's fp32 dQ tile (workspace or smem)
 // laid out in a fragment order (BwdWorkspace::dq_fragment_offset): its
 // values i .. i + 3 (accumulator rows r, r + 8 x columns c, c + 1 of column
-// group i / 4) are the 16 bytes at base + (i / 4) * kDqFragmentGroupFloats.
+// group i / 4) are the 16 bytes at dq_fragment_group(base, i).
 template <class Traits>
 CUTE_DEVICE float* dq_fragment_base(float* tile, int wg) {
   static_assert(Traits::kDQLayout != DqLayout::kRowChunks, "a fragment order");
   return tile + BwdWorkspace::dq_fragment_thread_offset(Traits::kBlockM * Traits::kDQSlice, wg,
                                                         int(fresh_warpgroup_thread()));
+}
+CUTE_DEVICE float* dq_fragment_group(float* base, int i) {
+  return base + BwdWorkspace::dq_fragment_group_offset(i);
+}
+// The thread's accumulator values i .. i + 3: one group of the fragment order.
+template <class Fragment>
+CUTE_DEVICE float4 dq_group_values(const Fragment& frag, int i) {
+  return make_float4(frag(i), frag(i + 1), frag(i + 2), frag(i + 3));
 }
 
 // Adds the thread's dQ values i .. i + 3 at their place (dq_fragment_base):
@@ -189,7 +197,7 @@ CUTE_DEVICE float* dq_fragment_base(float* tile, int wg) {
 // taken (the one SASS difference of note in a fast kernel that ran 15-22%
 // slower with such a branch, benchmarks/results/2026-12-04j_h200_bwd_det.md).
 CUTE_DEVICE void dq_add_group(float* base, int i, float4 v) {
-  float* dst = base + (i / 4) * BwdWorkspace::kDqFragmentGroupFloats;
+  float* dst = dq_fragment_group(base, i);
   asm volatile("red.relaxed.gpu.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(dst), "f"(v.x), "f"(v.y),
                "f"(v.z), "f"(v.w)
                : "memory");
@@ -504,7 +512,7 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
           DqReducer<Traits>::at(p, b, hkv * (p.heads_q / p.heads_kv) + t / range.num_m, m).gdq, wg);
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < size(tdQrdQ); i += 4) {
-        const float4 v = make_float4(tdQrdQ(i), tdQrdQ(i + 1), tdQrdQ(i + 2), tdQrdQ(i + 3));
+        const float4 v = dq_group_values(tdQrdQ, i);
         if (i < DqHeld<Traits>::kFirst) {
           dq_add_group(held.base, i, v);
         } else {
@@ -525,8 +533,7 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
         float* base = dq_fragment_base<Traits>(ss.dq.data(), wg);
         CUTLASS_PRAGMA_UNROLL
         for (int i = 0; i < size(tdQrdQ); i += 4) {
-          *reinterpret_cast<float4*>(base + (i / 4) * BwdWorkspace::kDqFragmentGroupFloats) =
-              make_float4(tdQrdQ(i), tdQrdQ(i + 1), tdQrdQ(i + 2), tdQrdQ(i + 3));
+          *reinterpret_cast<float4*>(dq_fragment_group(base, i)) = dq_group_values(tdQrdQ, i);
         }
       }
       cutlass::arch::fence_view_async_shared();

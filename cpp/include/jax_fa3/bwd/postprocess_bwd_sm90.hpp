@@ -25,15 +25,16 @@ template <int kHeadDim>
 using ConvertShape = SideKernelRows<kHeadDim, kConvertThreads>;
 
 // The loads of one task by the tile's layout: 8 floats per row, kWidth
-// at a time. Load l's float e is
-//   row r + e, column 8 c + l with kRowPairs (a float pair per column: the
-//     transposed fragment puts rows 2k, 2k + 1 side by side),
-//   row r, column 8 c + l kWidth + e otherwise.
+// at a time. Load l's float e is row r + row(l, e), column 8 c + column(l, e)
+// of the task's chunk (row r, columns 8 c ..): with kRowPairs a float pair per
+// column (the transposed fragment puts rows 2k, 2k + 1 side by side).
 template <int kWidth_, int kStride_, bool kRowPairs_>
 struct DqLoadPattern {
   static constexpr int kWidth = kWidth_, kStride = kStride_;
   static constexpr bool kRowPairs = kRowPairs_;
   static constexpr int kLoads = kRowPairs ? 8 : 8 / kWidth;
+  JAX_FA3_HOST_DEVICE static constexpr int row(int /*l*/, int e) { return kRowPairs ? e : 0; }
+  JAX_FA3_HOST_DEVICE static constexpr int column(int l, int e) { return kRowPairs ? l : l * kWidth + e; }
 };
 template <DqLayout kLayout> struct DqConvertLoads;
 template <> struct DqConvertLoads<DqLayout::kRowChunks> : DqLoadPattern<4, 4, false> {};
@@ -88,13 +89,7 @@ bwd_convert_dq_kernel(const float* __restrict__ dq_accum, Element* __restrict__ 
         float part[Loads::kWidth];
         load_floats<Loads::kWidth>(src + l * Loads::kStride, part);
 #pragma unroll
-        for (int e = 0; e < Loads::kWidth; ++e) {
-          if constexpr (Loads::kRowPairs) {
-            v[p + e][l] = part[e];
-          } else {
-            v[p][l * Loads::kWidth + e] = part[e];
-          }
-        }
+        for (int e = 0; e < Loads::kWidth; ++e) v[p + Loads::row(l, e)][Loads::column(l, e)] = part[e];
       }
     }
   }

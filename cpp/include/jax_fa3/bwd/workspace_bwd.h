@@ -71,12 +71,14 @@ struct BwdWorkspace {
   }
   // In the fragment orders, thread `tid` of MMA warpgroup `wg` (wgmma
   // accumulator rows 16 (tid / 32) + (tid % 32) / 4 [+ 8], columns 2 (tid % 4)
-  // [+ 1] of each group) finds its first group here, and group g g * 512
+  // [+ 1] of each group) finds its first group here, and the group of its
+  // accumulator values i .. i + 3 (i a multiple of 4) dq_fragment_group_offset(i)
   // floats on; part_floats = block_m x slice.
   static constexpr int kDqFragmentGroupFloats = 512;
   JAX_FA3_HOST_DEVICE static constexpr int dq_fragment_thread_offset(int part_floats, int wg, int tid) {
     return wg * part_floats + (tid / 32) * 128 + (tid % 32) * 4;
   }
+  JAX_FA3_HOST_DEVICE static constexpr int dq_fragment_group_offset(int i) { return (i / 4) * kDqFragmentGroupFloats; }
   JAX_FA3_HOST_DEVICE static size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
   JAX_FA3_HOST_DEVICE static BwdWorkspace make(const AttnShape& s, bool deterministic, int block_m,
