@@ -88,3 +88,27 @@ def test_schedule_decoding_on_a_listing():
     assert mufu == (0x10EE0, "MUFU.EX2 R27, R27", 1, False, 1, 7, 0)
     assert fadd == (0x10EF0, "FADD R7, R25, R22", 1, False, 7, 7, 0b000100)
     assert list(audit.schedule(listing, "bwd_main_kernel")) == []
+
+
+def test_loop_blocks_on_a_listing(capsys):
+    """sass_audit --loop finds the loop holding the most HGMMA (not a wait loop without any) and cuts it into
+    basic blocks at branch targets and after branches: here a step whose softcap path (MUFU.TANH) is skipped
+    by a forward branch."""
+
+    def instruction(address: int, text: str) -> str:
+        # Control bits: stall 1, no scoreboards (the second word's top bits).
+        return (f"        /*{address:04x}*/                   {text} ;      /* 0x0000000000000000 */\n"
+                f"                                                   /* 0x000fe20000000800 */")
+
+    body = ["MOV R1, R2", "SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [UR4], R3", "@!P0 BRA 0x10",
+            "HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], RZ, !UPT", "@P1 BRA 0x70", "MUFU.TANH R4, R4",
+            "FFMA R4, R4, R5, R6", "MUFU.EX2 R4, R4", "@!P2 BRA 0x30", "EXIT"]
+    listing = ("        Function : _ZN7jax_fa33bwd15bwd_main_kernelIloopE\n"
+               + "\n".join(instruction(16 * i, text) for i, text in enumerate(body))).splitlines()
+    _audit_module().print_loop(listing, "bwd_main_kernel")
+    assert capsys.readouterr().out.splitlines() == [
+        "loop [0x30, 0x80]: 6 instructions in 3 blocks",
+        "00030     2  HGMMA.64x64x16:1  | @P1 BRA 0x70",
+        "00050     2  FFMA:1 MUFU.TANH:1",
+        "00070     2  MUFU.EX2:1  | @!P2 BRA 0x30",
+    ]

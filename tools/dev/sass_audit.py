@@ -2,6 +2,7 @@
 
     python tools/dev/sass_audit.py <binary> [--cuobjdump PATH] [--all]
     python tools/dev/sass_audit.py <binary> --schedule KERNEL [--range START END]
+    python tools/dev/sass_audit.py <binary> --loop KERNEL
 
 <binary>: anything cuobjdump reads (the extension's .so, a harness executable,
 a cubin) or a wheel (its .so files are audited). Per kernel it counts the
@@ -33,6 +34,13 @@ yield bit is clear, W/R/w, the instruction) and, with --range (hex
 addresses), the sum of the stall counts over [START, END): the fewest cycles
 one warp needs to issue that stretch before any scoreboard or barrier wait, a
 floor from the compiler's own latency model.
+
+--loop: instead, the basic blocks of that kernel's main loop (the backward
+branch whose body holds the most HGMMA: the MMA warpgroups' step), one line
+each: address, instruction count, the opcodes that tell a step's paths apart
+(HGMMA shapes, MUFU, FFMA, FSEL, ...) and the branch that ends it. A step's
+static count along one path (e.g. no softcap, no mask test) is the sum over
+that path's blocks: a GPU-free comparison with another library's kernel.
 
 cuobjdump: --cuobjdump, $CUOBJDUMP, the PATH, or the one in the
 nvidia-cuda-cuobjdump wheel; it needs nvdisasm (`pip install
@@ -147,6 +155,49 @@ def print_schedule(lines: list[str], kernel: str, address_range) -> None:
         print(f"[{start:#x}, {end:#x}): {count} instructions, {total} cycles of stall counts", file=sys.stderr)
 
 
+_BRANCH = re.compile(r"\bBRA\b(?:\.\w+)*\s+`?\(?(0x[0-9a-f]+)")
+_LOOP_OPCODES = ("HGMMA", "MUFU", "FFMA", "FSEL", "ISETP", "LDS", "STS", "STSM", "REDG", "BAR", "SYNCS")
+
+
+def print_loop(lines: list[str], kernel: str) -> None:
+    body = [(address, text) for address, text, *_ in schedule(lines, kernel)]
+    loops = []  # (HGMMA count, -length, first index, last index)
+    for last, (address, text) in enumerate(body):
+        branch = _BRANCH.search(text)
+        if branch and int(branch.group(1), 16) < address:
+            first = next(i for i, (a, _) in enumerate(body) if a >= int(branch.group(1), 16))
+            hgmma = sum("HGMMA" in t for _, t in body[first:last + 1])
+            loops.append((hgmma, first - last, first, last))
+    if not loops:
+        print(f"sass_audit: no loop in a kernel named like {kernel}", file=sys.stderr)
+        return
+    _, _, first, last = max(loops)
+    loop = body[first:last + 1]
+    targets = {int(b.group(1), 16) for _, t in loop if (b := _BRANCH.search(t))}
+    blocks, block = [], []
+    for address, text in loop:
+        if address in targets and block:
+            blocks.append(block)
+            block = []
+        block.append((address, text))
+        if _BRANCH.search(text):
+            blocks.append(block)
+            block = []
+    if block:
+        blocks.append(block)
+    print(f"loop [{loop[0][0]:#x}, {loop[-1][0]:#x}]: {len(loop)} instructions in {len(blocks)} blocks")
+    for block in blocks:
+        counts = collections.Counter()
+        for _, text in block:
+            words = text.split()
+            full = words[1] if words[0].startswith("@") and len(words) > 1 else words[0]
+            if full.split(".")[0] in _LOOP_OPCODES:
+                counts[".".join(full.split(".")[:2])] += 1
+        ends = block[-1][1] if _BRANCH.search(block[-1][1]) else ""
+        print(f"{block[0][0]:05x} {len(block):5d}  {' '.join(f'{k}:{v}' for k, v in sorted(counts.items()))}"
+              f"{'  | ' + ends if ends else ''}")
+
+
 def _executable(path: str | None) -> bool:
     return bool(path) and os.path.isfile(path) and os.access(path, os.X_OK)
 
@@ -198,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all", action="store_true", help="list every kernel, not only the main ones")
     parser.add_argument("--schedule", metavar="KERNEL", help="print this kernel's control bits instead (see --help)")
     parser.add_argument("--range", nargs=2, metavar=("START", "END"), help="with --schedule: sum the stalls here")
+    parser.add_argument("--loop", metavar="KERNEL", help="print this kernel's main loop by basic block (see --help)")
     args = parser.parse_args(argv)
     cuobjdump = find_cuobjdump(args.cuobjdump)
     if cuobjdump is None:
@@ -206,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     listing = sass_of(args.binary, cuobjdump)
     if args.schedule:
         print_schedule(listing.splitlines(), args.schedule, args.range)
+        return 0
+    if args.loop:
+        print_loop(listing.splitlines(), args.loop)
         return 0
     kernels = parse_sass(listing)
     if not kernels:
