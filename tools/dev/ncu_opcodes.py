@@ -2,10 +2,10 @@
 
     python3 tools/dev/ncu_opcodes.py <prefix>...   (reads <prefix>-sass.csv, as tools/dev/ncu_bwd.sh writes it)
 
-Prints one markdown table: per opcode (predicates and modifiers after the first dot dropped, so STS and STS.128
-stay apart only by width: the first modifier is kept), millions of executed instructions and the share of stall
-samples in each profile, the opcodes whose counts differ most first. Written 2026-12-07 against Nsight Compute's column names as the
-2026-12-06h profile used them; tried only on a hand-made CSV so far.
+Prints one markdown table: per opcode with its first modifier (sass_audit.opcode: STS and STS.128 apart),
+millions of executed instructions and the share of stall samples in each profile, the opcodes whose counts differ
+most first. Written 2026-12-07 against Nsight Compute's column names as the 2026-12-06h profile used them; tried
+only on a hand-made CSV so far.
 """
 
 from __future__ import annotations
@@ -14,15 +14,7 @@ import collections
 import csv
 import sys
 
-
-def opcode(sass: str) -> str:
-    words = sass.split()
-    if words and words[0].startswith("@"):
-        words = words[1:]
-    if not words:
-        return "?"
-    parts = words[0].split(".")
-    return ".".join(parts[:2])
+from sass_audit import opcode  # tools/dev, this script's folder
 
 
 def read(prefix: str):

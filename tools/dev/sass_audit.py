@@ -155,6 +155,15 @@ def print_schedule(lines: list[str], kernel: str, address_range) -> None:
         print(f"[{start:#x}, {end:#x}): {count} instructions, {total} cycles of stall counts", file=sys.stderr)
 
 
+def opcode(text: str) -> str:
+    """An instruction's opcode with its first modifier (HGMMA.64x64x16, STS.128, MUFU.EX2), its predicate
+    dropped: "@!P0 LDS.64 R20, [R22]" -> "LDS.64"."""
+    words = text.split()
+    if words and words[0].startswith("@"):
+        words = words[1:]
+    return ".".join(words[0].split(".")[:2]) if words else "?"
+
+
 _BRANCH = re.compile(r"\bBRA\b(?:\.\w+)*\s+`?\(?(0x[0-9a-f]+)")
 _LOOP_OPCODES = ("HGMMA", "MUFU", "FFMA", "FSEL", "ISETP", "LDS", "STS", "STSM", "REDG", "BAR", "SYNCS")
 
@@ -187,12 +196,8 @@ def print_loop(lines: list[str], kernel: str) -> None:
         blocks.append(block)
     print(f"loop [{loop[0][0]:#x}, {loop[-1][0]:#x}]: {len(loop)} instructions in {len(blocks)} blocks")
     for block in blocks:
-        counts = collections.Counter()
-        for _, text in block:
-            words = text.split()
-            full = words[1] if words[0].startswith("@") and len(words) > 1 else words[0]
-            if full.split(".")[0] in _LOOP_OPCODES:
-                counts[".".join(full.split(".")[:2])] += 1
+        counts = collections.Counter(op for op in map(opcode, (text for _, text in block))
+                                     if op.split(".")[0] in _LOOP_OPCODES)
         ends = block[-1][1] if _BRANCH.search(block[-1][1]) else ""
         print(f"{block[0][0]:05x} {len(block):5d}  {' '.join(f'{k}:{v}' for k, v in sorted(counts.items()))}"
               f"{'  | ' + ends if ends else ''}")
