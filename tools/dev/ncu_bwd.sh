@@ -7,8 +7,7 @@
 #
 #   OUT=... HDIM=128 SEQLEN=16384 CAUSAL=1 FA3_LIB=.carry/fa3so/libfa3_ffi.so bash tools/dev/ncu_bwd.sh
 #
-# Written 2026-12-07 and not yet run on a GPU (the session had no device time
-# left): check its output the first time.
+# First run 2026-12-07 (benchmarks/results/2026-12-07c_h100_bwd_ncu_causal.md).
 #
 # Writes $OUT/ncu-<impl>.ncu-rep, the per-instruction source page
 # ($OUT/ncu-<impl>-sass.csv, for tools/dev/ncu_opcodes.py) and prints the
