@@ -4,8 +4,8 @@
 
 Prints one markdown table: per opcode with its first modifier (sass_audit.opcode: STS and STS.128 apart),
 millions of executed instructions and the share of stall samples in each profile, the opcodes whose counts differ
-most first. Written 2026-12-07 against Nsight Compute's column names as the 2026-12-06h profile used them; tried
-only on a hand-made CSV so far.
+most first. First run on real profiles 2026-12-07 (tools/dev/ncu_bwd.sh,
+benchmarks/results/2026-12-07c_h100_bwd_ncu_causal.md).
 """
 
 from __future__ import annotations

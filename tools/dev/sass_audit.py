@@ -170,37 +170,36 @@ _LOOP_OPCODES = ("HGMMA", "MUFU", "FFMA", "FSEL", "ISETP", "LDS", "STS", "STSM",
 
 def print_loop(lines: list[str], kernel: str) -> None:
     body = [(address, text) for address, text, *_ in schedule(lines, kernel)]
+    # Each instruction's branch target (None: not a branch).
+    target = [int(b.group(1), 16) if (b := _BRANCH.search(text)) else None for _, text in body]
     loops = []  # (HGMMA count, -length, first index, last index)
-    for last, (address, text) in enumerate(body):
-        branch = _BRANCH.search(text)
-        if branch and int(branch.group(1), 16) < address:
-            first = next(i for i, (a, _) in enumerate(body) if a >= int(branch.group(1), 16))
+    for last, (address, _) in enumerate(body):
+        if target[last] is not None and target[last] < address:
+            first = next(i for i, (a, _) in enumerate(body) if a >= target[last])
             hgmma = sum("HGMMA" in t for _, t in body[first:last + 1])
             loops.append((hgmma, first - last, first, last))
     if not loops:
         print(f"sass_audit: no loop in a kernel named like {kernel}", file=sys.stderr)
         return
     _, _, first, last = max(loops)
-    loop = body[first:last + 1]
-    targets = {int(b.group(1), 16) for _, t in loop if (b := _BRANCH.search(t))}
-    blocks, block = [], []
-    for address, text in loop:
-        if address in targets and block:
+    targets = set(target[first:last + 1])
+    blocks, block = [], []  # block: indices into body
+    for i in range(first, last + 1):
+        if body[i][0] in targets and block:
             blocks.append(block)
             block = []
-        block.append((address, text))
-        if _BRANCH.search(text):
+        block.append(i)
+        if target[i] is not None:
             blocks.append(block)
             block = []
     if block:
         blocks.append(block)
-    print(f"loop [{loop[0][0]:#x}, {loop[-1][0]:#x}]: {len(loop)} instructions in {len(blocks)} blocks")
+    print(f"loop [{body[first][0]:#x}, {body[last][0]:#x}]: {last - first + 1} instructions in {len(blocks)} blocks")
     for block in blocks:
-        counts = collections.Counter(op for op in map(opcode, (text for _, text in block))
+        counts = collections.Counter(op for op in (opcode(body[i][1]) for i in block)
                                      if op.split(".")[0] in _LOOP_OPCODES)
-        ends = block[-1][1] if _BRANCH.search(block[-1][1]) else ""
-        print(f"{block[0][0]:05x} {len(block):5d}  {' '.join(f'{k}:{v}' for k, v in sorted(counts.items()))}"
-              f"{'  | ' + ends if ends else ''}")
+        ends = f"  | {body[block[-1]][1]}" if target[block[-1]] is not None else ""
+        print(f"{body[block[0]][0]:05x} {len(block):5d}  {' '.join(f'{k}:{v}' for k, v in sorted(counts.items()))}{ends}")
 
 
 def _executable(path: str | None) -> bool:
