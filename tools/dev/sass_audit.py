@@ -199,7 +199,8 @@ def print_loop(lines: list[str], kernel: str) -> None:
         counts = collections.Counter(op for op in (opcode(body[i][1]) for i in block)
                                      if op.split(".")[0] in _LOOP_OPCODES)
         ends = f"  | {body[block[-1]][1]}" if target[block[-1]] is not None else ""
-        print(f"{body[block[0]][0]:05x} {len(block):5d}  {' '.join(f'{k}:{v}' for k, v in sorted(counts.items()))}{ends}")
+        opcodes = " ".join(f"{k}:{v}" for k, v in sorted(counts.items()))
+        print(f"{body[block[0]][0]:05x} {len(block):5d}  {opcodes}{ends}")
 
 
 def _executable(path: str | None) -> bool:
