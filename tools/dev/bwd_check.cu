@@ -7,6 +7,9 @@
 //   bwd_check bench [S,S,..]  seqlens (default 16384) x BENCH_HDIMS (default 128), 16k tokens,
 //                        hidden 2048, bf16, causal and not, fast and deterministic; each
 //                        timing's dq spot-checked against float64 (PASS/FAIL on its line)
+//   bwd_check cycles [S,..]  the bench's inputs and configurations, each launched kBwdCyclesLaunches
+//                        times untimed, for Nsight Compute's cycle counts (tools/dev/bwd_cycles.sh):
+//                        cycles do not move with the clock the power cap sets, timings do
 //
 // The harness allocates its own workspace (workspace_bytes) and computes
 // out/lse with its own float64 forward, so it does not depend on the forward
@@ -495,7 +498,10 @@ static double spot_check_dq(const std::vector<uint16_t>& host, const void* dq_de
   return max_err / std::max(max_ref, 1e-30);
 }
 
-static void bench_one(int S, int D) {
+constexpr int kBwdCyclesLaunches = 4;
+
+// timed: the bench's medians; otherwise kBwdCyclesLaunches launches per configuration.
+static void bench_one(int S, int D, bool timed) {
   const int B = std::max(1, 16384 / S), H = 2048 / D;
   const Dtype dt = Dtype::kBFloat16;
   const size_t n = size_t(B) * S * H * D;
@@ -523,6 +529,15 @@ static void bench_one(int S, int D) {
     for (int det = 0; det < 2; ++det) {
       prob.mask = AttnMask{2 * S, causal ? 0 : 2 * S};
       BwdParams p{prob, bool(det), q, k, v, o, dO, lse, dlse, dq, dk, dv, ws};
+      if (!timed) {
+        for (int it = 0; it < kBwdCyclesLaunches; ++it) CK(launch(p, 0));
+        CK(cudaDeviceSynchronize());
+        const double err = spot_check_dq(host, dq, lse, B, S, H, D, prob.softmax_scale, causal);
+        std::printf("cycles b=%d s=%d h=%d d=%d %s %s: %d launches | dq spot check %.1e %s\n", B, S, H, D,
+                    causal ? "causal" : "full", det ? "det" : "fast", kBwdCyclesLaunches, err,
+                    err < 2e-2 ? "PASS" : "FAIL");
+        continue;
+      }
       // Each sample runs the whole backward (preprocess, main, convert)
       // enough times to last >= ~20 ms, so launch gaps do not dominate.
       CK(launch(p, 0));
@@ -560,10 +575,10 @@ static void bench_one(int S, int D) {
   CK(cudaEventDestroy(e1));
 }
 
-static int run_bench(const std::vector<int>& seqlens) {
+static int run_bench(const std::vector<int>& seqlens, bool timed) {
   for (int D : int_list(std::getenv("BENCH_HDIMS"), {128})) {
     if (BWD_CHECK_ONLY_HDIM != 0 && D != BWD_CHECK_ONLY_HDIM) continue;
-    for (int S : seqlens) bench_one(S, D);
+    for (int S : seqlens) bench_one(S, D, timed);
   }
   return 0;
 }
@@ -575,6 +590,8 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
-  if (mode == "bench") return run_bench(int_list(argc > 2 ? argv[2] : nullptr, {16384}));
+  if (mode == "bench" || mode == "cycles") {
+    return run_bench(int_list(argc > 2 ? argv[2] : nullptr, {16384}), mode == "bench");
+  }
   return run_checks(mode == "small");
 }
