@@ -9,7 +9,7 @@
 #
 # <folder>/bwd_check-<build>-<head dim> as for bwd_ab.sh. Each runs
 # `bwd_check cycles <seqlen>` (the bench's inputs and its four configurations,
-# kBwdCyclesLaunches launches each, dq spot-checked) under ncu with the main
+# kBwdCyclesLaunches launches each, dq spot-checked; its lines name them) under ncu with the main
 # kernels' elapsed cycles and executed warp instructions; the table gives per
 # configuration the median of each build's launches after the first, and the
 # ratio to the first build (> 1: fewer cycles, faster). What it cannot show:
@@ -32,30 +32,33 @@ for d in ${HDIMS:-128}; do
     done
   done
 done
-python3 - "$OUT" "${builds[@]}" <<'EOF'
-import csv, glob, os, re, statistics, sys
-out, builds = sys.argv[1], sys.argv[2:]
-configs = ("full fast", "full det", "causal fast", "causal det")
-launches = 4  # kBwdCyclesLaunches (bwd_check.cu)
+python3 - "$OUT" "${HDIMS:-128}" "${SEQLENS:-4096 16384}" "${builds[@]}" <<'EOF'
+import csv, os, re, statistics, sys
+out, hdims, seqlens, builds = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4:]
+# The harness's "cycles ... <mask> <mode>: <n> launches" lines give the configurations in launch order.
+config_line = re.compile(r"cycles .* (\w+) (\w+)\s*: (\d+) launches")
 table = {}
-for path in glob.glob(os.path.join(out, "ncu-cycles-*.txt")):
-    build, d, s = re.match(r"ncu-cycles-(.+)-(\d+)-(\d+)\.txt", os.path.basename(path)).groups()
-    rows = [line for line in open(path) if line.startswith('"')]
-    if not rows:
-        continue
-    per_launch = {}
-    for row in csv.DictReader(rows):
-        per_launch.setdefault(int(row["ID"]), {})[row["Metric Name"]] = float(row["Metric Value"].replace(",", ""))
-    ids = sorted(per_launch)
-    if len(ids) != launches * len(configs):
-        print(f"{path}: {len(ids)} launches profiled, expected {launches * len(configs)}")
-        continue
-    for i, config in enumerate(configs):
-        group = [per_launch[k] for k in ids[i * launches + 1:(i + 1) * launches]]
-        table[(int(d), int(s), config, build)] = (
-            statistics.median(g["sm__cycles_elapsed.max"] for g in group),
-            statistics.median(g["smsp__inst_executed.sum"] for g in group),
-            max(g["sm__cycles_elapsed.max"] for g in group) / min(g["sm__cycles_elapsed.max"] for g in group) - 1)
+for d in hdims:
+    for s in seqlens:
+        for build in builds:
+            path = os.path.join(out, f"ncu-cycles-{build}-{d}-{s}.txt")
+            lines = open(path).read().splitlines()
+            configs = [(f"{m.group(1)} {m.group(2)}", int(m.group(3))) for m in map(config_line.match, lines) if m]
+            per_launch = {}
+            for row in csv.DictReader(line for line in lines if line.startswith('"')):
+                per_launch.setdefault(int(row["ID"]), {})[row["Metric Name"]] = float(row["Metric Value"].replace(",", ""))
+            ids = sorted(per_launch)
+            if len(ids) != sum(n for _, n in configs):
+                print(f"{path}: {len(ids)} launches profiled, the harness made {sum(n for _, n in configs)}")
+                continue
+            first = 0
+            for config, n in configs:
+                group = [per_launch[k] for k in ids[first + 1:first + n]]  # each configuration's first launch left out
+                first += n
+                cycles = [g["sm__cycles_elapsed.max"] for g in group]
+                table[(int(d), int(s), config, build)] = (
+                    statistics.median(cycles), statistics.median(g["smsp__inst_executed.sum"] for g in group),
+                    max(cycles) / min(cycles) - 1)
 keys = sorted({k[:3] for k in table})
 print("| head dim | seqlen | config | " + " | ".join(f"{b} Mcycles" for b in builds) + " | "
       + " | ".join(f"{b} speed" for b in builds[1:]) + " | " + " | ".join(f"{b} instr" for b in builds[1:])
