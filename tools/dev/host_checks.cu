@@ -171,7 +171,8 @@ void check_bwd_order(int n_blocks, int heads_kv, int batch, int sm_count, int wa
 template <int kHeadDim>
 void print_bwd_fast_causal_balance(int seqlen, int sm_count) {
   using Tile = BwdTile<kHeadDim>;
-  constexpr int kBlockN = Tile::kBlockN, kBlockM = Tile::template Fast<true>::kBlockM;
+  using Walk = typename Tile::template Fast<true>;
+  constexpr int kBlockN = bwd_block_n<Tile, Walk>(), kBlockM = Walk::kBlockM;
   const int pairs = (2048 / kHeadDim) * (16384 / seqlen);
   const int n_blocks = (seqlen + kBlockN - 1) / kBlockN;
   const WindowMask mask = WindowMask::make(AttnShape{1, seqlen, seqlen, 1, 1, kHeadDim}, AttnMask{2 * seqlen, 0});
@@ -201,15 +202,56 @@ void print_bwd_fast_causal_balance(int seqlen, int sm_count) {
               list_schedule_end(tail_slowest, sm_count, 0) / mean, list_schedule_end(longest_first, sm_count, 0) / mean);
 }
 
+// Every float of a walk's dQ tile placed once (hits, misplaced: from the
+// caller's walk over the MMA threads' values), and the convert kernel's loads
+// (DqConvertLoads) finding each (row, column) where dq_offset puts it, at
+// addresses aligned for their width.
+template <class Traits>
+void check_dq_tile_reads(const char* what, const std::vector<int>& hits, int misplaced) {
+  constexpr DqLayout kLayout = Traits::kDQLayout;
+  constexpr int kBlockM = Traits::kBlockM, kSlice = Traits::kDQSlice, kHeadDim = Traits::kHeadDim;
+  const bool once = std::all_of(hits.begin(), hits.end(), [](int h) { return h == 1; });
+  CHECK(once && misplaced == 0, "dQ tile %s: %d value(s) misplaced or outside their part, not every float once",
+        what, misplaced);
+  auto layout_offset = [](int row, int col) { return BwdWorkspace::dq_offset(kLayout, kBlockM, kSlice, row, col); };
+  using Loads = bwd::DqConvertLoads<kLayout>;
+  int misread = 0;
+  for (int r = 0; r < kBlockM; r += Loads::kRowPairs ? 2 : 1) {
+    for (int c = 0; c < kHeadDim / 8; ++c) {
+      const int base = layout_offset(r, c * 8);
+      for (int l = 0; l < Loads::kLoads; ++l) {
+        misread += (base + l * Loads::kStride) % Loads::kWidth != 0;
+        for (int e = 0; e < Loads::kWidth; ++e) {
+          misread += base + l * Loads::kStride + e != layout_offset(r + Loads::row(l, e), c * 8 + Loads::column(l, e));
+        }
+      }
+    }
+  }
+  CHECK(misread == 0, "dQ tile %s: the convert kernel misreads %d float(s)", what, misread);
+}
+
+// One buffer, two wgmma views (K-major for one GEMM, MN-major for another):
+// element (r, c[, stage]) of one must be element (c, r[, stage]) of the other.
+template <class Layout, class Transposed>
+void check_same_bytes(Layout layout, Transposed transposed, const char* what, const char* name) {
+  int wrong = 0;
+  for (int stage = 0; stage < int(cute::size<2>(layout)); ++stage) {
+    for (int r = 0; r < int(cute::size<0>(layout)); ++r) {
+      for (int c = 0; c < int(cute::size<1>(layout)); ++c) wrong += layout(r, c, stage) != transposed(c, r, stage);
+    }
+  }
+  CHECK(wrong == 0, "%s %s: %d element(s) of the transposed view elsewhere", what, name, wrong);
+}
+
 // The backward's dQ tile for one walk, in its order (BwdTraits::kDQLayout,
 // BwdWorkspace::dq_offset):
 //   * each MMA warpgroup's 128 threads store (or reduce-add) every dQ value
 //     at the address bwd_mma computes for it (row chunks: dq_row_chunk_offset;
 //     fragment orders: the thread's base + the group's fixed distance), which
 //     must be dq_offset of the value's (query row, column) and inside that
-//     warpgroup's part; every float of the tile once;
-//   * the convert kernel's loads (DqConvertLoads) find each (row, column)
-//     where dq_offset puts it, at addresses aligned for their width.
+//     warpgroup's part; every float of the tile once; the convert kernel
+//     reads it back (check_dq_tile_reads);
+//   * the smem buffers read through two views hold the same bytes in both.
 template <int kHeadDim, class Walk>
 void check_bwd_smem(const char* what) {
   using Traits = bwd::BwdTraits<cutlass::bfloat16_t, kHeadDim, Walk>;
@@ -237,41 +279,48 @@ void check_bwd_smem(const char* what) {
       }
     }
   }
-  const bool once = std::all_of(hits.begin(), hits.end(), [](int h) { return h == 1; });
-  CHECK(once && misplaced == 0, "dQ tile %s: %d value(s) misplaced or outside their part, not every float once",
-        what, misplaced);
-  using Loads = bwd::DqConvertLoads<kLayout>;
-  int misread = 0;
-  for (int r = 0; r < kBlockM; r += Loads::kRowPairs ? 2 : 1) {
-    for (int c = 0; c < kHeadDim / 8; ++c) {
-      const int base = layout_offset(r, c * 8);
-      for (int l = 0; l < Loads::kLoads; ++l) {
-        misread += (base + l * Loads::kStride) % Loads::kWidth != 0;
-        for (int e = 0; e < Loads::kWidth; ++e) {
-          misread += base + l * Loads::kStride + e != layout_offset(r + Loads::row(l, e), c * 8 + Loads::column(l, e));
+  check_dq_tile_reads<Traits>(what, hits, misplaced);
+  using namespace cute;
+  check_same_bytes(typename Traits::SmemLayoutQ{}, typename Traits::SmemLayoutQt{}, what, "Q / Q^T");
+  check_same_bytes(typename Traits::SmemLayoutdS{}, typename Traits::SmemLayoutdSt{}, what, "dS / dS^T");
+  check_same_bytes(append<3>(typename Traits::SmemLayoutK{}, Layout<_1, _0>{}),
+                   append<3>(typename Traits::SmemLayoutKt{}, Layout<_1, _0>{}), what, "K / K^T");
+}
+
+// The same for BwdTraitsDKVt (head dim 256's fast walk): each warpgroup's
+// dQ leaves in two 64-column halves, value i of half h at the group of
+// i + h x (values a half) from the thread's base (bwd_mma_dkvt's send_dq).
+template <int kHeadDim, class Walk>
+void check_bwd_smem_dkvt(const char* what) {
+  using Traits = bwd::BwdTraitsDKVt<cutlass::bfloat16_t, kHeadDim, Walk>;
+  constexpr int kBlockM = Traits::kBlockM, kSlice = Traits::kDQSlice;
+  constexpr int kPart = kBlockM * kSlice, kTile = kBlockM * kHeadDim;
+  std::vector<int> hits(kTile, 0);
+  int misplaced = 0;
+  for (int wg = 0; wg < Traits::kWarpgroups; ++wg) {
+    for (int tid = 0; tid < 128; ++tid) {
+      typename Traits::MmadQ mma;
+      auto coords = mma.get_thread_slice(tid).partition_C(cute::make_identity_tensor(cute::Shape<cute::_64, cute::_64>{}));
+      const int half_values = int(cute::size(coords));
+      for (int h = 0; h < Traits::kDQHalves; ++h) {
+        for (int i = 0; i < half_values; ++i) {
+          const int row = cute::get<0>(coords(i)), col = wg * kSlice + 64 * h + cute::get<1>(coords(i));
+          const int at = BwdWorkspace::dq_fragment_thread_offset(kPart, wg, tid) +
+                         BwdWorkspace::dq_fragment_group_offset(i + h * half_values) + i % 4;
+          misplaced += at != BwdWorkspace::dq_offset(Traits::kDQLayout, kBlockM, kSlice, row, col) ||
+                       at < wg * kPart || at >= (wg + 1) * kPart;
+          if (at >= 0 && at < kTile) ++hits[at];
         }
       }
     }
   }
-  CHECK(misread == 0, "dQ tile %s: the convert kernel misreads %d float(s)", what, misread);
-  // One buffer, two wgmma views (K-major for one GEMM, MN-major for another):
-  // element (r, c[, stage]) of one must be element (c, r[, stage]) of the other.
-  auto same_bytes = [&](auto layout, auto transposed, const char* name) {
-    int wrong = 0;
-    for (int stage = 0; stage < int(cute::size<2>(layout)); ++stage) {
-      for (int r = 0; r < int(cute::size<0>(layout)); ++r) {
-        for (int c = 0; c < int(cute::size<1>(layout)); ++c) {
-          wrong += layout(r, c, stage) != transposed(c, r, stage);
-        }
-      }
-    }
-    CHECK(wrong == 0, "%s %s: %d element(s) of the transposed view elsewhere", what, name, wrong);
-  };
+  check_dq_tile_reads<Traits>(what, hits, misplaced);
   using namespace cute;
-  same_bytes(typename Traits::SmemLayoutQ{}, typename Traits::SmemLayoutQt{}, "Q / Q^T");
-  same_bytes(typename Traits::SmemLayoutdS{}, typename Traits::SmemLayoutdSt{}, "dS / dS^T");
-  same_bytes(append<3>(typename Traits::SmemLayoutK{}, Layout<_1, _0>{}),
-             append<3>(typename Traits::SmemLayoutKt{}, Layout<_1, _0>{}), "K / K^T");
+  check_same_bytes(typename Traits::SmemLayoutQ{}, typename Traits::SmemLayoutQt{}, what, "Q / Q^T");
+  check_same_bytes(typename Traits::SmemLayoutdO{}, typename Traits::SmemLayoutdOt{}, what, "dO / dO^T");
+  check_same_bytes(typename Traits::SmemLayoutPdS{}, typename Traits::SmemLayoutPdSt{}, what, "P, dS / P^T, dS^T");
+  check_same_bytes(append<3>(typename Traits::SmemLayoutK{}, Layout<_1, _0>{}),
+                   append<3>(typename Traits::SmemLayoutKt{}, Layout<_1, _0>{}), what, "K / K^T");
 }
 
 }  // namespace
@@ -358,7 +407,7 @@ int main() {
   check_bwd_smem<128, BwdTile<128>::Fast<false>>("d128 unmasked (80 queries, dQ transposed)");
   check_bwd_smem<192, BwdTile<192>::Fast<false>>("d192");
   check_bwd_smem<256, BwdTile<256>::Deterministic<true>>("d256 deterministic");
-  check_bwd_smem<256, BwdTile<256>::Fast<false>>("d256 fast (dQ from registers)");
+  check_bwd_smem_dkvt<256, BwdTile<256>::Fast<false>>("d256 fast (80 keys, dK^T/dV^T)");
   std::printf("%s (%d failure(s))\n", failures ? "FAILED" : "all host checks passed", failures);
   return failures ? 1 : 0;
 }

@@ -99,20 +99,14 @@ constexpr FwdVariant fwd_variant(bool masked, int seqlen_k) {
 // warpgroup's registers).
 //
 // How a CTA walks the queries (BwdWalk) may differ by mode (Fast,
-// Deterministic) and by whether the kernel applies a mask. kBlockM queries
-// per step (a multiple of 64, the dQ wgmma's M, unless kDQTransposed), a
-// kStages-deep Q/dO ring, and where each step's dQ part goes:
-//   kDQFromRegs: the MMA warpgroups add it into the fp32 accumulator straight
-//     from their registers (128-bit reduce-adds into a tile in the wgmma
-//     fragment's order, BwdWorkspace::dq_fragment_offset; fast mode only), the last
-//     kDQHeldEighths / 8 of each thread's values only in the next step
-//     (DqHeld: at head dim 256, 3/8 ran 3.0-8.0% faster than none causal,
-//     0.3-4.9% without a mask over three runs, the best of 1/8-6/8 and three
-//     send points, benchmarks/results/2026-12-04h_h200_bwd_dq_held.md);
-//   otherwise: through an fp32 smem tile that a writer warp bulk-reduces
-//     (the deterministic mode enforces its order there);
-// and kDQTransposed: dQ computed as dQ^T = K^T dS^T (the dQ wgmma's M is the
-// head dim, not the queries), so that kBlockM need only be a multiple of 16.
+// Deterministic) and by whether the kernel applies a mask: kBlockM queries
+// per step (a multiple of 64, the dQ wgmma's M, unless kDQTransposed) and a
+// kStages-deep Q/dO ring. Each step's dQ part goes through an fp32 smem tile
+// that a writer warp bulk-reduces into the accumulator (the deterministic
+// mode enforces its order there); head dim 256's fast walk (BwdWalkDKVt)
+// instead adds it from the registers. kDQTransposed: dQ computed as
+// dQ^T = K^T dS^T (the dQ wgmma's M is the head dim, not the queries), so
+// that kBlockM need only be a multiple of 16.
 // Head dim 128 walks 80 queries a step that way without a mask (as
 // FlashAttention-3 does): against 64 queries +1.9-3.5% fast and +0.2-4.3%
 // deterministic at 1k-16k; under a causal mask it lost 3% at 1k-4k (the
@@ -121,8 +115,8 @@ constexpr FwdVariant fwd_variant(bool masked, int seqlen_k) {
 // Head dim 64 walks 128 queries a step in both modes: against 64-query steps
 // the fast mode gained 3-12% at every grid point once the 128-query kernel had
 // lost its wgmma serialisation (benchmarks/results/2026-12-03b_h200_blocks.md).
-// Head dim 256 keeps two Q/dO stages only without the 64 KB dQ tile (with it
-// they would need 288 KB of shared memory).
+// Head dim 256's deterministic walk has one Q/dO stage: two and the 64 KB dQ
+// tile would need 288 KB of shared memory.
 // No CTA pairs summing dQ before the reduce-adds: 2-CTA clusters on adjacent
 // key blocks, each keeping half of every warpgroup's dQ columns and pushing
 // the other half to its peer (st.async into its dO stage), halve the
@@ -150,13 +144,37 @@ constexpr FwdVariant fwd_variant(bool masked, int seqlen_k) {
 #define JAX_FA3_BWD_CHUNK_WAVES 4
 #endif
 constexpr int kBwdMaskedChunkWaves = JAX_FA3_BWD_CHUNK_WAVES;
-template <int kBlockM_, int kStages_, bool kDQFromRegs_, int kDQHeldEighths_ = 0, bool kDQTransposed_ = false>
+template <int kBlockM_, int kStages_, bool kDQTransposed_ = false>
 struct BwdWalk {
-  static constexpr int kBlockM = kBlockM_, kStages = kStages_, kDQHeldEighths = kDQHeldEighths_;
-  static constexpr bool kDQFromRegs = kDQFromRegs_, kDQTransposed = kDQTransposed_;
-  static_assert(kDQHeldEighths == 0 || kDQFromRegs, "only dQ sent from registers can be held");
-  static_assert(!(kDQTransposed && kDQFromRegs), "dQ from registers goes out in untransposed groups of four");
+  static constexpr int kBlockM = kBlockM_, kStages = kStages_;
+  static constexpr bool kDQTransposed = kDQTransposed_;
+  static constexpr bool kDKVTransposed = false;
+  static constexpr int kBlockN = 0;  // the row's
 };
+// Head dim 256's fast walk: kBlockN = 80 keys a CTA instead of the row's 64,
+// FlashAttention-3's tile: 0.8x the Q/dO loads and dQ reduce-adds a key,
+// which bound the 64-key kernel at L2 (95.6% L2 throughput; notes.md,
+// 2026-12-07d). 80 keys x 256 columns of dK and dV fit the two warpgroups'
+// registers only as dK^T/dV^T, each warpgroup 128 head-dim rows x all 80
+// keys (two 64-row slices, 160 registers a thread), so S = Q K^T and
+// dP = dO V^T are not transposed (40 keys a warpgroup) and P/dS reach the
+// dK/dV GEMMs through smem; dQ goes out from the registers as 128-bit
+// reduce-adds in two 64-column halves, each under a dK GEMM. Shared memory
+// (216 KB) holds two Q stages but one dO stage (BwdTraitsDKVt). Against the
+// 64-key walk (dQ from registers, 3/8 of it held to the next step) in the
+// harness on an H100: 0.80x the instructions, 7-9% fewer cycles at 4k-16k,
+// timed +5-8.5% at 1k-16k (benchmarks/results/2026-12-07e_h100_bwd_dkvt256.md;
+// the 64-key walk is in git at fefa1c5). The deterministic mode keeps the
+// 64-key walk: its dQ tile (64 KB) does not fit beside this one's smem.
+struct BwdWalkDKVt {
+  static constexpr int kBlockN = 80, kBlockM = 64, kStages = 2, kStagesdO = 1;
+  static constexpr bool kDKVTransposed = true;
+};
+// The keys a CTA of `Walk` owns: its own kBlockN, or its row's.
+template <class Tile, class Walk>
+constexpr int bwd_block_n() {
+  return Walk::kBlockN > 0 ? Walk::kBlockN : Tile::kBlockN;
+}
 template <int kHeadDim>
 struct BwdTile;
 // A mode's walks: Masked for the kernels that apply a mask (mask_cuts),
@@ -176,11 +194,11 @@ struct BwdRow {
   template <bool kMasked> using Fast = typename FastWalks::template Walk<kMasked>;
   template <bool kMasked> using Deterministic = typename DeterministicWalks::template Walk<kMasked>;
 };
-template <> struct BwdTile<64>  : BwdRow<128, 4, BwdWalksByMask<BwdWalk<128, 2, false>>> {};
-template <> struct BwdTile<96>  : BwdRow<128, 0, BwdWalksByMask<BwdWalk<64, 2, false>>> {};
-template <> struct BwdTile<128> : BwdRow<128, 0, BwdWalksByMask<BwdWalk<64, 2, false>, BwdWalk<80, 2, false, 0, true>>> {};
-template <> struct BwdTile<192> : BwdRow<64,  0, BwdWalksByMask<BwdWalk<64, 2, false>>> {};
-template <> struct BwdTile<256> : BwdRow<64,  1, BwdWalksByMask<BwdWalk<64, 2, true, 3>>, BwdWalksByMask<BwdWalk<64, 1, false>>> {};
+template <> struct BwdTile<64>  : BwdRow<128, 4, BwdWalksByMask<BwdWalk<128, 2>>> {};
+template <> struct BwdTile<96>  : BwdRow<128, 0, BwdWalksByMask<BwdWalk<64, 2>>> {};
+template <> struct BwdTile<128> : BwdRow<128, 0, BwdWalksByMask<BwdWalk<64, 2>, BwdWalk<80, 2, true>>> {};
+template <> struct BwdTile<192> : BwdRow<64,  0, BwdWalksByMask<BwdWalk<64, 2>>> {};
+template <> struct BwdTile<256> : BwdRow<64,  1, BwdWalksByMask<BwdWalkDKVt>, BwdWalksByMask<BwdWalk<64, 1>>> {};
 
 template <int kHeadDim, class Tile = BwdTile<kHeadDim>>
 constexpr int bwd_block_m(bool deterministic, bool masked) {

@@ -20,6 +20,7 @@ enum class BwdNamedBarrier : uint32_t {
   kdSReady = 0,  // every MMA warpgroup has written its dS^T of the step to smem
   kdQEmpty = 1,  // + w, writer -> warpgroup w: its part of the smem dQ tile may be overwritten
   kdQFull = 3,   // + w, warpgroup w -> writer: its part of the step's dQ tile is complete
+  kdKVTile = 5,  // + w, warpgroup w's threads: its dK/dV epilogue tile is written / read (BwdTraitsDKVt)
 };
 
 JAX_FA3_HOST_DEVICE uint32_t barrier_id(BwdNamedBarrier b) { return static_cast<uint32_t>(b); }

@@ -16,6 +16,7 @@
 #include <cutlass/cutlass.h>
 
 #include "jax_fa3/bwd/epilogue_bwd_sm90.hpp"
+#include "jax_fa3/bwd/mainloop_bwd_dkvt_sm90.hpp"
 #include "jax_fa3/bwd/mainloop_bwd_sm90.hpp"
 #include "jax_fa3/bwd/params_bwd_sm90.hpp"
 #include "jax_fa3/bwd/traits_bwd_sm90.hpp"
@@ -73,6 +74,12 @@ bwd_main_kernel(const __grid_constant__ BwdMainParams<Traits> params) {
       initialize_barrier(ss.full_bar[s], 1);
       initialize_barrier(ss.empty_bar[s], Traits::kMmaThreads);
     }
+    if constexpr (Traits::kSplitdO) {
+      for (int s = 0; s < Traits::kStagesdO; ++s) {
+        initialize_barrier(ss.full_do_bar[s], 1);
+        initialize_barrier(ss.empty_do_bar[s], Traits::kMmaThreads);
+      }
+    }
     initialize_barrier(ss.kv_bar, 1);
     cutlass::arch::fence_barrier_init();
   }
@@ -93,6 +100,10 @@ bwd_main_kernel(const __grid_constant__ BwdMainParams<Traits> params) {
         DqHandoff<Traits>::run(params, ss.dq.data(), b, n_block, total, BwdStep::first(range, hkv, group), range);
       }
     }
+  } else if constexpr (Traits::kDKVTransposed) {
+    cutlass::arch::warpgroup_reg_alloc<Traits::kMmaRegs>();
+    const BwdQueryRange range = walk();
+    bwd_mma_dkvt<Traits, kMasked>(params, ss, n_block, hkv, b, range, range.num_m * group, threadIdx.x - 128);
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kMmaRegs>();
     const int mma_tid = threadIdx.x - 128;

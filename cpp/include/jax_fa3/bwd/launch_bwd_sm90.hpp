@@ -34,7 +34,7 @@ namespace bwd {
 template <class Element, int kHeadDim, class Walk, bool kMasked, int kChunkWaves>
 cudaError_t run_bwd_pipeline(const BwdParams& params, cudaStream_t stream) {
   constexpr bool kChunkedOrder = kChunkWaves > 0;
-  using Traits = BwdTraits<Element, kHeadDim, Walk>;
+  using Traits = BwdTraitsOf<Element, kHeadDim, Walk>;
   const AttnProblem& prob = params.problem;
   const AttnShape& s = prob.shape;
   const int64_t n_blocks = (int64_t(s.seqlen_k) + Traits::kBlockN - 1) / Traits::kBlockN;
@@ -151,7 +151,7 @@ cudaError_t run_bwd_sm90(const BwdParams& params, cudaStream_t stream) {
                 "BwdTraits takes the key block and warpgroups from tile_config.h's row; a Tile may change the walks");
   using FastWalk = typename Tile::template Fast<kMasked>;
   using DeterministicWalk = typename Tile::template Deterministic<kMasked>;
-  static_assert(!DeterministicWalk::kDQFromRegs, "the deterministic order is kept by the dQ writer warp");
+  static_assert(!DeterministicWalk::kDKVTransposed, "the deterministic order is kept by BwdTraits' dQ writer warp");
   if (params.deterministic) {
     constexpr int kChunkWaves = Tile::template kDeterministicChunkWaves<kMasked>;
     if constexpr (kChunkWaves > 0 || !std::is_same_v<DeterministicWalk, FastWalk>) {

@@ -12,9 +12,9 @@
 //   dV/dK read P^T/dS^T from smem, SS)
 //   dS^T -> smem, then dQ[:, slice] = dS K[:, slice]   wgmma SS
 //     (kDQTransposed: dQ^T[slice, :] = K^T[slice, :] dS^T)
-//   dQ part -> smem -> (writer warp) reduce-add into the fp32 accumulator,
-//   or (kDQFromRegs) red.global.add from the registers into it (a share of
-//   it one step later: DqHeld).
+//   dQ part -> smem -> (writer warp) reduce-add into the fp32 accumulator.
+// (Head dim 256's fast walk has its own MMA warpgroups:
+// mainloop_bwd_dkvt_sm90.hpp.)
 #pragma once
 
 #include "jax_fa3/common/arch.h"
@@ -71,29 +71,30 @@ struct BwdLoader {
     copy(p.tma_v.with(ss.kv_bar), tma_v.partition_S(gV), tma_v.partition_D(sV));
   }
 
-  // Q, dO (TMA) and the row terms lse2, D (plain bulk copies of kBlockM
-  // floats from the padded workspace) of one step into pipeline stage
-  // `stage`, all completing on that stage's mbarrier.
-  __device__ static void load_step(const BwdMainParams<Traits>& p, SharedStorage& ss, int stage, int hq, int b,
+  // One step's Q or dO tile (TMA) and its row term (lse2 or D: a plain bulk
+  // copy of kBlockM floats from the padded workspace) into stage `stage` of
+  // its ring, completing on `bar` (whose transaction bytes the caller set).
+  template <class Tma, class SmemLayout>
+  __device__ static void load_rows(const BwdMainParams<Traits>& p, const Tma& tma, Element* smem, SmemLayout layout,
+                                   const float* term, float* smem_term, uint64_t& bar, int stage, int hq, int b,
                                    int m) {
-    uint64_t& bar = ss.full_bar[stage];
-    set_barrier_transaction_bytes(bar, 2 * Traits::kTmaBytesQ + 2 * Traits::kRowTermBytes);
-    Tensor mQ = p.tma_q.get_tma_tensor(make_shape(p.seqlen_q, p.head_dim, p.heads_q, p.batch));
-    Tensor mdO = p.tma_do.get_tma_tensor(make_shape(p.seqlen_q, p.head_dim, p.heads_q, p.batch));
-    Tensor gQ = local_tile(mQ(_, _, hq, b), Shape<typename Traits::BlockM, typename Traits::HeadDim>{},
+    Tensor mX = tma.get_tma_tensor(make_shape(p.seqlen_q, p.head_dim, p.heads_q, p.batch));
+    Tensor gX = local_tile(mX(_, _, hq, b), Shape<typename Traits::BlockM, typename Traits::HeadDim>{},
                            make_coord(m, _0{}));
-    Tensor gdO = local_tile(mdO(_, _, hq, b), Shape<typename Traits::BlockM, typename Traits::HeadDim>{},
-                            make_coord(m, _0{}));
-    Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
-    Tensor sdO = make_tensor(make_smem_ptr(ss.dout.data()), typename Traits::SmemLayoutQ{});
-    auto tma_q = p.tma_q.get_slice(_0{});
-    auto tma_do = p.tma_do.get_slice(_0{});
-    copy(p.tma_q.with(bar), tma_q.partition_S(gQ), tma_q.partition_D(sQ(_, _, stage)));
-    copy(p.tma_do.with(bar), tma_do.partition_S(gdO), tma_do.partition_D(sdO(_, _, stage)));
-    const int64_t term = (int64_t(b) * p.heads_q + hq) * p.rows + int64_t(m) * Traits::kBlockM;
-    SM90_BULK_COPY_G2S::copy(p.lse2 + term, &bar, ss.lse2.data() + stage * Traits::kBlockM, Traits::kRowTermBytes);
-    SM90_BULK_COPY_G2S::copy(p.dpsum + term, &bar, ss.dpsum.data() + stage * Traits::kBlockM,
-                             Traits::kRowTermBytes);
+    Tensor sX = make_tensor(make_smem_ptr(smem), layout);
+    auto thr = tma.get_slice(_0{});
+    copy(tma.with(bar), thr.partition_S(gX), thr.partition_D(sX(_, _, stage)));
+    const int64_t row = (int64_t(b) * p.heads_q + hq) * p.rows + int64_t(m) * Traits::kBlockM;
+    SM90_BULK_COPY_G2S::copy(term + row, &bar, smem_term + stage * Traits::kBlockM, Traits::kRowTermBytes);
+  }
+  __device__ static void load_q(const BwdMainParams<Traits>& p, SharedStorage& ss, uint64_t& bar, int stage, int hq,
+                                int b, int m) {
+    load_rows(p, p.tma_q, ss.q.data(), typename Traits::SmemLayoutQ{}, p.lse2, ss.lse2.data(), bar, stage, hq, b, m);
+  }
+  __device__ static void load_do(const BwdMainParams<Traits>& p, SharedStorage& ss, uint64_t& bar, int stage,
+                                 int hq, int b, int m) {
+    load_rows(p, p.tma_do, ss.dout.data(), typename Traits::SmemLayoutdO{}, p.dpsum, ss.dpsum.data(), bar, stage, hq,
+              b, m);
   }
 };
 
@@ -135,11 +136,25 @@ __device__ __forceinline__ void bwd_load(const BwdMainParams<Traits>& p, typenam
   // count: a register fewer, which the 24 of the producer need).
   BwdStep step = BwdStep::first(range, hkv, group);
   const int hq_end = (hkv + 1) * group;
+  constexpr uint32_t kStepBytes = Traits::kTmaBytesQ + Traits::kRowTermBytes;  // Q or dO, with its row term
   for (int t = 0; step.hq < hq_end; ++t, step.advance(range)) {
     const int stage = t % kStages;
     // Fresh barriers: waiting on parity 1 returns at once (first pass).
     wait_barrier(ss.empty_bar[stage], ((t / kStages) & 1) ^ 1);
-    BwdLoader<Traits>::load_step(p, ss, stage, step.hq, b, step.m);
+    if constexpr (Traits::kSplitdO) {
+      set_barrier_transaction_bytes(ss.full_bar[stage], kStepBytes);
+      BwdLoader<Traits>::load_q(p, ss, ss.full_bar[stage], stage, step.hq, b, step.m);
+      // dO's ring has fewer stages: its stage frees later in the step than Q's.
+      constexpr int kStagesdO = Traits::kStagesdO;
+      const int do_stage = t % kStagesdO;
+      wait_barrier(ss.empty_do_bar[do_stage], ((t / kStagesdO) & 1) ^ 1);
+      set_barrier_transaction_bytes(ss.full_do_bar[do_stage], kStepBytes);
+      BwdLoader<Traits>::load_do(p, ss, ss.full_do_bar[do_stage], do_stage, step.hq, b, step.m);
+    } else {
+      set_barrier_transaction_bytes(ss.full_bar[stage], 2 * kStepBytes);
+      BwdLoader<Traits>::load_q(p, ss, ss.full_bar[stage], stage, step.hq, b, step.m);
+      BwdLoader<Traits>::load_do(p, ss, ss.full_bar[stage], stage, step.hq, b, step.m);
+    }
   }
 }
 
@@ -203,41 +218,6 @@ CUTE_DEVICE void dq_add_group(float* base, int i, float4 v) {
                : "memory");
 }
 
-// kDQFromRegs: a step's dQ part leaves the SM as fp32 reduce-adds, 64 KB a
-// step at head dim 256. Sent all at once under the dK GEMM, they cost about a
-// third of the step: without them the fast mode ran 35-45% faster, with plain
-// stores of the same bytes instead only -2..+5%, so it is the bytes leaving
-// the SM, not the adds. The last kDQHeldEighths / 8 of each thread's values are
-// instead held in registers and sent in the next step, once its P is computed
-// (under the dP GEMM), and after the last step
-// (benchmarks/results/2026-12-04h_h200_bwd_dq_held.md).
-template <class Traits>
-struct DqHeld {
-  static constexpr int kValues = Traits::kBlockM * Traits::kDQSlice / 128;  // per thread
-  static constexpr int kFirst = kValues - kValues * Traits::kDQHeldEighths / 8;
-  static_assert(kFirst % 4 == 0, "values go out in groups of four");
-
-  float4 v[(kValues - kFirst) / 4 > 0 ? (kValues - kFirst) / 4 : 1];
-  float* base = nullptr;  // dq_fragment_base
-
-  // Through an add of -0 (exact) the compiler cannot merge away: with a plain
-  // copy the held values stayed in the dQ accumulator's registers, and ptxas,
-  // reading GMMA-written registers after the next step's wgmmas were issued,
-  // injected a wait for those (C7517).
-  CUTE_DEVICE void hold(int i, float4 x) {
-    float4& h = v[(i - kFirst) / 4];
-    asm volatile(
-        "add.rn.f32 %0, %4, 0f80000000;\n\tadd.rn.f32 %1, %5, 0f80000000;\n\t"
-        "add.rn.f32 %2, %6, 0f80000000;\n\tadd.rn.f32 %3, %7, 0f80000000;"
-        : "=f"(h.x), "=f"(h.y), "=f"(h.z), "=f"(h.w) : "f"(x.x), "f"(x.y), "f"(x.z), "f"(x.w));
-  }
-
-  CUTE_DEVICE void send() const {
-    CUTLASS_PRAGMA_UNROLL
-    for (int i = kFirst; i < kValues; i += 4) dq_add_group(base, i, v[(i - kFirst) / 4]);
-  }
-};
-
 // The MMA warpgroups' walk. Per step, each warpgroup (keys ks, dK/dV column
 // slice dsl, S/dP query columns qs):
 //   issue S^T = K Q^T, issue dP^T = V dO^T;  wait S: P = exp2(...) under dP
@@ -245,9 +225,8 @@ struct DqHeld {
 //   [registers: issue dV += P^T dO];  wait dP: dS;  dS^T [and P^T] -> smem
 //   (buffer t % 2);  kdSReady (every warpgroup's part is in smem);
 //   [smem: issue dV += P^T dO];  issue dQ = dS K, issue dK += dS^T Q;  wait dV,
-//   dQ;  dQ -> smem tile for the writer warp, or into the accumulator
-//   (kDQFromRegs; DqHeld's share after the next step's P), under the dK
-//   GEMM;  wait dK;  release the Q/dO stage.
+//   dQ;  dQ -> smem tile for the writer warp, under the dK GEMM;  wait dK;
+//   release the Q/dO stage.
 template <class Traits, bool kMasked, class Acc>
 __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename Traits::SharedStorage& ss,
                                         int n_block, int hkv, int b, BwdQueryRange range, int total, int mma_tid,
@@ -279,11 +258,9 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
 
   wait_barrier(ss.kv_bar, 0);
 
-  DqHeld<Traits> held;  // kDQFromRegs only
-
   // The query block walks down from start_m, wrapping around, once per query
-  // head of the group (BwdStep, without the head: the step's head is needed
-  // only with kDQFromRegs, and then derived by a division).
+  // head of the group (BwdStep, without the head, which only the writer warp
+  // needs).
   int m = range.start_m;
   for (int t = 0; t < total; ++t, m = m == range.m_begin ? range.last_m() : m - 1) {
     const int stage = t % kStages;
@@ -425,11 +402,6 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
       // Converted after the loop (packed cvt), so the loop holds one copy.
       convert_fragment_into(tSrS, rP);
     }
-    // The previous step's held dQ values, now that P no longer waits behind
-    // them (sent before P, under the S GEMM, they gained less).
-    if constexpr (Traits::kDQFromRegs) {
-      if (t > 0) held.send();
-    }
     if constexpr (Traits::kDPAfterP) issue_dp();
     Tensor tdVrdO = thr_dkv.partition_fragment_B(
         local_tile(sdOt(_, _, stage), Shape<Int<kDSlice>, BlockM>{}, make_coord(dsl, _0{})));
@@ -504,47 +476,29 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
     // dV and dQ retired (groups retire in order), dK still running: send
     // the dQ part under it.
     warpgroup_wait<1>();
-    if constexpr (Traits::kDQFromRegs) {
-      // Straight into the accumulator (fp32 adds at L2), but for the values
-      // DqHeld keeps for the next step. The fast walk's rotation keeps the
-      // CTAs in flight on different query blocks.
-      held.base = dq_fragment_base<Traits>(
-          DqReducer<Traits>::at(p, b, hkv * (p.heads_q / p.heads_kv) + t / range.num_m, m).gdq, wg);
+    // Into this warpgroup's part of the smem tile, for the writer warp.
+    Handoff::wait_empty(wg);
+    if constexpr (Traits::kDQLayout == DqLayout::kRowChunks) {
+      const auto cdQ = dq_coords<Traits>();
       CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < size(tdQrdQ); i += 4) {
-        const float4 v = dq_group_values(tdQrdQ, i);
-        if (i < DqHeld<Traits>::kFirst) {
-          dq_add_group(held.base, i, v);
-        } else {
-          held.hold(i, v);
-        }
+      for (int i = 0; i < size(tdQrdQ); i += 2) {
+        *reinterpret_cast<float2*>(ss.dq.data() + dq_row_chunk_offset<Traits>(cdQ, wg, i)) =
+            make_float2(tdQrdQ(i), tdQrdQ(i + 1));
       }
     } else {
-      // Into this warpgroup's part of the smem tile, for the writer warp.
-      Handoff::wait_empty(wg);
-      if constexpr (Traits::kDQLayout == DqLayout::kRowChunks) {
-        const auto cdQ = dq_coords<Traits>();
-        CUTLASS_PRAGMA_UNROLL
-        for (int i = 0; i < size(tdQrdQ); i += 2) {
-          *reinterpret_cast<float2*>(ss.dq.data() + dq_row_chunk_offset<Traits>(cdQ, wg, i)) =
-              make_float2(tdQrdQ(i), tdQrdQ(i + 1));
-        }
-      } else {
-        float* base = dq_fragment_base<Traits>(ss.dq.data(), wg);
-        CUTLASS_PRAGMA_UNROLL
-        for (int i = 0; i < size(tdQrdQ); i += 4) {
-          *reinterpret_cast<float4*>(dq_fragment_group(base, i)) = dq_group_values(tdQrdQ, i);
-        }
+      float* base = dq_fragment_base<Traits>(ss.dq.data(), wg);
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(tdQrdQ); i += 4) {
+        *reinterpret_cast<float4*>(dq_fragment_group(base, i)) = dq_group_values(tdQrdQ, i);
       }
-      cutlass::arch::fence_view_async_shared();
-      Handoff::mark_full(wg);
     }
+    cutlass::arch::fence_view_async_shared();
+    Handoff::mark_full(wg);
 
     warpgroup_wait<0>();
     // Every GEMM reading this stage's Q/dO is done: hand it back.
     arrive_barrier(ss.empty_bar[stage]);
   }
-  if constexpr (Traits::kDQFromRegs) held.send();
 }
 
 }  // namespace jax_fa3::bwd

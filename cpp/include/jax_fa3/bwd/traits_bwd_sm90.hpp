@@ -35,13 +35,13 @@ struct BwdTraits {
   static constexpr int kBlockM = Walk::kBlockM;
   static constexpr int kBlockN = Tile::kBlockN;
   static constexpr int kStages = Walk::kStages;
-  static constexpr bool kDQFromRegs = Walk::kDQFromRegs;
-  static constexpr int kDQHeldEighths = Walk::kDQHeldEighths;  // DqHeld (mainloop)
+  static constexpr bool kDQFromRegs = false;  // dQ goes out through the smem tile and the writer warp
   static constexpr bool kDQTransposed = Walk::kDQTransposed;
+  static constexpr bool kDKVTransposed = false;  // BwdTraitsDKVt
+  static constexpr bool kSplitdO = false;         // Q and dO share the ring's stages and barriers
   static constexpr int kWarpgroups = Tile::kConsumerWarpgroups;  // MMA warpgroups
   // Warp specialisation: warpgroup 0 is the producer (warp 0 issues the TMA
-  // loads, warp 1 sends the dQ tiles to the fp32 accumulator unless
-  // kDQFromRegs); warpgroups 1..kWarpgroups do the math. setmaxnreg gives the
+  // loads, warp 1 sends the dQ tiles to the fp32 accumulator); warpgroups 1..kWarpgroups do the math. setmaxnreg gives the
   // producer's registers to them: the dK/dV accumulators, S/dP and their
   // 16-bit copies live there.
   static constexpr int kMmaThreads = kWarpgroups * 128;
@@ -84,7 +84,6 @@ struct BwdTraits {
   static constexpr DqLayout kDQLayout = kDQTransposed ? DqLayout::kFragmentTransposed
                                         : kBlockM == 64 ? DqLayout::kFragment
                                                         : DqLayout::kRowChunks;
-  static_assert(!kDQFromRegs || kDQLayout == DqLayout::kFragment, "dQ from registers goes out in fragment groups");
   static_assert(kBlockN % 64 == 0 && kWarpgroups % kKeySplit == 0, "bad BwdTile row");
   static_assert(kHeadDim % kDSplit == 0 && kDSlice % 16 == 0, "bad BwdTile row");
   static_assert(kHeadDim % kWarpgroups == 0 && kDQSlice % 8 == 0, "bad BwdTile row");
@@ -118,6 +117,7 @@ struct BwdTraits {
                                               Shape<BlockM, BlockN, Int<kStagesdS>>{}));
   using SmemLayoutdSt = decltype(tile_to_shape(gmma_smem_atom<Element, GMMA::Major::K, kBlockM>(),
                                                Shape<BlockN, BlockM, Int<kStagesdS>>{}, Step<_2, _1, _3>{}));
+  using SmemLayoutdO = SmemLayoutQ;  // the same ring
   // One stage of Q/dO, as the TMA box sees it.
   using SmemLayoutQStage = decltype(take<0, 2>(SmemLayoutQ{}));
 
@@ -158,10 +158,10 @@ struct BwdTraits {
     cute::array_aligned<Element, kPdSInSmem ? cosize_v<SmemLayoutdS> : 8, kPdSInSmem ? 1024 : 16> p;
     // fp32 dQ tile of this step (BwdWorkspace::dq_offset, kDQLayout), one
     // contiguous kBlockM x kDQSlice part per MMA warpgroup: the bytes the
-    // writer's bulk reduce-adds send to the workspace accumulator. Unused
-    // with kDQFromRegs. Not swizzled, so no 1 KB alignment (which would leave
-    // a hole behind an unused p that head dim 128's 80-query walk cannot spare).
-    cute::array_aligned<float, kDQFromRegs ? 4 : kBlockM * kHeadDim, 128> dq;
+    // writer's bulk reduce-adds send to the workspace accumulator. Not
+    // swizzled, so no 1 KB alignment (which would leave a hole behind an
+    // unused p that head dim 128's 80-query walk cannot spare).
+    cute::array_aligned<float, kBlockM * kHeadDim, 128> dq;
     cute::array_aligned<float, kStages * kBlockM, 16> lse2;
     cute::array_aligned<float, kStages * kBlockM, 16> dpsum;
     // Q/dO/row-term ring: full (TMA transaction count) and empty (every MMA
@@ -178,6 +178,128 @@ struct BwdTraits {
   static constexpr uint32_t kTmaBytesKV = 2 * kBlockN * kHeadDim * sizeof(Element);
   static constexpr uint32_t kRowTermBytes = kBlockM * sizeof(float);
 };
+
+// The traits of BwdWalkDKVt (head dim 256, 80 keys a CTA; tile_config.h):
+// per step of kBlockM = 64 queries, MMA warpgroup w computes
+//   S = Q K_w^T, dP = dO V_w^T       (64 x 40: keys [40 w, 40 w + 40))
+//   dV_w^T += dO_w^T P, dK_w^T += Q_w^T dS   (head-dim rows [128 w, +128) x 80
+//                                      keys, two 64-row slices each)
+//   dQ[:, w] = dS K_w                 (64 x 128 columns, two 64-column halves)
+// with P and dS (64 x 80) exchanged through smem. The producer, the K/V load
+// and the dQ reduce-adds from registers are BwdTraits'; Q and dO have rings of
+// their own (kStages Q stages, kStagesdO dO stages: two of each do not fit).
+template <class Element_, int kHeadDim_, class Walk>
+struct BwdTraitsDKVt {
+  using Element = Element_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = Walk::kBlockM;
+  static constexpr int kBlockN = Walk::kBlockN;
+  static constexpr int kStages = Walk::kStages;
+  static constexpr int kStagesdO = Walk::kStagesdO;
+  static constexpr bool kDKVTransposed = true;
+  static constexpr bool kSplitdO = true;
+  static constexpr bool kDQFromRegs = true;  // no writer warp
+  static constexpr bool kDQTransposed = false;
+  static_assert(Walk::kDKVTransposed, "a BwdWalkDKVt");
+  static constexpr int kWarpgroups = 2;
+  static constexpr int kMmaThreads = kWarpgroups * 128;
+  static constexpr int kThreads = kMmaThreads + 128;
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kMmaRegs = 240;
+  static_assert(setmaxnreg_split_fits(kProducerRegs, 128, kMmaRegs, kMmaThreads),
+                "setmaxnreg split exceeds the registers the CTA is launched with");
+  static constexpr int kSdPKeys = kBlockN / kWarpgroups;      // S/dP columns of a warpgroup
+  static constexpr int kDKVRows = kHeadDim / kWarpgroups;     // dK^T/dV^T rows of a warpgroup
+  static constexpr int kDKVSlices = kDKVRows / 64;            // one wgmma (M = 64) each
+  static constexpr int kDQSlice = kHeadDim / kWarpgroups;     // dQ columns of a warpgroup
+  static constexpr int kDQHalves = kDQSlice / 64;             // sent one after the other
+  static constexpr DqLayout kDQLayout = DqLayout::kFragment;
+  static_assert(kBlockM == 64 && kSdPKeys % 8 == 0 && kDKVRows % 64 == 0 && kDQSlice % 64 == 0, "bad walk");
+
+  using BlockM = Int<kBlockM>;
+  using BlockN = Int<kBlockN>;
+  using HeadDim = Int<kHeadDim>;
+  using SdPKeys = Int<kSdPKeys>;
+
+  // Q, dO: [kBlockM, kHeadDim] K-major (A of S, dP); transposed views
+  // [kHeadDim, kBlockM] for the MN-major A of dK^T/dV^T (64-row slices).
+  template <int kRingStages>
+  using SmemLayoutRows = decltype(tile_to_shape(gmma_smem_atom<Element, GMMA::Major::K, 64>(),
+                                                Shape<BlockM, HeadDim, Int<kRingStages>>{}));
+  template <int kRingStages>
+  using SmemLayoutRowsT = decltype(tile_to_shape(gmma_smem_atom<Element, GMMA::Major::MN, 64>(),
+                                                 Shape<HeadDim, BlockM, Int<kRingStages>>{}, Step<_2, _1, _3>{}));
+  using SmemLayoutQ = SmemLayoutRows<kStages>;
+  using SmemLayoutQt = SmemLayoutRowsT<kStages>;
+  using SmemLayoutdO = SmemLayoutRows<kStagesdO>;
+  using SmemLayoutdOt = SmemLayoutRowsT<kStagesdO>;
+  using SmemLayoutQStage = decltype(take<0, 2>(SmemLayoutQ{}));
+  // K, V: [kBlockN, kHeadDim] K-major (B of S, dP: 40-key slices); K's
+  // transposed view is the MN-major B of dQ (64-column halves).
+  using SmemLayoutK = decltype(tile_to_shape(gmma_smem_atom<Element, GMMA::Major::K, 64>(),
+                                             Shape<BlockN, HeadDim>{}));
+  using SmemLayoutKt = decltype(tile_to_shape(gmma_smem_atom<Element, GMMA::Major::MN, 64>(),
+                                              Shape<HeadDim, BlockN>{}, Step<_2, _1>{}));
+  using SmemLayoutV = SmemLayoutK;
+  // P and dS: [kBlockM, kBlockN] keys contiguous, written from the S/dP
+  // accumulators by stmatrix, read as the K-major A of dQ and, transposed
+  // ([kBlockN, kBlockM]), as the MN-major B of dK^T/dV^T. Unswizzled 8x8
+  // core matrices: a warpgroup's 40 keys are not a whole swizzle atom. Two
+  // stages by step parity, so that a warpgroup may write step t + 1's while
+  // the other still reads step t's (as BwdTraits' dS).
+  static constexpr int kStagesPdS = 2;
+  using SmemLayoutPdS = decltype(tile_to_shape(GMMA::Layout_K_INTER_Atom<Element>{},
+                                               Shape<BlockM, BlockN, Int<kStagesPdS>>{}));
+  using SmemLayoutPdSt = decltype(tile_to_shape(GMMA::Layout_MN_INTER_Atom<Element>{},
+                                                Shape<BlockN, BlockM, Int<kStagesPdS>>{}, Step<_2, _1, _3>{}));
+
+  using MmaSdP = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, float, Shape<BlockM, SdPKeys, HeadDim>, GMMA::Major::K,
+                           GMMA::Major::K>(),
+      Layout<Shape<_1, _1, _1>>{}));
+  using MmadKV = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, float, Shape<_64, BlockN, BlockM>, GMMA::Major::MN,
+                           GMMA::Major::MN>(),
+      Layout<Shape<_1, _1, _1>>{}));
+  using MmadQ = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, float, Shape<BlockM, _64, BlockN>, GMMA::Major::K,
+                           GMMA::Major::MN>(),
+      Layout<Shape<_1, _1, _1>>{}));
+
+  // The epilogue's dK/dV tile of a warpgroup in Q's smem (free by then):
+  // kBlockN keys x kDKVRows columns, rows padded by 8 elements so that
+  // stmatrix's 8 rows of a matrix fall on distinct banks.
+  static constexpr int kEpiloguePitch = kDKVRows + 8;
+  static constexpr int kEpilogueTileElems = kBlockN * kEpiloguePitch;
+
+  struct SharedStorage {
+    cute::array_aligned<Element, cosize_v<SmemLayoutQ>, 1024> q;
+    cute::array_aligned<Element, cosize_v<SmemLayoutdO>, 1024> dout;
+    cute::array_aligned<Element, cosize_v<SmemLayoutK>, 1024> k;
+    cute::array_aligned<Element, cosize_v<SmemLayoutV>, 1024> v;
+    cute::array_aligned<Element, cosize_v<SmemLayoutPdS>, 1024> p;
+    cute::array_aligned<Element, cosize_v<SmemLayoutPdS>, 1024> ds;
+    cute::array_aligned<float, 4, 16> dq;  // unused (dQ goes out from registers)
+    cute::array_aligned<float, kStages * kBlockM, 16> lse2;
+    cute::array_aligned<float, kStagesdO * kBlockM, 16> dpsum;
+    alignas(8) uint64_t full_bar[kStages];     // Q ring
+    alignas(8) uint64_t empty_bar[kStages];
+    alignas(8) uint64_t full_do_bar[kStagesdO];  // dO ring
+    alignas(8) uint64_t empty_do_bar[kStagesdO];
+    alignas(8) uint64_t kv_bar;
+  };
+  static_assert(kWarpgroups * kEpilogueTileElems <= cosize_v<SmemLayoutQ>, "epilogue tile must fit Q's smem");
+  static constexpr int kSmemBytes = int(sizeof(SharedStorage));
+  static_assert(kSmemBytes + 1024 <= 227 * 1024, "backward tile does not fit in shared memory");
+
+  static constexpr uint32_t kTmaBytesQ = kBlockM * kHeadDim * sizeof(Element);
+  static constexpr uint32_t kTmaBytesKV = 2 * kBlockN * kHeadDim * sizeof(Element);
+  static constexpr uint32_t kRowTermBytes = kBlockM * sizeof(float);
+};
+
+template <class Element, int kHeadDim, class Walk>
+using BwdTraitsOf = std::conditional_t<Walk::kDKVTransposed, BwdTraitsDKVt<Element, kHeadDim, Walk>,
+                                       BwdTraits<Element, kHeadDim, Walk>>;
 
 // Global views with the real head_dim as the inner extent, so TMA fills the
 // columns between head_dim and the bucket with zeros.
