@@ -18,6 +18,8 @@ CASES = [  # (batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim), options
     # Head dim 256 without a mask: two query blocks a head, the second
     # partial, K/V shared by a GQA group.
     ((2, 250, 190, 2, 1, 256), dict()),
+    # Head dim 256 causal over three 80-key blocks, the last partial.
+    ((1, 230, 230, 4, 2, 256), dict(causal=True)),
 ]
 
 # Both backward modes: their kernels differ (the deterministic one's CTA order
