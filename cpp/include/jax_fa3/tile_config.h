@@ -96,7 +96,8 @@ constexpr FwdVariant fwd_variant(bool masked, int seqlen_k) {
 // warpgroup owns 64 keys x (kHeadDim / (kConsumerWarpgroups / (kBlockN / 64)))
 // columns of dK/dV: with kBlockN = 128 the two warpgroups split the keys; with
 // kBlockN = 64 they split head_dim (dK/dV of 64 x 256 would not fit one
-// warpgroup's registers).
+// warpgroup's registers). A walk may own another key block (BwdWalkDKVt:
+// head dim 256's fast walk, 80 keys, dK^T/dV^T split by head dim).
 //
 // How a CTA walks the queries (BwdWalk) may differ by mode (Fast,
 // Deterministic) and by whether the kernel applies a mask: kBlockM queries
