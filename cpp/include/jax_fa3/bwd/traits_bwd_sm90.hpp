@@ -21,6 +21,30 @@ namespace jax_fa3::bwd {
 
 using namespace cute;
 
+// The warpgroups of both backward designs: warpgroup 0 is the producer (warp
+// 0 issues the TMA loads; in BwdTraits warp 1 sends the dQ tiles to the fp32
+// accumulator), warpgroups 1..kWarpgroups do the math. setmaxnreg gives the
+// producer's registers to them: the dK/dV accumulators, S/dP and their 16-bit
+// copies live there.
+struct BwdWarpRoles {
+  static constexpr int kWarpgroups = 2;  // MMA warpgroups
+  static constexpr int kMmaThreads = kWarpgroups * 128;
+  static constexpr int kThreads = kMmaThreads + 128;
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kMmaRegs = 240;
+  static_assert(setmaxnreg_split_fits(kProducerRegs, 128, kMmaRegs, kMmaThreads),
+                "setmaxnreg split exceeds the registers the CTA is launched with");
+};
+
+// The producer's loads in bytes (its mbarriers' transaction counts): a Q or
+// dO tile, K and V together, a row term (lse2 or D).
+template <class Element, int kBlockM, int kBlockN, int kHeadDim>
+struct BwdLoadBytes {
+  static constexpr uint32_t kTmaBytesQ = kBlockM * kHeadDim * sizeof(Element);
+  static constexpr uint32_t kTmaBytesKV = 2 * kBlockN * kHeadDim * sizeof(Element);
+  static constexpr uint32_t kRowTermBytes = kBlockM * sizeof(float);
+};
+
 // Shared-memory atoms come from gmma_smem_atom (common/utils.hpp): the widest
 // GMMA swizzle that divides the tile's contiguous extent. The same bytes are
 // read K-major by one wgmma and MN-major by another (Q is the K-major B of
@@ -28,7 +52,7 @@ using namespace cute;
 // atom view and an MN-major atom view of one layout.
 // Walk: one of BwdTile's walks (Fast<kMasked> or Deterministic<kMasked>, tile_config.h).
 template <class Element_, int kHeadDim_, class Walk>
-struct BwdTraits {
+struct BwdTraits : BwdWarpRoles, BwdLoadBytes<Element_, Walk::kBlockM, BwdTile<kHeadDim_>::kBlockN, kHeadDim_> {
   using Element = Element_;
   using Tile = BwdTile<kHeadDim_>;
   static constexpr int kHeadDim = kHeadDim_;
@@ -39,18 +63,7 @@ struct BwdTraits {
   static constexpr bool kDQTransposed = Walk::kDQTransposed;
   static constexpr bool kDKVTransposed = false;  // BwdTraitsDKVt
   static constexpr bool kSplitdO = false;         // Q and dO share the ring's stages and barriers
-  static constexpr int kWarpgroups = Tile::kConsumerWarpgroups;  // MMA warpgroups
-  // Warp specialisation: warpgroup 0 is the producer (warp 0 issues the TMA
-  // loads, warp 1 sends the dQ tiles to the fp32 accumulator); warpgroups 1..kWarpgroups do the math. setmaxnreg gives the
-  // producer's registers to them: the dK/dV accumulators, S/dP and their
-  // 16-bit copies live there.
-  static constexpr int kMmaThreads = kWarpgroups * 128;
-  static constexpr int kThreads = kMmaThreads + 128;
-  static constexpr int kProducerRegs = 24;
-  static constexpr int kMmaRegs = 240;
-  static_assert(kWarpgroups == 2, "register split below assumes 2 MMA warpgroups");
-  static_assert(setmaxnreg_split_fits(kProducerRegs, 128, kMmaRegs, kMmaThreads),
-                "setmaxnreg split exceeds the registers the CTA is launched with");
+  static_assert(Tile::kConsumerWarpgroups == kWarpgroups, "BwdWarpRoles' two MMA warpgroups");
 
   // Warpgroup w owns keys [64 * (w % kKeySplit), +64) and dK/dV columns
   // [kDSlice * (w / kKeySplit), +kDSlice). dQ = dS K is split by columns
@@ -173,10 +186,6 @@ struct BwdTraits {
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   // + 1024: the kernel aligns the storage to 1024 bytes inside its window.
   static_assert(kSmemBytes + 1024 <= 227 * 1024, "backward tile does not fit in shared memory");
-
-  static constexpr uint32_t kTmaBytesQ = kBlockM * kHeadDim * sizeof(Element);
-  static constexpr uint32_t kTmaBytesKV = 2 * kBlockN * kHeadDim * sizeof(Element);
-  static constexpr uint32_t kRowTermBytes = kBlockM * sizeof(float);
 };
 
 // The traits of BwdWalkDKVt (head dim 256, 80 keys a CTA; tile_config.h):
@@ -189,7 +198,7 @@ struct BwdTraits {
 // and the dQ reduce-adds from registers are BwdTraits'; Q and dO have rings of
 // their own (kStages Q stages, kStagesdO dO stages: two of each do not fit).
 template <class Element_, int kHeadDim_, class Walk>
-struct BwdTraitsDKVt {
+struct BwdTraitsDKVt : BwdWarpRoles, BwdLoadBytes<Element_, Walk::kBlockM, Walk::kBlockN, kHeadDim_> {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = Walk::kBlockM;
@@ -201,13 +210,6 @@ struct BwdTraitsDKVt {
   static constexpr bool kDQFromRegs = true;  // no writer warp
   static constexpr bool kDQTransposed = false;
   static_assert(Walk::kDKVTransposed, "a BwdWalkDKVt");
-  static constexpr int kWarpgroups = 2;
-  static constexpr int kMmaThreads = kWarpgroups * 128;
-  static constexpr int kThreads = kMmaThreads + 128;
-  static constexpr int kProducerRegs = 24;
-  static constexpr int kMmaRegs = 240;
-  static_assert(setmaxnreg_split_fits(kProducerRegs, 128, kMmaRegs, kMmaThreads),
-                "setmaxnreg split exceeds the registers the CTA is launched with");
   static constexpr int kSdPKeys = kBlockN / kWarpgroups;      // S/dP columns of a warpgroup
   static constexpr int kDKVRows = kHeadDim / kWarpgroups;     // dK^T/dV^T rows of a warpgroup
   static constexpr int kDKVSlices = kDKVRows / 64;            // one wgmma (M = 64) each
@@ -291,10 +293,6 @@ struct BwdTraitsDKVt {
   static_assert(kWarpgroups * kEpilogueTileElems <= cosize_v<SmemLayoutQ>, "epilogue tile must fit Q's smem");
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes + 1024 <= 227 * 1024, "backward tile does not fit in shared memory");
-
-  static constexpr uint32_t kTmaBytesQ = kBlockM * kHeadDim * sizeof(Element);
-  static constexpr uint32_t kTmaBytesKV = 2 * kBlockN * kHeadDim * sizeof(Element);
-  static constexpr uint32_t kRowTermBytes = kBlockM * sizeof(float);
 };
 
 template <class Element, int kHeadDim, class Walk>
