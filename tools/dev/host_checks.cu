@@ -172,7 +172,7 @@ template <int kHeadDim>
 void print_bwd_fast_causal_balance(int seqlen, int sm_count) {
   using Tile = BwdTile<kHeadDim>;
   using Walk = typename Tile::template Fast<true>;
-  constexpr int kBlockN = bwd_block_n<Tile, Walk>(), kBlockM = Walk::kBlockM;
+  constexpr int kBlockN = bwd::BwdTraitsOf<cutlass::bfloat16_t, kHeadDim, Walk>::kBlockN, kBlockM = Walk::kBlockM;
   const int pairs = (2048 / kHeadDim) * (16384 / seqlen);
   const int n_blocks = (seqlen + kBlockN - 1) / kBlockN;
   const WindowMask mask = WindowMask::make(AttnShape{1, seqlen, seqlen, 1, 1, kHeadDim}, AttnMask{2 * seqlen, 0});

@@ -150,7 +150,6 @@ struct BwdWalk {
   static constexpr int kBlockM = kBlockM_, kStages = kStages_;
   static constexpr bool kDQTransposed = kDQTransposed_;
   static constexpr bool kDKVTransposed = false;
-  static constexpr int kBlockN = 0;  // the row's
 };
 // Head dim 256's fast walk: kBlockN = 80 keys a CTA instead of the row's 64,
 // FlashAttention-3's tile: 0.8x the Q/dO loads and dQ reduce-adds a key,
@@ -171,11 +170,6 @@ struct BwdWalkDKVt {
   static constexpr int kBlockN = 80, kBlockM = 64, kStages = 2, kStagesdO = 1;
   static constexpr bool kDKVTransposed = true;
 };
-// The keys a CTA of `Walk` owns: its own kBlockN, or its row's.
-template <class Tile, class Walk>
-constexpr int bwd_block_n() {
-  return Walk::kBlockN > 0 ? Walk::kBlockN : Tile::kBlockN;
-}
 template <int kHeadDim>
 struct BwdTile;
 // A mode's walks: Masked for the kernels that apply a mask (mask_cuts),

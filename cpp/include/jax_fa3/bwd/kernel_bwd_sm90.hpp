@@ -96,8 +96,10 @@ bwd_main_kernel(const __grid_constant__ BwdMainParams<Traits> params) {
     if (total > 0) {
       if (warp == 0) {
         if (cute::elect_one_sync()) bwd_load<Traits>(params, ss, n_block, hkv, b, range);
-      } else if (warp == 1 && !Traits::kDQFromRegs) {
-        DqHandoff<Traits>::run(params, ss.dq.data(), b, n_block, total, BwdStep::first(range, hkv, group), range);
+      } else if (warp == 1) {
+        if constexpr (!Traits::kDQFromRegs) {
+          DqHandoff<Traits>::run(params, ss.dq.data(), b, n_block, total, BwdStep::first(range, hkv, group), range);
+        }
       }
     }
   } else if constexpr (Traits::kDKVTransposed) {

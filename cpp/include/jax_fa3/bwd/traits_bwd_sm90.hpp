@@ -208,7 +208,6 @@ struct BwdTraitsDKVt : BwdWarpRoles, BwdLoadBytes<Element_, Walk::kBlockM, Walk:
   static constexpr bool kDKVTransposed = true;
   static constexpr bool kSplitdO = true;
   static constexpr bool kDQFromRegs = true;  // no writer warp
-  static constexpr bool kDQTransposed = false;
   static_assert(Walk::kDKVTransposed, "a BwdWalkDKVt");
   static constexpr int kSdPKeys = kBlockN / kWarpgroups;      // S/dP columns of a warpgroup
   static constexpr int kDKVRows = kHeadDim / kWarpgroups;     // dK^T/dV^T rows of a warpgroup
@@ -281,7 +280,6 @@ struct BwdTraitsDKVt : BwdWarpRoles, BwdLoadBytes<Element_, Walk::kBlockM, Walk:
     cute::array_aligned<Element, cosize_v<SmemLayoutV>, 1024> v;
     cute::array_aligned<Element, cosize_v<SmemLayoutPdS>, 1024> p;
     cute::array_aligned<Element, cosize_v<SmemLayoutPdS>, 1024> ds;
-    cute::array_aligned<float, 4, 16> dq;  // unused (dQ goes out from registers)
     cute::array_aligned<float, kStages * kBlockM, 16> lse2;
     cute::array_aligned<float, kStagesdO * kBlockM, 16> dpsum;
     alignas(8) uint64_t full_bar[kStages];     // Q ring
