@@ -20,6 +20,8 @@ CASES = [  # (batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim), options
     ((2, 250, 190, 2, 1, 256), dict()),
     # Head dim 256 causal over three 80-key blocks, the last partial.
     ((1, 230, 230, 4, 2, 256), dict(causal=True)),
+    # Head dim 128 causal over three 128-key blocks, the last partial.
+    ((1, 300, 300, 4, 2, 128), dict(causal=True)),
 ]
 
 # Both backward modes: their kernels differ (the deterministic one's CTA order
