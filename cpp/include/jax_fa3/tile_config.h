@@ -92,11 +92,11 @@ constexpr FwdVariant fwd_variant(bool masked, int seqlen_k) {
                 : fwd_narrow_keys_pay<kHeadDim>(seqlen_k) ? FwdVariant::kUnmaskedNarrow : FwdVariant::kUnmasked;
 }
 
-// Backward: one CTA per kBlockN keys, walking the queries. Each consumer
-// warpgroup owns 64 keys x (kHeadDim / (kConsumerWarpgroups / (kBlockN / 64)))
-// columns of dK/dV: with kBlockN = 128 the two warpgroups split the keys; with
-// kBlockN = 64 they split head_dim (dK/dV of 64 x 256 would not fit one
-// warpgroup's registers). A walk may own another key block (BwdWalkDKVt:
+// Backward: one CTA per kBlockN keys, walking the queries, with two MMA
+// warpgroups (BwdWarpRoles, bwd/traits_bwd_sm90.hpp). Each owns 64 keys x
+// (kHeadDim / (2 / (kBlockN / 64))) columns of dK/dV: with kBlockN = 128 the
+// two warpgroups split the keys; with kBlockN = 64 they split head_dim (dK/dV
+// of 64 x 256 would not fit one warpgroup's registers). A walk may own another key block (BwdWalkDKVt:
 // head dim 256's fast walk, 80 keys, dK^T/dV^T split by head dim).
 //
 // How a CTA walks the queries (BwdWalk) may differ by mode (Fast,
@@ -178,11 +178,11 @@ template <class Masked, class Unmasked = Masked>
 struct BwdWalksByMask {
   template <bool kMasked> using Walk = std::conditional_t<kMasked, Masked, Unmasked>;
 };
-// A row: kBlockN keys per CTA over two consumer warpgroups, and the walks of
+// A row: kBlockN keys per CTA, and the walks of
 // each mode (Fast<kMasked>, Deterministic<kMasked>).
 template <int kBlockN_, int kUnmaskedChunkWaves_, class FastWalks, class DeterministicWalks = FastWalks>
 struct BwdRow {
-  static constexpr int kBlockN = kBlockN_, kConsumerWarpgroups = 2, kUnmaskedChunkWaves = kUnmaskedChunkWaves_;
+  static constexpr int kBlockN = kBlockN_, kUnmaskedChunkWaves = kUnmaskedChunkWaves_;
   // Waves of CTAs per chunk of the deterministic order (0: not chunked).
   template <bool kMasked> static constexpr int kDeterministicChunkWaves = kMasked ? kBwdMaskedChunkWaves
                                                                                  : kUnmaskedChunkWaves;

@@ -146,9 +146,8 @@ cudaError_t run_bwd_sm90(const BwdParams& params, cudaStream_t stream) {
   // chunked order (under a mask, and without one where BwdTile's row says) or its
   // walk differs from the fast one (BwdTile). The one runtime choice of the
   // backward made here rather than in dispatch.cu.
-  static_assert(Tile::kBlockN == BwdTile<kHeadDim>::kBlockN &&
-                    Tile::kConsumerWarpgroups == BwdTile<kHeadDim>::kConsumerWarpgroups,
-                "BwdTraits takes the key block and warpgroups from tile_config.h's row; a Tile may change the walks");
+  static_assert(Tile::kBlockN == BwdTile<kHeadDim>::kBlockN,
+                "BwdTraits takes the key block from tile_config.h's row; a Tile may change the walks");
   using FastWalk = typename Tile::template Fast<kMasked>;
   using DeterministicWalk = typename Tile::template Deterministic<kMasked>;
   static_assert(!DeterministicWalk::kDKVTransposed, "the deterministic order is kept by BwdTraits' dQ writer warp");

@@ -63,7 +63,6 @@ struct BwdTraits : BwdWarpRoles, BwdLoadBytes<Element_, Walk::kBlockM, BwdTile<k
   static constexpr bool kDQTransposed = Walk::kDQTransposed;
   static constexpr bool kDKVTransposed = false;  // BwdTraitsDKVt
   static constexpr bool kSplitdO = false;         // Q and dO share the ring's stages and barriers
-  static_assert(Tile::kConsumerWarpgroups == kWarpgroups, "BwdWarpRoles' two MMA warpgroups");
 
   // Warpgroup w owns keys [64 * (w % kKeySplit), +64) and dK/dV columns
   // [kDSlice * (w / kKeySplit), +kDSlice). dQ = dS K is split by columns
