@@ -150,7 +150,6 @@ struct BwdWalk {
   static constexpr int kBlockM = kBlockM_, kStages = kStages_;
   static constexpr bool kDQTransposed = kDQTransposed_;
   static constexpr bool kDKVTransposed = false;
-  static constexpr bool kDQWriter = true;  // dQ through the smem tile and the writer warp
 };
 // Head dim 256's fast walk: kBlockN = 80 keys a CTA instead of the row's 64,
 // FlashAttention-3's tile: 0.8x the Q/dO loads and dQ reduce-adds a key,
@@ -167,30 +166,10 @@ struct BwdWalk {
 // timed +5-8.5% at 1k-16k (benchmarks/results/2026-12-07e_h100_bwd_dkvt256.md;
 // the 64-key walk is in git at fefa1c5). The deterministic mode keeps the
 // 64-key walk: its dQ tile (64 KB) does not fit beside this one's smem.
-template <int kBlockN_, int kStagesdO_, bool kDQWriter_ = false>
 struct BwdWalkDKVt {
-  static constexpr int kBlockN = kBlockN_, kBlockM = 64, kStages = 2, kStagesdO = kStagesdO_;
+  static constexpr int kBlockN = 80, kBlockM = 64, kStages = 2, kStagesdO = 1;
   static constexpr bool kDKVTransposed = true;
-  static constexpr bool kDQWriter = kDQWriter_;
 };
-#ifndef JAX_FA3_DEV_DKVT128
-#define JAX_FA3_DEV_DKVT128 0
-#endif
-#ifndef JAX_FA3_DEV_DKVT128_WRITER
-#define JAX_FA3_DEV_DKVT128_WRITER 0
-#endif
-#ifndef JAX_FA3_DEV_DKVT128_DET
-#define JAX_FA3_DEV_DKVT128_DET 0
-#endif
-#ifndef JAX_FA3_DEV_DKVT128_UNMASKED
-#define JAX_FA3_DEV_DKVT128_UNMASKED 0
-#endif
-using BwdWalk128Masked = std::conditional_t<JAX_FA3_DEV_DKVT128 != 0,
-                                            BwdWalkDKVt<128, 2, JAX_FA3_DEV_DKVT128_WRITER != 0>, BwdWalk<64, 2>>;
-using BwdWalk128Unmasked = std::conditional_t<JAX_FA3_DEV_DKVT128_UNMASKED != 0, BwdWalk128Masked,
-                                              BwdWalk<80, 2, true>>;
-using BwdWalk128DetMasked = std::conditional_t<JAX_FA3_DEV_DKVT128_DET != 0, BwdWalkDKVt<128, 2, true>,
-                                               BwdWalk<64, 2>>;
 template <int kHeadDim>
 struct BwdTile;
 // A mode's walks: Masked for the kernels that apply a mask (mask_cuts),
@@ -212,10 +191,9 @@ struct BwdRow {
 };
 template <> struct BwdTile<64>  : BwdRow<128, 4, BwdWalksByMask<BwdWalk<128, 2>>> {};
 template <> struct BwdTile<96>  : BwdRow<128, 0, BwdWalksByMask<BwdWalk<64, 2>>> {};
-template <> struct BwdTile<128> : BwdRow<128, 0, BwdWalksByMask<BwdWalk128Masked, BwdWalk128Unmasked>,
-                                         BwdWalksByMask<BwdWalk128DetMasked, BwdWalk<80, 2, true>>> {};
+template <> struct BwdTile<128> : BwdRow<128, 0, BwdWalksByMask<BwdWalk<64, 2>, BwdWalk<80, 2, true>>> {};
 template <> struct BwdTile<192> : BwdRow<64,  0, BwdWalksByMask<BwdWalk<64, 2>>> {};
-template <> struct BwdTile<256> : BwdRow<64,  1, BwdWalksByMask<BwdWalkDKVt<80, 1>>, BwdWalksByMask<BwdWalk<64, 1>>> {};
+template <> struct BwdTile<256> : BwdRow<64,  1, BwdWalksByMask<BwdWalkDKVt>, BwdWalksByMask<BwdWalk<64, 1>>> {};
 
 template <int kHeadDim, class Tile = BwdTile<kHeadDim>>
 constexpr int bwd_block_m(bool deterministic, bool masked) {

@@ -150,7 +150,7 @@ cudaError_t run_bwd_sm90(const BwdParams& params, cudaStream_t stream) {
                 "BwdTraits takes the key block from tile_config.h's row; a Tile may change the walks");
   using FastWalk = typename Tile::template Fast<kMasked>;
   using DeterministicWalk = typename Tile::template Deterministic<kMasked>;
-  static_assert(DeterministicWalk::kDQWriter, "the deterministic order is kept by the dQ writer warp");
+  static_assert(!DeterministicWalk::kDKVTransposed, "the deterministic order is kept by BwdTraits' dQ writer warp");
   if (params.deterministic) {
     constexpr int kChunkWaves = Tile::template kDeterministicChunkWaves<kMasked>;
     if constexpr (kChunkWaves > 0 || !std::is_same_v<DeterministicWalk, FastWalk>) {

@@ -1,23 +1,15 @@
-// The MMA warpgroups of BwdTraitsDKVt (head dim 256: 80 keys a CTA; head
-// dim 128: 128): their walk over the query blocks and the dK/dV epilogue. The
-// producer, the row terms and the dQ reduce-adds / writer warp are
-// mainloop_bwd_sm90.hpp's and epilogue_bwd_sm90.hpp's.
+// The MMA warpgroups of BwdTraitsDKVt (head dim 256, 80 keys a CTA): their
+// walk over the query blocks and the dK/dV epilogue. The producer, the row
+// terms and the dQ reduce-adds are mainloop_bwd_sm90.hpp's.
 //
-// Per step (query block m of head hq), warpgroup w (keys [kSdPKeys w, +kSdPKeys)
-// of S/dP, head-dim rows [kDKVRows w, +kDKVRows) of dK^T/dV^T, dQ columns
-// [kDQSlice w, +kDQSlice)):
+// Per step (query block m of head hq), warpgroup w (keys [40 w, +40) of S/dP,
+// head-dim rows [128 w, +128) of dK^T/dV^T, dQ columns [128 w, +128)):
 //   issue S = Q K_w^T;  issue dP = dO V_w^T;  wait S: P = exp2(S scale - lse2);
 //   wait dP: dS = P (dP - D);  P, dS -> smem (step parity);  kdSReady;
-// then with two 64-row slices and two dQ halves (head dim 256):
 //   issue dV^T += dO^T P (both slices), dQ half 0 = dS K, dK^T slice 0;
-//   wait all but dK slice 0: release dO, send dQ half 0;
-//   issue dQ half 1, dK^T slice 1;  wait all but dK slice 1: send dQ half 1;
-//   wait dK: release Q;
-// with one of each (head dim 128):
-//   issue dV^T, dQ, dK^T;  wait all but dK: release dO, send dQ;
-//   wait dK: release Q.
-// Sending dQ is 128-bit reduce-adds from the registers, or (Walk::kDQWriter)
-// writing the warpgroup's part of the smem tile for the writer warp.
+//   wait all but dK slice 0: release dO, dQ half 0 -> reduce-adds;
+//   issue dQ half 1, dK^T slice 1;  wait all but dK slice 1: dQ half 1 ->
+//   reduce-adds;  wait dK: release Q.
 #pragma once
 
 #include "jax_fa3/common/arch.h"
@@ -114,9 +106,7 @@ __device__ __forceinline__ void bwd_mma_dkvt(const BwdMainParams<Traits>& p, typ
   using SdPKeys = typename Traits::SdPKeys;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kStages = Traits::kStages;
   constexpr int kStagesdO = Traits::kStagesdO, kSlices = Traits::kDKVSlices;
-  static_assert((kSlices == 2 && Traits::kDQHalves == 2) || (kSlices == 1 && Traits::kDQHalves == 1),
-                "the step's orders below: two slices and two dQ halves, or one of each");
-  using Handoff = DqHandoff<Traits>;
+  static_assert(kSlices == 2 && Traits::kDQHalves == 2, "the step's order below interleaves two slices");
 
   const int wg = __shfl_sync(0xffffffffu, mma_tid / 128, 0);
   const int n0 = n_block * kBlockN;
@@ -299,66 +289,35 @@ __device__ __forceinline__ void bwd_mma_dkvt(const BwdMainParams<Traits>& p, typ
             local_tile(sKt, Shape<_64, BlockN>{}, make_coord(Traits::kDQHalves * wg + half, _0{})));
         warpgroup_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_dq, tA, tB, tdQrdQ);
       };
-      // Where the thread's dQ values go: the query block's tile in the
-      // workspace (reduce-adds), or this warpgroup's part of the smem tile,
-      // which goes to the writer warp once the last half is in.
-      float* dq_base = [&] {
-        if constexpr (Traits::kDQFromRegs) {
-          return dq_fragment_base<Traits>(DqReducer<Traits>::at(p, b, hq0 + t / range.num_m, m).gdq, wg);
-        } else {
-          return dq_fragment_base<Traits>(ss.dq.data(), wg);
-        }
-      }();
+      float* dq_base = dq_fragment_base<Traits>(
+          DqReducer<Traits>::at(p, b, hq0 + t / range.num_m, m).gdq, wg);
       constexpr int kHalfValues = decltype(size(tdQrdQ))::value;
       auto send_dq = [&](int half) {
-        if constexpr (Traits::kDQFromRegs) {
-          CUTLASS_PRAGMA_UNROLL
-          for (int i = 0; i < kHalfValues; i += 4) {
-            dq_add_group(dq_base, half * kHalfValues + i, dq_group_values(tdQrdQ, i));
-          }
-        } else {
-          if (half == 0) Handoff::wait_empty(wg);
-          CUTLASS_PRAGMA_UNROLL
-          for (int i = 0; i < kHalfValues; i += 4) {
-            *reinterpret_cast<float4*>(dq_fragment_group(dq_base, half * kHalfValues + i)) =
-                dq_group_values(tdQrdQ, i);
-          }
-          if (half == Traits::kDQHalves - 1) {
-            cutlass::arch::fence_view_async_shared();
-            Handoff::mark_full(wg);
-          }
+        CUTLASS_PRAGMA_UNROLL
+        for (int i = 0; i < kHalfValues; i += 4) {
+          dq_add_group(dq_base, half * kHalfValues + i, dq_group_values(tdQrdQ, i));
         }
       };
 
-      if constexpr (kSlices == 2) {
-        issue_dkv(acc_dv[0], sdOt, sPt, 0);
-        issue_dkv(acc_dv[1], sdOt, sPt, 1);
-        issue_dq(0);
-        issue_dkv(acc_dk[0], sQt, sdSt, 0);
-        warpgroup_wait<1>();  // dV, dQ half 0 done; dK slice 0 running
-        arrive_barrier(ss.empty_do_bar[do_stage]);  // dO read by dP and dV only
-        send_dq(0);
-        issue_dq(1);
-        issue_dkv(acc_dk[1], sQt, sdSt, 1);
-        warpgroup_wait<1>();  // dQ half 1 done; dK slice 1 running
-        send_dq(1);
-      } else {
-        issue_dkv(acc_dv[0], sdOt, sPt, 0);
-        issue_dq(0);
-        issue_dkv(acc_dk[0], sQt, sdSt, 0);
-        warpgroup_wait<1>();  // dV, dQ done; dK running
-        arrive_barrier(ss.empty_do_bar[do_stage]);
-        send_dq(0);
-      }
+      issue_dkv(acc_dv[0], sdOt, sPt, 0);
+      issue_dkv(acc_dv[1], sdOt, sPt, 1);
+      issue_dq(0);
+      issue_dkv(acc_dk[0], sQt, sdSt, 0);
+      warpgroup_wait<1>();  // dV, dQ half 0 done; dK slice 0 running
+      arrive_barrier(ss.empty_do_bar[do_stage]);  // dO read by dP and dV only
+      send_dq(0);
+      issue_dq(1);
+      issue_dkv(acc_dk[1], sQt, sdSt, 1);
+      warpgroup_wait<1>();  // dQ half 1 done; dK slice 1 running
+      send_dq(1);
       warpgroup_wait<0>();
       arrive_barrier(ss.empty_bar[stage]);
     }
-    // Every warpgroup's GEMMs are done: Q's and dO's smem is free for the
-    // epilogue.
+    // Every warpgroup's GEMMs are done: Q's smem is free for the epilogue.
     cutlass::arch::NamedBarrier::sync(Traits::kMmaThreads, barrier_id(BwdNamedBarrier::kdSReady));
   }
   // Keys that no query sees get zero dK/dV, written like any other.
-  Element* tile = Traits::epilogue_tile(ss, wg);
+  Element* tile = ss.q.data() + wg * Traits::kEpilogueTileElems;
   store_dkvt<Traits>(p, acc_dk, p.softmax_scale, tile, p.dk, n_block, hkv, b, wg);
   store_dkvt<Traits>(p, acc_dv, 1.f, tile, p.dv, n_block, hkv, b, wg);
 }

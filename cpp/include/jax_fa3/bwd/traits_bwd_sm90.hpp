@@ -187,18 +187,15 @@ struct BwdTraits : BwdWarpRoles, BwdLoadBytes<Element_, Walk::kBlockM, BwdTile<k
   static_assert(kSmemBytes + 1024 <= 227 * 1024, "backward tile does not fit in shared memory");
 };
 
-// The traits of BwdWalkDKVt (tile_config.h; head dim 256: 80 keys a CTA,
-// head dim 128: 128): per step of kBlockM = 64 queries, MMA warpgroup w
-// computes
-//   S = Q K_w^T, dP = dO V_w^T       (64 x kSdPKeys: keys [kSdPKeys w, +kSdPKeys))
-//   dV_w^T += dO_w^T P, dK_w^T += Q_w^T dS   (head-dim rows [kDKVRows w, +kDKVRows)
-//                                      x all keys, in 64-row slices)
-//   dQ[:, w] = dS K_w                 (64 x kDQSlice columns, in 64-column halves)
-// with P and dS (64 x kBlockN) exchanged through smem. The producer and the
-// K/V load are BwdTraits'; Q and dO have rings of their own (kStages Q
-// stages, kStagesdO dO stages: head dim 256 fits one dO stage). dQ leaves as
-// reduce-adds from the registers, or (Walk::kDQWriter) through BwdTraits'
-// smem tile and writer warp, which also keeps the deterministic order.
+// The traits of BwdWalkDKVt (head dim 256, 80 keys a CTA; tile_config.h):
+// per step of kBlockM = 64 queries, MMA warpgroup w computes
+//   S = Q K_w^T, dP = dO V_w^T       (64 x 40: keys [40 w, 40 w + 40))
+//   dV_w^T += dO_w^T P, dK_w^T += Q_w^T dS   (head-dim rows [128 w, +128) x 80
+//                                      keys, two 64-row slices each)
+//   dQ[:, w] = dS K_w                 (64 x 128 columns, two 64-column halves)
+// with P and dS (64 x 80) exchanged through smem. The producer, the K/V load
+// and the dQ reduce-adds from registers are BwdTraits'; Q and dO have rings of
+// their own (kStages Q stages, kStagesdO dO stages: two of each do not fit).
 template <class Element_, int kHeadDim_, class Walk>
 struct BwdTraitsDKVt : BwdWarpRoles, BwdLoadBytes<Element_, Walk::kBlockM, Walk::kBlockN, kHeadDim_> {
   using Element = Element_;
@@ -209,7 +206,7 @@ struct BwdTraitsDKVt : BwdWarpRoles, BwdLoadBytes<Element_, Walk::kBlockM, Walk:
   static constexpr int kStagesdO = Walk::kStagesdO;
   static constexpr bool kDKVTransposed = true;
   static constexpr bool kSplitdO = true;
-  static constexpr bool kDQFromRegs = !Walk::kDQWriter;
+  static constexpr bool kDQFromRegs = true;  // no writer warp
   static_assert(Walk::kDKVTransposed, "a BwdWalkDKVt");
   static constexpr int kSdPKeys = kBlockN / kWarpgroups;      // S/dP columns of a warpgroup
   static constexpr int kDKVRows = kHeadDim / kWarpgroups;     // dK^T/dV^T rows of a warpgroup
@@ -246,25 +243,15 @@ struct BwdTraitsDKVt : BwdWarpRoles, BwdLoadBytes<Element_, Walk::kBlockM, Walk:
   using SmemLayoutV = SmemLayoutK;
   // P and dS: [kBlockM, kBlockN] keys contiguous, written from the S/dP
   // accumulators by stmatrix, read as the K-major A of dQ and, transposed
-  // ([kBlockN, kBlockM]), as the MN-major B of dK^T/dV^T. Swizzled where a
-  // warpgroup's keys are whole 32-byte rows (head dim 128's 64); head dim
-  // 256's 40 keys are not, so there they are unswizzled 8x8 core matrices.
-  // Two stages by step parity, so that a warpgroup may write step t + 1's
-  // while the other still reads step t's (as BwdTraits' dS).
+  // ([kBlockN, kBlockM]), as the MN-major B of dK^T/dV^T. Unswizzled 8x8
+  // core matrices: a warpgroup's 40 keys are not a whole swizzle atom. Two
+  // stages by step parity, so that a warpgroup may write step t + 1's while
+  // the other still reads step t's (as BwdTraits' dS).
   static constexpr int kStagesPdS = 2;
-  template <GMMA::Major kMajor>
-  static constexpr auto pds_atom() {
-    if constexpr (kSdPKeys * sizeof(Element) % 32 == 0) {
-      return gmma_smem_atom<Element, kMajor, kSdPKeys>();
-    } else if constexpr (kMajor == GMMA::Major::K) {
-      return GMMA::Layout_K_INTER_Atom<Element>{};
-    } else {
-      return GMMA::Layout_MN_INTER_Atom<Element>{};
-    }
-  }
-  using SmemLayoutPdS = decltype(tile_to_shape(pds_atom<GMMA::Major::K>(), Shape<BlockM, BlockN, Int<kStagesPdS>>{}));
-  using SmemLayoutPdSt = decltype(tile_to_shape(pds_atom<GMMA::Major::MN>(), Shape<BlockN, BlockM, Int<kStagesPdS>>{},
-                                                Step<_2, _1, _3>{}));
+  using SmemLayoutPdS = decltype(tile_to_shape(GMMA::Layout_K_INTER_Atom<Element>{},
+                                               Shape<BlockM, BlockN, Int<kStagesPdS>>{}));
+  using SmemLayoutPdSt = decltype(tile_to_shape(GMMA::Layout_MN_INTER_Atom<Element>{},
+                                                Shape<BlockN, BlockM, Int<kStagesPdS>>{}, Step<_2, _1, _3>{}));
 
   using MmaSdP = decltype(make_tiled_mma(
       GMMA::ss_op_selector<Element, Element, float, Shape<BlockM, SdPKeys, HeadDim>, GMMA::Major::K,
@@ -279,11 +266,9 @@ struct BwdTraitsDKVt : BwdWarpRoles, BwdLoadBytes<Element_, Walk::kBlockM, Walk:
                            GMMA::Major::MN>(),
       Layout<Shape<_1, _1, _1>>{}));
 
-  // The epilogue's dK/dV tile of a warpgroup: kBlockN keys x kDKVRows
-  // columns, rows padded by 8 elements so that stmatrix's 8 rows of a matrix
-  // fall on distinct banks. Both in Q's smem (free by then) where they fit
-  // (head dim 256), else warpgroup 0's there and 1's in dO's (head dim 128:
-  // 2 x 128 x 72 elements against Q's 64 x 128 x 2 stages).
+  // The epilogue's dK/dV tile of a warpgroup in Q's smem (free by then):
+  // kBlockN keys x kDKVRows columns, rows padded by 8 elements so that
+  // stmatrix's 8 rows of a matrix fall on distinct banks.
   static constexpr int kEpiloguePitch = kDKVRows + 8;
   static constexpr int kEpilogueTileElems = kBlockN * kEpiloguePitch;
 
@@ -294,9 +279,6 @@ struct BwdTraitsDKVt : BwdWarpRoles, BwdLoadBytes<Element_, Walk::kBlockM, Walk:
     cute::array_aligned<Element, cosize_v<SmemLayoutV>, 1024> v;
     cute::array_aligned<Element, cosize_v<SmemLayoutPdS>, 1024> p;
     cute::array_aligned<Element, cosize_v<SmemLayoutPdS>, 1024> ds;
-    // The step's fp32 dQ tile for the writer warp (as BwdTraits'; a stub
-    // when dQ leaves from the registers).
-    cute::array_aligned<float, kDQFromRegs ? 4 : kBlockM * kHeadDim, 128> dq;
     cute::array_aligned<float, kStages * kBlockM, 16> lse2;
     cute::array_aligned<float, kStagesdO * kBlockM, 16> dpsum;
     alignas(8) uint64_t full_bar[kStages];     // Q ring
@@ -305,17 +287,7 @@ struct BwdTraitsDKVt : BwdWarpRoles, BwdLoadBytes<Element_, Walk::kBlockM, Walk:
     alignas(8) uint64_t empty_do_bar[kStagesdO];
     alignas(8) uint64_t kv_bar;
   };
-  static constexpr bool kEpilogueTilesInQ = kWarpgroups * kEpilogueTileElems <= cosize_v<SmemLayoutQ>;
-  static_assert(kEpilogueTilesInQ || (kWarpgroups == 2 && kEpilogueTileElems <= cosize_v<SmemLayoutQ> &&
-                                      kEpilogueTileElems <= cosize_v<SmemLayoutdO>),
-                "epilogue tiles must fit Q's (and dO's) smem");
-  CUTE_DEVICE static Element* epilogue_tile(SharedStorage& ss, int wg) {
-    if constexpr (kEpilogueTilesInQ) {
-      return ss.q.data() + wg * kEpilogueTileElems;
-    } else {
-      return wg == 0 ? ss.q.data() : ss.dout.data();
-    }
-  }
+  static_assert(kWarpgroups * kEpilogueTileElems <= cosize_v<SmemLayoutQ>, "epilogue tile must fit Q's smem");
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes + 1024 <= 227 * 1024, "backward tile does not fit in shared memory");
 };
