@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Every kernel of the backward step through JAX, timed one by one under Nsight
+# Compute (gpu__time_duration; clocks as found, caches flushed before each
+# kernel): where jax_fa3's backward time goes beside the main kernel
+# (preprocess, dq convert, anything XLA adds), next to FlashAttention-3's
+# (with FA3_LIB) at the same points. tools/dev/attention_calls.py makes the
+# calls (the benchmark's backward step; 16k tokens, hidden 2048).
+#
+#   OUT=... HDIMS="128 256" MASKS="full causal" DTYPE=bf16 FA3_LIB=.carry/fa3so/libfa3_ffi.so \
+#     bash tools/dev/bwd_kernel_times.sh
+#
+# Raw CSVs: $OUT/kt-<impl>-<head dim>-<mask>.csv; the table on stdout: per
+# kernel the number of launches per backward call and the median duration.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/jax_fa3_out}
+mkdir -p "$OUT"
+calls=3
+impls=(jax_fa3)
+[ -n "${FA3_LIB:-}" ] && impls+=(fa3)
+for d in ${HDIMS:-128 256}; do
+  for mask in ${MASKS:-full causal}; do
+    for impl in "${impls[@]}"; do
+      args=(--impl "$impl" --pass bwd --calls "$calls" --head-dim "$d" --seqlen "${SEQLEN:-16384}"
+            --dtype "${DTYPE:-bf16}")
+      [ "$mask" = causal ] && args+=(--causal)
+      [ "$impl" = fa3 ] && args+=(--fa3-lib "$PWD/$FA3_LIB")
+      # From /tmp: in the checkout, the source folder would shadow the install.
+      env -C /tmp timeout 200 ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
+        python3 "$PWD/tools/dev/attention_calls.py" "${args[@]}" > "$OUT/kt-$impl-$d-$mask.csv" 2>&1
+      echo "== $impl d$d $mask: ncu exit $?"
+    done
+  done
+done
+python3 - "$OUT" "$calls" <<'EOF'
+import collections, csv, glob, os, statistics, sys
+out, calls = sys.argv[1], int(sys.argv[2])
+for path in sorted(glob.glob(os.path.join(out, "kt-*.csv"))):
+    rows = []
+    with open(path) as f:
+        lines = [l for l in f if l.startswith('"')]
+    for r in csv.DictReader(lines):
+        if r.get("Metric Name") == "gpu__time_duration.sum":
+            rows.append((r["Kernel Name"], float(r["Metric Value"])))
+    times = collections.defaultdict(list)
+    for name, ns in rows:
+        times[name].append(ns)
+    print(f"\n{os.path.basename(path)[3:-4]}")
+    print("| kernel | launches | median us | us per call |")
+    print("|---|---:|---:|---:|")
+    total = 0.0
+    for name, ns in sorted(times.items(), key=lambda kv: -statistics.median(kv[1]) * len(kv[1])):
+        # Kernels of the forward under jax.vjp run once, the backward's once per call.
+        per_call = len(ns) / calls
+        if per_call < 1:
+            continue
+        us = statistics.median(ns) / 1e3
+        total += us * per_call
+        print(f"| {name[:90]} | {per_call:g} | {us:.1f} | {us * per_call:.1f} |")
+    print(f"| total of the kernels above | | | {total:.1f} |")
+EOF
