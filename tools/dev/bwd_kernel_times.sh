@@ -11,6 +11,7 @@
 #
 # Raw CSVs: $OUT/kt-<impl>-<head dim>-<mask>.csv; the table on stdout: per
 # kernel the number of launches per backward call and the median duration.
+# Written 2026-12-07g and not yet run on a device (no machine came).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/jax_fa3_out}
@@ -41,7 +42,7 @@ for path in sorted(glob.glob(os.path.join(out, "kt-*.csv"))):
         lines = [l for l in f if l.startswith('"')]
     for r in csv.DictReader(lines):
         if r.get("Metric Name") == "gpu__time_duration.sum":
-            rows.append((r["Kernel Name"], float(r["Metric Value"])))
+            rows.append((r["Kernel Name"], float(r["Metric Value"].replace(",", ""))))  # "1,234" in some ncu
     times = collections.defaultdict(list)
     for name, ns in rows:
         times[name].append(ns)
