@@ -93,11 +93,12 @@ constexpr FwdVariant fwd_variant(bool masked, int seqlen_k) {
 }
 
 // Backward: one CTA per kBlockN keys, walking the queries, with two MMA
-// warpgroups (BwdWarpRoles, bwd/traits_bwd_sm90.hpp). Each owns 64 keys x
-// (kHeadDim / (2 / (kBlockN / 64))) columns of dK/dV: with kBlockN = 128 the
-// two warpgroups split the keys; with kBlockN = 64 they split head_dim (dK/dV
-// of 64 x 256 would not fit one warpgroup's registers). A walk may own another key block (BwdWalkDKVt:
-// head dim 256's fast walk, 80 keys, dK^T/dV^T split by head dim).
+// warpgroups (BwdWarpRoles, bwd/traits_bwd_sm90.hpp). Each owns 64 keys of
+// dK/dV and the columns left to it: with kBlockN = 128 the two warpgroups
+// split the keys; with kBlockN = 64 they split head_dim (dK/dV of 64 x 256
+// would not fit one warpgroup's registers). A walk may own another key block
+// (BwdWalkDKVt: head dim 256's fast walk, 80 keys, dK^T/dV^T split by head
+// dim).
 //
 // How a CTA walks the queries (BwdWalk) may differ by mode (Fast,
 // Deterministic) and by whether the kernel applies a mask: kBlockM queries
@@ -178,8 +179,8 @@ template <class Masked, class Unmasked = Masked>
 struct BwdWalksByMask {
   template <bool kMasked> using Walk = std::conditional_t<kMasked, Masked, Unmasked>;
 };
-// A row: kBlockN keys per CTA, and the walks of
-// each mode (Fast<kMasked>, Deterministic<kMasked>).
+// A row: kBlockN keys per CTA, and the walks of each mode (Fast<kMasked>,
+// Deterministic<kMasked>).
 template <int kBlockN_, int kUnmaskedChunkWaves_, class FastWalks, class DeterministicWalks = FastWalks>
 struct BwdRow {
   static constexpr int kBlockN = kBlockN_, kUnmaskedChunkWaves = kUnmaskedChunkWaves_;
