@@ -10,6 +10,8 @@
 //   bwd_check cycles [S,..]  the bench's inputs and configurations, each launched kBwdCyclesLaunches
 //                        times untimed, for Nsight Compute's cycle counts (tools/dev/bwd_cycles.sh):
 //                        cycles do not move with the clock the power cap sets, timings do
+//   bwd_check ctatimes [S,..]  as cycles, then the last launch's CTA times ("CT" lines; a build
+//                        with -DJAX_FA3_BWD_CTA_TIMES=1, for tools/dev/bwd_cta_times.py)
 //
 // The harness allocates its own workspace (workspace_bytes) and computes
 // out/lse with its own float64 forward, so it does not depend on the forward
@@ -77,6 +79,28 @@ static cudaError_t launch_e(const BwdParams& p, cudaStream_t st) {
 
 static cudaError_t launch(const BwdParams& p, cudaStream_t st) {
   return p.problem.dtype == Dtype::kBFloat16 ? launch_e<cutlass::bfloat16_t>(p, st) : launch_e<cutlass::half_t>(p, st);
+}
+
+template <int kHd>
+static cudaError_t print_cta_times_hd(bool masked) {
+  using E = cutlass::bfloat16_t;  // the bench's inputs
+  if constexpr (BWD_CHECK_ONLY_HDIM != 0 && kHd != BWD_CHECK_ONLY_HDIM) {
+    return cudaErrorNotSupported;
+  } else {
+    return masked ? bwd_check::print_cta_times<E, kHd, true>() : bwd_check::print_cta_times<E, kHd, false>();
+  }
+}
+
+static cudaError_t print_cta_times(const BwdParams& p) {
+  const bool masked = mask_cuts(p.problem.shape, p.problem.mask);
+  switch (head_dim_bucket(p.problem.shape.head_dim)) {
+    case 64: return print_cta_times_hd<64>(masked);
+    case 96: return print_cta_times_hd<96>(masked);
+    case 128: return print_cta_times_hd<128>(masked);
+    case 192: return print_cta_times_hd<192>(masked);
+    case 256: return print_cta_times_hd<256>(masked);
+    default: return cudaErrorNotSupported;
+  }
 }
 
 // Dynamic parallel loop over [0, n) on all host cores (the float64 reference
@@ -502,8 +526,11 @@ constexpr int kBwdCyclesLaunches = 4;
 // The bench's dq spot check passes below this (bf16, the checks' bf16 tolerance).
 constexpr double kBenchDqTolerance = 2e-2;
 
-// timed: the bench's medians; otherwise kBwdCyclesLaunches launches per configuration.
-static void bench_one(int S, int D, bool timed) {
+enum class BenchMode { kTimed, kCycles, kCtaTimes };
+
+// kTimed: the bench's medians; otherwise kBwdCyclesLaunches launches per
+// configuration (and with kCtaTimes the last one's CTA times).
+static void bench_one(int S, int D, BenchMode mode) {
   const int B = std::max(1, 16384 / S), H = 2048 / D;
   const Dtype dt = Dtype::kBFloat16;
   const size_t n = size_t(B) * S * H * D;
@@ -531,13 +558,14 @@ static void bench_one(int S, int D, bool timed) {
     for (int det = 0; det < 2; ++det) {
       prob.mask = AttnMask{2 * S, causal ? 0 : 2 * S};
       BwdParams p{prob, bool(det), q, k, v, o, dO, lse, dlse, dq, dk, dv, ws};
-      if (!timed) {
+      if (mode != BenchMode::kTimed) {
         for (int it = 0; it < kBwdCyclesLaunches; ++it) CK(launch(p, 0));
         CK(cudaDeviceSynchronize());
         const double err = spot_check_dq(host, dq, lse, B, S, H, D, prob.softmax_scale, causal);
         std::printf("cycles b=%d s=%d h=%d d=%d %s %s: %d launches | dq spot check %.1e %s\n", B, S, H, D,
                     causal ? "causal" : "full", det ? "det" : "fast", kBwdCyclesLaunches, err,
                     err < kBenchDqTolerance ? "PASS" : "FAIL");
+        if (mode == BenchMode::kCtaTimes) CK(print_cta_times(p));
         continue;
       }
       // Each sample runs the whole backward (preprocess, main, convert)
@@ -577,10 +605,10 @@ static void bench_one(int S, int D, bool timed) {
   CK(cudaEventDestroy(e1));
 }
 
-static int run_bench(const std::vector<int>& seqlens, bool timed) {
+static int run_bench(const std::vector<int>& seqlens, BenchMode mode) {
   for (int D : int_list(std::getenv("BENCH_HDIMS"), {128})) {
     if (BWD_CHECK_ONLY_HDIM != 0 && D != BWD_CHECK_ONLY_HDIM) continue;
-    for (int S : seqlens) bench_one(S, D, timed);
+    for (int S : seqlens) bench_one(S, D, mode);
   }
   return 0;
 }
@@ -592,8 +620,10 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
-  if (mode == "bench" || mode == "cycles") {
-    return run_bench(int_list(argc > 2 ? argv[2] : nullptr, {16384}), mode == "bench");
+  if (mode == "bench" || mode == "cycles" || mode == "ctatimes") {
+    CK(cudaDeviceSetLimit(cudaLimitPrintfFifoSize, size_t(16) << 20));  // the CT lines
+    return run_bench(int_list(argc > 2 ? argv[2] : nullptr, {16384}),
+                     mode == "bench" ? BenchMode::kTimed : mode == "cycles" ? BenchMode::kCycles : BenchMode::kCtaTimes);
   }
   return run_checks(mode == "small");
 }

@@ -16,4 +16,16 @@ cudaError_t launch(const BwdParams& params, cudaStream_t stream) {
 
 template cudaError_t launch<BWD_CHECK_ELEMENT, BWD_CHECK_HDIM, bool(BWD_CHECK_MASKED)>(const BwdParams&, cudaStream_t);
 
+template <class Element, int kHeadDim, bool kMasked>
+cudaError_t print_cta_times() {
+#if JAX_FA3_BWD_CTA_TIMES
+  jax_fa3::bwd::bwd_cta_times_print_kernel<<<1, 1>>>();
+  return cudaDeviceSynchronize();
+#else
+  return cudaErrorNotSupported;
+#endif
+}
+
+template cudaError_t print_cta_times<BWD_CHECK_ELEMENT, BWD_CHECK_HDIM, bool(BWD_CHECK_MASKED)>();
+
 }  // namespace bwd_check

@@ -55,4 +55,10 @@ inline size_t workspace_bytes(const AttnShape& shape, bool deterministic) {
 template <class Element, int kHeadDim, bool kMasked>
 cudaError_t launch(const BwdParams& params, cudaStream_t stream);
 
+// Prints the CTA times of the last main-kernel launch of this translation
+// unit (built with -DJAX_FA3_BWD_CTA_TIMES=1; cta_times_bwd_sm90.hpp), else
+// cudaErrorNotSupported.
+template <class Element, int kHeadDim, bool kMasked>
+cudaError_t print_cta_times();
+
 }  // namespace bwd_check

@@ -10,7 +10,10 @@
 #     bash tools/dev/bwd_kernel_times.sh
 #
 # Raw CSVs: $OUT/kt-<impl>-<head dim>-<mask>.csv; the table on stdout: per
-# kernel the number of launches per backward call and the median duration.
+# kernel the number of launches per backward call, the median duration and the
+# median share of the kernel's span its SMs were busy (sm__cycles_active over
+# sm__cycles_elapsed, averaged over SMs: under a causal mask, what the grid's
+# tail and the CTAs' uneven lengths leave idle).
 # Written 2026-12-07g and not yet run on a device (no machine came).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,7 +30,7 @@ for d in ${HDIMS:-128 256}; do
       [ "$mask" = causal ] && args+=(--causal)
       [ "$impl" = fa3 ] && args+=(--fa3-lib "$PWD/$FA3_LIB")
       # From /tmp: in the checkout, the source folder would shadow the install.
-      env -C /tmp timeout 200 ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
+      env -C /tmp timeout 200 ncu --clock-control none --metrics gpu__time_duration.sum,sm__cycles_active.avg,sm__cycles_elapsed.avg --csv --print-units base \
         python3 "$PWD/tools/dev/attention_calls.py" "${args[@]}" > "$OUT/kt-$impl-$d-$mask.csv" 2>&1
       echo "== $impl d$d $mask: ncu exit $?"
     done
@@ -37,18 +40,20 @@ python3 - "$OUT" "$calls" <<'EOF'
 import collections, csv, glob, os, statistics, sys
 out, calls = sys.argv[1], int(sys.argv[2])
 for path in sorted(glob.glob(os.path.join(out, "kt-*.csv"))):
-    rows = []
+    launches = collections.defaultdict(dict)  # launch ID -> metric -> value
+    names = {}
     with open(path) as f:
         lines = [l for l in f if l.startswith('"')]
     for r in csv.DictReader(lines):
-        if r.get("Metric Name") == "gpu__time_duration.sum":
-            rows.append((r["Kernel Name"], float(r["Metric Value"].replace(",", ""))))  # "1,234" in some ncu
-    times = collections.defaultdict(list)
-    for name, ns in rows:
-        times[name].append(ns)
+        launches[r["ID"]][r["Metric Name"]] = float(r["Metric Value"].replace(",", ""))  # "1,234" in some ncu
+        names[r["ID"]] = r["Kernel Name"]
+    times, busy = collections.defaultdict(list), collections.defaultdict(list)
+    for launch, m in launches.items():
+        times[names[launch]].append(m["gpu__time_duration.sum"])
+        busy[names[launch]].append(m["sm__cycles_active.avg"] / max(m["sm__cycles_elapsed.avg"], 1.0))
     print(f"\n{os.path.basename(path)[3:-4]}")
-    print("| kernel | launches | median us | us per call |")
-    print("|---|---:|---:|---:|")
+    print("| kernel | launches | median us | us per call | SMs busy |")
+    print("|---|---:|---:|---:|---:|")
     total = 0.0
     for name, ns in sorted(times.items(), key=lambda kv: -statistics.median(kv[1]) * len(kv[1])):
         # Kernels of the forward under jax.vjp run once, the backward's once per call.
@@ -57,6 +62,6 @@ for path in sorted(glob.glob(os.path.join(out, "kt-*.csv"))):
             continue
         us = statistics.median(ns) / 1e3
         total += us * per_call
-        print(f"| {name[:90]} | {per_call:g} | {us:.1f} | {us * per_call:.1f} |")
+        print(f"| {name[:90]} | {per_call:g} | {us:.1f} | {us * per_call:.1f} | {statistics.median(busy[name]):.3f} |")
     print(f"| total of the kernels above | | | {total:.1f} |")
 EOF

@@ -15,6 +15,7 @@
 #include <cutlass/arch/reg_reconfig.h>
 #include <cutlass/cutlass.h>
 
+#include "jax_fa3/bwd/cta_times_bwd_sm90.hpp"
 #include "jax_fa3/bwd/epilogue_bwd_sm90.hpp"
 #include "jax_fa3/bwd/mainloop_bwd_dkvt_sm90.hpp"
 #include "jax_fa3/bwd/mainloop_bwd_sm90.hpp"
@@ -65,6 +66,7 @@ bwd_main_kernel(const __grid_constant__ BwdMainParams<Traits> params) {
     return params.deterministic ? range : range.shifted(n_block);  // see BwdStep
   };
 
+  cta_times_start();
   if (threadIdx.x == 0) {
     cute::prefetch_tma_descriptor(params.tma_q.get_tma_descriptor());
     cute::prefetch_tma_descriptor(params.tma_do.get_tma_descriptor());
@@ -106,6 +108,7 @@ bwd_main_kernel(const __grid_constant__ BwdMainParams<Traits> params) {
     cutlass::arch::warpgroup_reg_alloc<Traits::kMmaRegs>();
     const BwdQueryRange range = walk();
     bwd_mma_dkvt<Traits, kMasked>(params, ss, n_block, hkv, b, range, range.num_m * group, threadIdx.x - 128);
+    cta_times_end(threadIdx.x - 128, range.num_m * group);
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kMmaRegs>();
     const int mma_tid = threadIdx.x - 128;
@@ -121,6 +124,7 @@ bwd_main_kernel(const __grid_constant__ BwdMainParams<Traits> params) {
     // Keys that no query sees get zero dK/dV, written like any other.
     store_dkv<Traits>(params, tdKrdK, tdVrdV, n_block, hkv, b, mma_tid % 128, wg % Traits::kKeySplit,
                       wg / Traits::kKeySplit);
+    cta_times_end(mma_tid, total);
   }
 }
 
