@@ -14,12 +14,15 @@ seqlen, heads = 2048 / head_dim), layout (batch, seqlen, heads, head_dim).
   (cuDNN's backward kernels: -k regex:'(?i)bprop|dot_do')
 
 --impl fa3 calls FlashAttention-3's own kernels (the benchmark's fa3 implementation; needs the wheel and
---fa3-lib, the library tools/dev/build_fa3_ffi.sh builds).
+--fa3-lib, the library tools/dev/build_fa3_ffi.sh builds). The last line printed gives the calls' mean wall
+time (after one untimed warm-up call), for runs long enough to reach the power cap's steady clock
+(tools/dev/bwd_power.sh).
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 
 import jax
 import jax.numpy as jnp
@@ -61,15 +64,19 @@ def main() -> None:
     q, k, v, dout = (jax.device_put(rng.standard_normal(shape, dtype=np.float32)).astype(dtype) for _ in range(4))
     fwd = jax.jit(attention(args.impl, args.causal, args.fa3_lib))
     if args.which == "fwd":
-        for _ in range(args.calls):
-            out = fwd(q, k, v)
+        call = lambda: fwd(q, k, v)  # noqa: E731
     else:
         _, vjp = jax.vjp(fwd, q, k, v)
         bwd = jax.jit(lambda vjp, dout: vjp(dout))
-        for _ in range(args.calls):
-            out = bwd(vjp, dout)
+        call = lambda: bwd(vjp, dout)  # noqa: E731
+    jax.block_until_ready(call())
+    start = time.perf_counter()
+    for _ in range(args.calls):
+        out = call()
     jax.block_until_ready(out)
-    print(args.impl, args.which, shape, args.dtype, "causal" if args.causal else "full", "calls:", args.calls)
+    per_call_ms = (time.perf_counter() - start) * 1e3 / args.calls
+    print(args.impl, args.which, shape, args.dtype, "causal" if args.causal else "full", "calls:", args.calls,
+          f"mean {per_call_ms:.3f} ms/call")
 
 
 if __name__ == "__main__":

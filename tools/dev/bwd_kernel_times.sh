@@ -14,12 +14,11 @@
 # median share of the kernel's span its SMs were busy (sm__cycles_active over
 # sm__cycles_elapsed, averaged over SMs: under a causal mask, what the grid's
 # tail and the CTAs' uneven lengths leave idle).
-# Written 2026-12-07g and not yet run on a device (no machine came).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/jax_fa3_out}
 mkdir -p "$OUT"
-calls=3
+calls=5  # plus attention_calls.py's warm-up call
 impls=(jax_fa3)
 [ -n "${FA3_LIB:-}" ] && impls+=(fa3)
 for d in ${HDIMS:-128 256}; do
@@ -56,8 +55,9 @@ for path in sorted(glob.glob(os.path.join(out, "kt-*.csv"))):
     print("|---|---:|---:|---:|---:|")
     total = 0.0
     for name, ns in sorted(times.items(), key=lambda kv: -statistics.median(kv[1]) * len(kv[1])):
-        # Kernels of the forward under jax.vjp run once, the backward's once per call.
-        per_call = len(ns) / calls
+        # The backward's kernels run once per call and once in the warm-up; the forward under
+        # jax.vjp and the four inputs' conversions (wrapped_convert) fewer times than that.
+        per_call = len(ns) / (calls + 1)
         if per_call < 1:
             continue
         us = statistics.median(ns) / 1e3
