@@ -622,8 +622,10 @@ int main(int argc, char** argv) {
   std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
   if (mode == "bench" || mode == "cycles" || mode == "ctatimes") {
     CK(cudaDeviceSetLimit(cudaLimitPrintfFifoSize, size_t(16) << 20));  // the CT lines
-    return run_bench(int_list(argc > 2 ? argv[2] : nullptr, {16384}),
-                     mode == "bench" ? BenchMode::kTimed : mode == "cycles" ? BenchMode::kCycles : BenchMode::kCtaTimes);
+    const BenchMode bench_mode = mode == "bench"    ? BenchMode::kTimed
+                                 : mode == "cycles" ? BenchMode::kCycles
+                                                    : BenchMode::kCtaTimes;
+    return run_bench(int_list(argc > 2 ? argv[2] : nullptr, {16384}), bench_mode);
   }
   return run_checks(mode == "small");
 }

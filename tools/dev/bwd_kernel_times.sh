@@ -9,7 +9,8 @@
 #   OUT=... HDIMS="128 256" MASKS="full causal" DTYPE=bf16 FA3_LIB=.carry/fa3so/libfa3_ffi.so \
 #     bash tools/dev/bwd_kernel_times.sh
 #
-# Raw CSVs: $OUT/kt-<impl>-<head dim>-<mask>.csv; the table on stdout: per
+# Raw CSVs: $OUT/kt-<impl>-<head dim>-<mask>.csv; the table on stdout and in
+# $OUT/kernel_times.md (the device tool may not bring every CSV back): per
 # kernel the number of launches per backward call, the median duration and the
 # median share of the kernel's span its SMs were busy (sm__cycles_active over
 # sm__cycles_elapsed, averaged over SMs: under a causal mask, what the grid's
@@ -29,13 +30,14 @@ for d in ${HDIMS:-128 256}; do
       [ "$mask" = causal ] && args+=(--causal)
       [ "$impl" = fa3 ] && args+=(--fa3-lib "$PWD/$FA3_LIB")
       # From /tmp: in the checkout, the source folder would shadow the install.
-      env -C /tmp timeout 200 ncu --clock-control none --metrics gpu__time_duration.sum,sm__cycles_active.avg,sm__cycles_elapsed.avg --csv --print-units base \
+      env -C /tmp timeout 200 ncu --clock-control none --csv --print-units base \
+        --metrics gpu__time_duration.sum,sm__cycles_active.avg,sm__cycles_elapsed.avg \
         python3 "$PWD/tools/dev/attention_calls.py" "${args[@]}" > "$OUT/kt-$impl-$d-$mask.csv" 2>&1
       echo "== $impl d$d $mask: ncu exit $?"
     done
   done
 done
-python3 - "$OUT" "$calls" <<'EOF'
+python3 - "$OUT" "$calls" <<'EOF' | tee "$OUT/kernel_times.md"
 import collections, csv, glob, os, statistics, sys
 out, calls = sys.argv[1], int(sys.argv[2])
 for path in sorted(glob.glob(os.path.join(out, "kt-*.csv"))):
