@@ -32,8 +32,11 @@ for d in ${HDIMS:-128}; do
     done
   done
 done
-python3 - "$OUT" "${HDIMS:-128}" "${SEQLENS:-4096 16384}" "${builds[@]}" <<'EOF'
-import csv, os, re, statistics, sys
+PYTHONPATH="$(dirname "$0")" python3 - "$OUT" "${HDIMS:-128}" "${SEQLENS:-4096 16384}" "${builds[@]}" <<'EOF'
+import os, re, statistics, sys
+
+import ncu_metrics
+
 out, hdims, seqlens, builds = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4:]
 # The harness's "cycles ... <mask> <mode>: <n> launches" lines give the configurations in launch order.
 config_line = re.compile(r"cycles .* (\w+) (\w+)\s*: (\d+) launches")
@@ -44,9 +47,7 @@ for d in hdims:
             path = os.path.join(out, f"ncu-cycles-{build}-{d}-{s}.txt")
             lines = open(path).read().splitlines()
             configs = [(f"{m.group(1)} {m.group(2)}", int(m.group(3))) for m in map(config_line.match, lines) if m]
-            per_launch = {}
-            for row in csv.DictReader(line for line in lines if line.startswith('"')):
-                per_launch.setdefault(int(row["ID"]), {})[row["Metric Name"]] = float(row["Metric Value"].replace(",", ""))
+            per_launch = {k: metrics for k, (_, metrics) in ncu_metrics.per_launch(lines).items()}
             ids = sorted(per_launch)
             if len(ids) != sum(n for _, n in configs):
                 print(f"{path}: {len(ids)} launches profiled, the harness made {sum(n for _, n in configs)}")

@@ -37,21 +37,18 @@ for d in ${HDIMS:-128 256}; do
     done
   done
 done
-python3 - "$OUT" "$calls" <<'EOF' | tee "$OUT/kernel_times.md"
-import collections, csv, glob, os, statistics, sys
+PYTHONPATH=tools/dev python3 - "$OUT" "$calls" <<'EOF' | tee "$OUT/kernel_times.md"
+import collections, glob, os, statistics, sys
+
+import ncu_metrics
+
 out, calls = sys.argv[1], int(sys.argv[2])
 for path in sorted(glob.glob(os.path.join(out, "kt-*.csv"))):
-    launches = collections.defaultdict(dict)  # launch ID -> metric -> value
-    names = {}
-    with open(path) as f:
-        lines = [l for l in f if l.startswith('"')]
-    for r in csv.DictReader(lines):
-        launches[r["ID"]][r["Metric Name"]] = float(r["Metric Value"].replace(",", ""))  # "1,234" in some ncu
-        names[r["ID"]] = r["Kernel Name"]
     times, busy = collections.defaultdict(list), collections.defaultdict(list)
-    for launch, m in launches.items():
-        times[names[launch]].append(m["gpu__time_duration.sum"])
-        busy[names[launch]].append(m["sm__cycles_active.avg"] / max(m["sm__cycles_elapsed.avg"], 1.0))
+    with open(path) as f:
+        for name, m in ncu_metrics.per_launch(f).values():
+            times[name].append(m["gpu__time_duration.sum"])
+            busy[name].append(m["sm__cycles_active.avg"] / max(m["sm__cycles_elapsed.avg"], 1.0))
     print(f"\n{os.path.basename(path)[3:-4]}")
     print("| kernel | launches | median us | us per call | SMs busy |")
     print("|---|---:|---:|---:|---:|")
