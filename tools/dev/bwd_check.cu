@@ -29,6 +29,7 @@
 #include <atomic>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "bwd_check_launch.h"
@@ -55,52 +56,53 @@ using namespace jax_fa3;
 // (dtype, head dim, mask) like the library's.
 using bwd_check::workspace_bytes;
 
-template <class E, int kHd>
-static cudaError_t launch_hd(const BwdParams& p, bool masked, cudaStream_t st) {
-  if constexpr (BWD_CHECK_ONLY_HDIM != 0 && kHd != BWD_CHECK_ONLY_HDIM) {
-    return cudaErrorNotSupported;
-  } else {
-    return masked ? bwd_check::launch<E, kHd, true>(p, st) : bwd_check::launch<E, kHd, false>(p, st);
-  }
-}
+template <class E, int kHd, bool kMasked_>
+struct KernelSet {
+  using Element = E;
+  static constexpr int kHeadDim = kHd;
+  static constexpr bool kMasked = kMasked_;
+};
 
-template <class E>
-static cudaError_t launch_e(const BwdParams& p, cudaStream_t st) {
+// Calls f(KernelSet<dtype, head dim bucket, mask cuts>{}) for p: the
+// translation unit of bwd_check_launch.cu holding p's kernels, or
+// cudaErrorNotSupported where this build has none for its head dim.
+template <class F>
+static cudaError_t with_kernel_set(const BwdParams& p, F f) {
   const bool masked = mask_cuts(p.problem.shape, p.problem.mask);
-  switch (head_dim_bucket(p.problem.shape.head_dim)) {
-    case 64: return launch_hd<E, 64>(p, masked, st);
-    case 96: return launch_hd<E, 96>(p, masked, st);
-    case 128: return launch_hd<E, 128>(p, masked, st);
-    case 192: return launch_hd<E, 192>(p, masked, st);
-    case 256: return launch_hd<E, 256>(p, masked, st);
-    default: return cudaErrorNotSupported;
-  }
+  auto with_head_dim = [&](auto element, auto head_dim) -> cudaError_t {
+    using E = decltype(element);
+    constexpr int kHd = decltype(head_dim)::value;
+    if constexpr (BWD_CHECK_ONLY_HDIM != 0 && kHd != BWD_CHECK_ONLY_HDIM) {
+      return cudaErrorNotSupported;
+    } else {
+      return masked ? f(KernelSet<E, kHd, true>{}) : f(KernelSet<E, kHd, false>{});
+    }
+  };
+  auto with_element = [&](auto element) -> cudaError_t {
+    switch (head_dim_bucket(p.problem.shape.head_dim)) {
+      case 64: return with_head_dim(element, std::integral_constant<int, 64>{});
+      case 96: return with_head_dim(element, std::integral_constant<int, 96>{});
+      case 128: return with_head_dim(element, std::integral_constant<int, 128>{});
+      case 192: return with_head_dim(element, std::integral_constant<int, 192>{});
+      case 256: return with_head_dim(element, std::integral_constant<int, 256>{});
+      default: return cudaErrorNotSupported;
+    }
+  };
+  return p.problem.dtype == Dtype::kBFloat16 ? with_element(cutlass::bfloat16_t{}) : with_element(cutlass::half_t{});
 }
 
 static cudaError_t launch(const BwdParams& p, cudaStream_t st) {
-  return p.problem.dtype == Dtype::kBFloat16 ? launch_e<cutlass::bfloat16_t>(p, st) : launch_e<cutlass::half_t>(p, st);
-}
-
-template <int kHd>
-static cudaError_t print_cta_times_hd(bool masked) {
-  using E = cutlass::bfloat16_t;  // the bench's inputs
-  if constexpr (BWD_CHECK_ONLY_HDIM != 0 && kHd != BWD_CHECK_ONLY_HDIM) {
-    return cudaErrorNotSupported;
-  } else {
-    return masked ? bwd_check::print_cta_times<E, kHd, true>() : bwd_check::print_cta_times<E, kHd, false>();
-  }
+  return with_kernel_set(p, [&](auto set) {
+    using S = decltype(set);
+    return bwd_check::launch<typename S::Element, S::kHeadDim, S::kMasked>(p, st);
+  });
 }
 
 static cudaError_t print_cta_times(const BwdParams& p) {
-  const bool masked = mask_cuts(p.problem.shape, p.problem.mask);
-  switch (head_dim_bucket(p.problem.shape.head_dim)) {
-    case 64: return print_cta_times_hd<64>(masked);
-    case 96: return print_cta_times_hd<96>(masked);
-    case 128: return print_cta_times_hd<128>(masked);
-    case 192: return print_cta_times_hd<192>(masked);
-    case 256: return print_cta_times_hd<256>(masked);
-    default: return cudaErrorNotSupported;
-  }
+  return with_kernel_set(p, [](auto set) {
+    using S = decltype(set);
+    return bwd_check::print_cta_times<typename S::Element, S::kHeadDim, S::kMasked>();
+  });
 }
 
 // Dynamic parallel loop over [0, n) on all host cores (the float64 reference
