@@ -52,6 +52,9 @@ def main() -> None:
     ap.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
     ap.add_argument("--causal", action="store_true")
     ap.add_argument("--calls", type=int, default=4)
+    ap.add_argument("--chunk-calls", type=int, default=0,
+                    help="also print the mean of every chunk of this many calls (blocking after each chunk), "
+                         "to see the time drift as the power draw settles")
     args = ap.parse_args()
     if args.calls < 1:
         ap.error("--calls must be at least 1")
@@ -70,11 +73,19 @@ def main() -> None:
         bwd = jax.jit(lambda vjp, dout: vjp(dout))
         call = lambda: bwd(vjp, dout)  # noqa: E731
     jax.block_until_ready(call())
+    chunk = args.chunk_calls if args.chunk_calls > 0 else args.calls
+    chunk_ms = []
     start = time.perf_counter()
-    for _ in range(args.calls):
+    for i in range(args.calls):
         out = call()
-    jax.block_until_ready(out)
-    per_call_ms = (time.perf_counter() - start) * 1e3 / args.calls
+        if (i + 1) % chunk == 0 or i + 1 == args.calls:
+            jax.block_until_ready(out)
+            chunk_ms.append(time.perf_counter())
+    per_call_ms = (chunk_ms[-1] - start) * 1e3 / args.calls
+    if args.chunk_calls > 0:
+        edges = [start, *chunk_ms]
+        sizes = [chunk] * (len(chunk_ms) - 1) + [args.calls - chunk * (len(chunk_ms) - 1)]
+        print("chunk means (ms/call):", " ".join(f"{(b - a) * 1e3 / n:.3f}" for a, b, n in zip(edges, edges[1:], sizes)))
     print(args.impl, args.which, shape, args.dtype, "causal" if args.causal else "full", "calls:", args.calls,
           f"mean {per_call_ms:.3f} ms/call")
 

@@ -11,7 +11,9 @@
 # Each round runs every point and implementation once. nvidia-smi samples
 # every 50 ms into $OUT/pw-<impl>-<head dim>-<mask>-<round>.csv;
 # the table keeps the samples with the SMs busy (utilization 100%) and prints
-# their median power, SM clock and temperature beside the calls' mean time.
+# their median power, SM clock and temperature beside the calls' mean time
+# and the first, fastest, slowest and last mean of each CHUNK (default 100)
+# calls (the drift as the draw settles).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/jax_fa3_out}
@@ -23,7 +25,7 @@ for round in $(seq "${ROUNDS:-2}"); do
     IFS=: read -r d mask <<< "$point"
     for impl in "${impls[@]}"; do
       args=(--impl "$impl" --pass bwd --calls "${CALLS:-800}" --head-dim "$d" --seqlen "${SEQLEN:-16384}"
-            --dtype "${DTYPE:-bf16}")
+            --dtype "${DTYPE:-bf16}" --chunk-calls "${CHUNK:-100}")
       [ "$mask" = causal ] && args+=(--causal)
       [ "$impl" = fa3 ] && args+=(--fa3-lib "$PWD/$FA3_LIB")
       log="$OUT/pw-$impl-$d-$mask-$round"
@@ -34,9 +36,9 @@ for round in $(seq "${ROUNDS:-2}"); do
       env -C /tmp timeout 120 python3 "$PWD/tools/dev/attention_calls.py" "${args[@]}" > "$log.txt" 2>&1
       kill "$sampler"
       wait "$sampler" 2>/dev/null
-      python3 - "$log" "$impl d$d $mask round $round" <<'EOF'
+      python3 - "$log" "$impl d$d $mask round $round" "${CHUNK:-100}" <<'EOF'
 import statistics, sys
-log, title = sys.argv[1], sys.argv[2]
+log, title, chunk = sys.argv[1], sys.argv[2], sys.argv[3]
 busy = []
 for line in open(log + ".csv"):
     f = [x.strip() for x in line.split(",")]
@@ -44,6 +46,9 @@ for line in open(log + ".csv"):
         busy.append((float(f[1]), float(f[2]), float(f[3])))
 timing = open(log + ".txt").read().strip().splitlines()
 mean = timing[-1].split("mean ")[-1] if timing and "mean " in timing[-1] else "?"
+chunks = next((line.split(":")[1].split() for line in timing if line.startswith("chunk means")), [])
+if chunks:
+    mean += f" (chunks of {chunk} calls: first {chunks[0]}, min {min(chunks, key=float)}, max {max(chunks, key=float)}, last {chunks[-1]})"
 if busy:
     med = [statistics.median(b[i] for b in busy) for i in range(3)]
     print(f"{title}: {mean}; {len(busy)} busy samples: power {med[0]:.0f} W, SM clock {med[1]:.0f} MHz, "
