@@ -90,3 +90,26 @@ def test_rows_without_keys(device, rng):
     assert bool(jnp.all(jnp.isneginf(lse[:, :, :50])))
     assert bool(jnp.all(jnp.isfinite(lse[:, :, 50:])))
     check_against_reference(q, k, v, dout, dlse, causal=True)
+
+
+# Head dim 128's masked backward walks 80 queries a step where a CTA's walk
+# spans at least 4096 query rows (BwdTile<128>'s kLongWalkRows and
+# bwd_walk_rows in tile_config.h), 64 below; the other shapes here stay below.
+# Causal over 4100 rows (the last key and query blocks partial), bottom-right
+# causal with more queries than keys, and a window wide enough for the long
+# walk, in both backward modes. The walk is the CUDA kernels' own choice.
+LONG_WALK_CASES = {
+    "causal": ((1, 4100, 4100, 2, 1, 128), dict(causal=True)),
+    "causal_sq_gt_sk": ((1, 4200, 3001, 2, 2, 128), dict(causal=True)),
+    "window": ((1, 4100, 4100, 2, 2, 128), dict(window_size=(2500, 1700))),
+}
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["fast", "deterministic"])
+@pytest.mark.parametrize("case", list(LONG_WALK_CASES))
+def test_long_masked_walk(device, rng, case, deterministic):
+    if device.platform == "cpu":
+        pytest.skip("the walk length only chooses among the CUDA kernels")
+    shape, options = LONG_WALK_CASES[case]
+    q, k, v, dout, dlse = _inputs(rng, device, shape, jnp.bfloat16)
+    check_against_reference(q, k, v, dout, dlse, deterministic=deterministic, **options)

@@ -22,6 +22,9 @@ CASES = [  # (batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim), options
     ((1, 230, 230, 4, 2, 256), dict(causal=True)),
     # Head dim 128 causal over three 128-key blocks, the last partial.
     ((1, 300, 300, 4, 2, 128), dict(causal=True)),
+    # Head dim 128 causal over 4 100 rows: the masked kernels' long walk
+    # (80 queries a step; BwdTile<128>'s kLongWalkRows in tile_config.h).
+    ((1, 4100, 4100, 1, 1, 128), dict(causal=True)),
 ]
 
 # Both backward modes: their kernels differ (the deterministic one's CTA order

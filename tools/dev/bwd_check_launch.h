@@ -20,9 +20,9 @@ namespace bwd_check {
 
 using namespace jax_fa3;
 
-// A candidate walk for head dim 128 under measurement, in both modes and under
-// every mask instead of BwdTile<128>'s: BwdWalk<BWD_CHECK_WALK128_M, 2, BWD_CHECK_WALK128_DQT>
-// (nvcc reads commas in -D values as list separators, hence two macros; e.g.
+// A candidate walk for head dim 128 under measurement, in both modes, under
+// every mask and at every walk length instead of BwdTile<128>'s:
+// BwdWalk<BWD_CHECK_WALK128_M, 2, BWD_CHECK_WALK128_DQT> (nvcc reads commas in -D values as list separators, hence two macros; e.g.
 // -DBWD_CHECK_WALK128_M=80 -DBWD_CHECK_WALK128_DQT=1), run by the library's
 // launcher (checks, mode and CTA order as for the library's row).
 template <int kHeadDim>
@@ -31,8 +31,8 @@ struct Tile {
 };
 #ifdef BWD_CHECK_WALK128_M
 struct CandidateTile128 : BwdTile<128> {
-  template <bool> using Fast = BwdWalk<BWD_CHECK_WALK128_M, 2, bool(BWD_CHECK_WALK128_DQT)>;
-  template <bool kMasked> using Deterministic = Fast<kMasked>;
+  template <bool, bool = false> using Fast = BwdWalk<BWD_CHECK_WALK128_M, 2, bool(BWD_CHECK_WALK128_DQT)>;
+  template <bool kMasked, bool kLong = false> using Deterministic = Fast<kMasked, kLong>;
 };
 template <>
 struct Tile<128> {

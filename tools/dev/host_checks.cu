@@ -404,6 +404,7 @@ int main() {
   check_bwd_smem<64, BwdTile<64>::Fast<false>>("d64");
   check_bwd_smem<96, BwdTile<96>::Fast<false>>("d96");
   check_bwd_smem<128, BwdTile<128>::Fast<true>>("d128 masked");
+  check_bwd_smem<128, BwdTile<128>::Fast<true, true>>("d128 masked, long walks (80 queries, dQ transposed)");
   check_bwd_smem<128, BwdTile<128>::Fast<false>>("d128 unmasked (80 queries, dQ transposed)");
   check_bwd_smem<192, BwdTile<192>::Fast<false>>("d192");
   check_bwd_smem<256, BwdTile<256>::Deterministic<true>>("d256 deterministic");

@@ -3,7 +3,10 @@
 // it (benchmarks/results/).
 #pragma once
 
+#include <cstdint>
 #include <type_traits>
+
+#include "jax_fa3/params.h"
 
 namespace jax_fa3 {
 
@@ -111,9 +114,15 @@ constexpr FwdVariant fwd_variant(bool masked, int seqlen_k) {
 // that kBlockM need only be a multiple of 16.
 // Head dim 128 walks 80 queries a step that way without a mask (as
 // FlashAttention-3 does): against 64 queries +1.9-3.5% fast and +0.2-4.3%
-// deterministic at 1k-16k; under a causal mask it lost 3% at 1k-4k (the
-// diagonal wastes more of 80-query blocks), so masked kernels keep 64
-// (benchmarks/results/2026-12-05c_h100_bwd_variants.md).
+// deterministic at 1k-16k (benchmarks/results/2026-12-05c_h100_bwd_variants.md).
+// Under a mask it walks 80 only where a CTA's walk is long
+// (kLongWalkRows, bwd_walk_rows): the diagonal wastes more of 80-query
+// blocks (their first starts up to 79 rows before it), which short walks do
+// not earn back. Causal, in Nsight Compute cycles against 64 queries
+// (fast / deterministic): 0.90 / 0.84 at 512, 0.98 / 0.96 at 1k, 1.00 / 0.99
+// at 2k, 1.02 / 1.02 at 4k, 1.05 / 1.06 at 8k, 1.06 / 1.09 at 16k; a CTA's
+// step costs 30.2 ns a query row against 32.0
+// (benchmarks/results/2026-12-07i_h100_bwd_q80_causal.md).
 // Head dim 64 walks 128 queries a step in both modes: against 64-query steps
 // the fast mode gained 3-12% at every grid point once the 128-query kernel had
 // lost its wgmma serialisation (benchmarks/results/2026-12-03b_h200_blocks.md).
@@ -174,34 +183,54 @@ struct BwdWalkDKVt {
 template <int kHeadDim>
 struct BwdTile;
 // A mode's walks: Masked for the kernels that apply a mask (mask_cuts),
-// Unmasked for the others.
-template <class Masked, class Unmasked = Masked>
+// Unmasked for the others; with kLongWalkRows > 0, LongMasked instead of
+// Masked where a CTA's walk has at least kLongWalkRows query rows.
+template <class Masked, class Unmasked = Masked, class LongMasked = Masked, int kLongWalkRows_ = 0>
 struct BwdWalksByMask {
-  template <bool kMasked> using Walk = std::conditional_t<kMasked, Masked, Unmasked>;
+  static constexpr int kLongWalkRows = kLongWalkRows_;
+  template <bool kMasked, bool kLong>
+  using Walk = std::conditional_t<kMasked, std::conditional_t<kLong, LongMasked, Masked>, Unmasked>;
 };
-// A row: kBlockN keys per CTA, and the walks of each mode (Fast<kMasked>,
-// Deterministic<kMasked>).
+// A row: kBlockN keys per CTA, and the walks of each mode (Fast<kMasked, kLong>,
+// Deterministic<kMasked, kLong>; kLong: the walk is long, see BwdWalksByMask).
 template <int kBlockN_, int kUnmaskedChunkWaves_, class FastWalks, class DeterministicWalks = FastWalks>
 struct BwdRow {
   static constexpr int kBlockN = kBlockN_, kUnmaskedChunkWaves = kUnmaskedChunkWaves_;
+  static constexpr int kLongWalkRows = FastWalks::kLongWalkRows;
+  static_assert(DeterministicWalks::kLongWalkRows == kLongWalkRows, "one long-walk length for both modes");
   // Waves of CTAs per chunk of the deterministic order (0: not chunked).
   template <bool kMasked> static constexpr int kDeterministicChunkWaves = kMasked ? kBwdMaskedChunkWaves
                                                                                  : kUnmaskedChunkWaves;
-  template <bool kMasked> using Fast = typename FastWalks::template Walk<kMasked>;
-  template <bool kMasked> using Deterministic = typename DeterministicWalks::template Walk<kMasked>;
+  template <bool kMasked, bool kLong = false> using Fast = typename FastWalks::template Walk<kMasked, kLong>;
+  template <bool kMasked, bool kLong = false>
+  using Deterministic = typename DeterministicWalks::template Walk<kMasked, kLong>;
 };
 template <> struct BwdTile<64>  : BwdRow<128, 4, BwdWalksByMask<BwdWalk<128, 2>>> {};
 template <> struct BwdTile<96>  : BwdRow<128, 0, BwdWalksByMask<BwdWalk<64, 2>>> {};
-template <> struct BwdTile<128> : BwdRow<128, 0, BwdWalksByMask<BwdWalk<64, 2>, BwdWalk<80, 2, true>>> {};
+template <> struct BwdTile<128>
+    : BwdRow<128, 0, BwdWalksByMask<BwdWalk<64, 2>, BwdWalk<80, 2, true>, BwdWalk<80, 2, true>, 4096>> {};
 template <> struct BwdTile<192> : BwdRow<64,  0, BwdWalksByMask<BwdWalk<64, 2>>> {};
 template <> struct BwdTile<256> : BwdRow<64,  1, BwdWalksByMask<BwdWalkDKVt>, BwdWalksByMask<BwdWalk<64, 1>>> {};
 
+// The query rows the longest CTA walk of a masked kernel spans: a key block
+// of kBlockN sees the rows of a window of window_left + window_right + 1 keys
+// around each of its keys, at most seqlen_q (causal: window_left unbounded).
+template <int kBlockN>
+constexpr int64_t bwd_walk_rows(const AttnShape& s, const AttnMask& m) {
+  const int64_t window_rows = int64_t(m.window_left) + m.window_right + kBlockN;
+  return window_rows < s.seqlen_q ? window_rows : s.seqlen_q;
+}
+
 template <int kHeadDim, class Tile = BwdTile<kHeadDim>>
-constexpr int bwd_block_m(bool deterministic, bool masked) {
+constexpr int bwd_block_m(bool deterministic, bool masked, bool long_walk) {
   if (deterministic) {
-    return masked ? Tile::template Deterministic<true>::kBlockM : Tile::template Deterministic<false>::kBlockM;
+    return !masked ? Tile::template Deterministic<false>::kBlockM
+           : long_walk ? Tile::template Deterministic<true, true>::kBlockM
+                       : Tile::template Deterministic<true>::kBlockM;
   }
-  return masked ? Tile::template Fast<true>::kBlockM : Tile::template Fast<false>::kBlockM;
+  return !masked ? Tile::template Fast<false>::kBlockM
+         : long_walk ? Tile::template Fast<true, true>::kBlockM
+                     : Tile::template Fast<true>::kBlockM;
 }
 
 }  // namespace jax_fa3

@@ -120,6 +120,21 @@ cudaError_t run_bwd_pipeline(const BwdParams& params, cudaStream_t stream) {
   return cudaSuccess;
 }
 
+// The walk of the mode (BwdTile's Fast or Deterministic) and its CTA order.
+template <class Element, int kHeadDim, bool kMasked, bool kLong, class Tile>
+cudaError_t run_bwd_walk(const BwdParams& params, cudaStream_t stream) {
+  using FastWalk = typename Tile::template Fast<kMasked, kLong>;
+  using DeterministicWalk = typename Tile::template Deterministic<kMasked, kLong>;
+  static_assert(!DeterministicWalk::kDKVTransposed, "the deterministic order is kept by BwdTraits' dQ writer warp");
+  if (params.deterministic) {
+    constexpr int kChunkWaves = Tile::template kDeterministicChunkWaves<kMasked>;
+    if constexpr (kChunkWaves > 0 || !std::is_same_v<DeterministicWalk, FastWalk>) {
+      return run_bwd_pipeline<Element, kHeadDim, DeterministicWalk, kMasked, kChunkWaves>(params, stream);
+    }
+  }
+  return run_bwd_pipeline<Element, kHeadDim, FastWalk, kMasked, 0>(params, stream);
+}
+
 }  // namespace bwd
 
 template <class Element, int kHeadDim, bool kMasked, class Tile>
@@ -142,22 +157,19 @@ cudaError_t run_bwd_sm90(const BwdParams& params, cudaStream_t stream) {
     return cudaSuccess;
   }
 
-  // The deterministic mode's kernel: its own where its CTAs run in the
-  // chunked order (under a mask, and without one where BwdTile's row says) or its
-  // walk differs from the fast one (BwdTile). The one runtime choice of the
-  // backward made here rather than in dispatch.cu.
+  // The runtime choices of the backward made here rather than in dispatch.cu:
+  // the mode's kernel (the deterministic one is its own where its CTAs run in
+  // the chunked order, under a mask and without one where BwdTile's row says,
+  // or its walk differs from the fast one) and, under a mask, the long walk
+  // where the CTAs' walks reach BwdTile's kLongWalkRows.
   static_assert(Tile::kBlockN == BwdTile<kHeadDim>::kBlockN,
                 "BwdTraits takes the key block from tile_config.h's row; a Tile may change the walks");
-  using FastWalk = typename Tile::template Fast<kMasked>;
-  using DeterministicWalk = typename Tile::template Deterministic<kMasked>;
-  static_assert(!DeterministicWalk::kDKVTransposed, "the deterministic order is kept by BwdTraits' dQ writer warp");
-  if (params.deterministic) {
-    constexpr int kChunkWaves = Tile::template kDeterministicChunkWaves<kMasked>;
-    if constexpr (kChunkWaves > 0 || !std::is_same_v<DeterministicWalk, FastWalk>) {
-      return bwd::run_bwd_pipeline<Element, kHeadDim, DeterministicWalk, kMasked, kChunkWaves>(params, stream);
+  if constexpr (kMasked && Tile::kLongWalkRows > 0) {
+    if (bwd_walk_rows<Tile::kBlockN>(s, prob.mask) >= Tile::kLongWalkRows) {
+      return bwd::run_bwd_walk<Element, kHeadDim, kMasked, true, Tile>(params, stream);
     }
   }
-  return bwd::run_bwd_pipeline<Element, kHeadDim, FastWalk, kMasked, 0>(params, stream);
+  return bwd::run_bwd_walk<Element, kHeadDim, kMasked, false, Tile>(params, stream);
 }
 
 }  // namespace jax_fa3

@@ -118,17 +118,19 @@ struct SideKernelRows {
   static constexpr int kRowsPerBlock = kRowsPerPass * kPasses;
 };
 
-// The workspace a head dim's backward needs: its masked and unmasked kernels
-// may walk different query blocks (BwdTile), and the callers size it from the
-// shapes alone, before the mask's effect on them (mask_cuts) is decided, so it
-// fits either (they differ by at most a query block's rows).
+// The workspace a head dim's backward needs: its kernels may walk different
+// query blocks by mask and walk length (BwdTile), and the callers size it from
+// the shapes alone, before the mask's effect on them (mask_cuts) is decided,
+// so it fits any (they differ by at most a query block's rows).
 template <int kHeadDim, class Tile = BwdTile<kHeadDim>>
 size_t bwd_workspace_bytes_for(const AttnShape& shape, bool deterministic) {
   size_t bytes = 0;
   for (bool masked : {false, true}) {
-    const int block_m = bwd_block_m<kHeadDim, Tile>(deterministic, masked);
-    const size_t walk_bytes = BwdWorkspace::make(shape, deterministic, block_m, kHeadDim).total_bytes;
-    bytes = walk_bytes > bytes ? walk_bytes : bytes;
+    for (bool long_walk : {false, true}) {
+      const int block_m = bwd_block_m<kHeadDim, Tile>(deterministic, masked, long_walk);
+      const size_t walk_bytes = BwdWorkspace::make(shape, deterministic, block_m, kHeadDim).total_bytes;
+      bytes = walk_bytes > bytes ? walk_bytes : bytes;
+    }
   }
   return bytes;
 }
