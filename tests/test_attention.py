@@ -96,11 +96,12 @@ def test_rows_without_keys(device, rng):
 # spans at least 4096 query rows (BwdTile<128>'s kLongWalkRows and
 # bwd_walk_rows in tile_config.h), 64 below; the other shapes here stay below.
 # Causal over 4100 rows (the last key and query blocks partial), bottom-right
-# causal with more queries than keys, and a window wide enough for the long
-# walk, in both backward modes. The walk is the CUDA kernels' own choice.
+# causal with more queries than keys (the first 200 rows see no key), and a
+# window wide enough for the long walk, in both backward modes. The walk is
+# the CUDA kernels' own choice.
 LONG_WALK_CASES = {
     "causal": ((1, 4100, 4100, 2, 1, 128), dict(causal=True)),
-    "causal_sq_gt_sk": ((1, 4200, 3001, 2, 2, 128), dict(causal=True)),
+    "causal_sq_gt_sk": ((1, 4300, 4100, 2, 2, 128), dict(causal=True)),
     "window": ((1, 4100, 4100, 2, 2, 128), dict(window_size=(2500, 1700))),
 }
 

@@ -141,6 +141,23 @@ void check_mask(int sq, int sk, int left, int right) {
       CHECK(vis == by_col, "column range: sq %d sk %d window (%d,%d) at (%d,%d)", sq, sk, left, right, i, j);
     }
   }
+  // bwd_walk_rows bounds the rows a key block of 8 is seen by (first to last),
+  // exactly where window_left is unbounded (causal: the first block's walk).
+  constexpr int kBlockN = 8;
+  int64_t span = 0;
+  for (int n0 = 0; n0 < sk; n0 += kBlockN) {
+    int first = sq, last = -1;
+    for (int j = n0; j < n0 + kBlockN && j < sk; ++j) {
+      for (int i = 0; i < sq; ++i) {
+        if (mask.visible(i, j)) first = i < first ? i : first, last = i > last ? i : last;
+      }
+    }
+    if (last >= first) span = last - first + 1 > span ? last - first + 1 : span;
+  }
+  const int64_t rows = bwd_walk_rows<kBlockN>(shape, AttnMask{left, right});
+  CHECK(rows >= span && (left < sq + sk || rows == span),
+        "bwd_walk_rows: sq %d sk %d window (%d,%d): %lld, walks span %lld", sq, sk, left, right,
+        static_cast<long long>(rows), static_cast<long long>(span));
 }
 
 void check_bwd_order(int n_blocks, int heads_kv, int batch, int sm_count, int waves) {

@@ -212,13 +212,17 @@ template <> struct BwdTile<128>
 template <> struct BwdTile<192> : BwdRow<64,  0, BwdWalksByMask<BwdWalk<64, 2>>> {};
 template <> struct BwdTile<256> : BwdRow<64,  1, BwdWalksByMask<BwdWalkDKVt>, BwdWalksByMask<BwdWalk<64, 1>>> {};
 
-// The query rows the longest CTA walk of a masked kernel spans: a key block
-// of kBlockN sees the rows of a window of window_left + window_right + 1 keys
-// around each of its keys, at most seqlen_q (causal: window_left unbounded).
+// At most the query rows a masked kernel's CTA walks (AttnMask's rule): a key
+// block of kBlockN keys is seen by rows up to window_right before its first
+// key and window_left after its last, and the keys from the first to the last
+// by rows from seqlen_q - seqlen_k - window_right on (bottom-right aligned).
+// Causal (window_left unbounded): min(seqlen_q, seqlen_k).
 template <int kBlockN>
 constexpr int64_t bwd_walk_rows(const AttnShape& s, const AttnMask& m) {
-  const int64_t window_rows = int64_t(m.window_left) + m.window_right + kBlockN;
-  return window_rows < s.seqlen_q ? window_rows : s.seqlen_q;
+  const int64_t block_rows = int64_t(m.window_left) + m.window_right + kBlockN;
+  const int64_t all_keys_rows = int64_t(s.seqlen_k) + m.window_right;
+  const int64_t rows = block_rows < all_keys_rows ? block_rows : all_keys_rows;
+  return rows < s.seqlen_q ? rows : s.seqlen_q;
 }
 
 template <int kHeadDim, class Tile = BwdTile<kHeadDim>>
