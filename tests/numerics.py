@@ -50,7 +50,7 @@ def check_against_reference(q, k, v, dout, dlse, *, grads=True, **options):
     dtype = q.dtype
     names = ("out", "lse", "dq", "dk", "dv")
 
-    def lowp(q, k, v, return_lse, **options):
+    def lowp(q, k, v, return_lse, deterministic=False, **options):
         return reference.attention_in_dtype(q, k, v, dtype, **options)
 
     def ref32(q, k, v, return_lse, **options):
