@@ -74,18 +74,19 @@ def main() -> None:
         call = lambda: bwd(vjp, dout)  # noqa: E731
     jax.block_until_ready(call())
     chunk = args.chunk_calls if args.chunk_calls > 0 else args.calls
-    chunk_ms = []
+    chunk_ends = []
     start = time.perf_counter()
     for i in range(args.calls):
         out = call()
         if (i + 1) % chunk == 0 or i + 1 == args.calls:
             jax.block_until_ready(out)
-            chunk_ms.append(time.perf_counter())
-    per_call_ms = (chunk_ms[-1] - start) * 1e3 / args.calls
+            chunk_ends.append(time.perf_counter())
+    per_call_ms = (chunk_ends[-1] - start) * 1e3 / args.calls
     if args.chunk_calls > 0:
-        edges = [start, *chunk_ms]
-        sizes = [chunk] * (len(chunk_ms) - 1) + [args.calls - chunk * (len(chunk_ms) - 1)]
-        print("chunk means (ms/call):", " ".join(f"{(b - a) * 1e3 / n:.3f}" for a, b, n in zip(edges, edges[1:], sizes)))
+        edges = [start, *chunk_ends]
+        sizes = [chunk] * (len(chunk_ends) - 1) + [args.calls - chunk * (len(chunk_ends) - 1)]
+        means = (f"{(b - a) * 1e3 / n:.3f}" for a, b, n in zip(edges, edges[1:], sizes))
+        print("chunk means (ms/call):", " ".join(means))
     print(args.impl, args.which, shape, args.dtype, "causal" if args.causal else "full", "calls:", args.calls,
           f"mean {per_call_ms:.3f} ms/call")
 

@@ -48,7 +48,8 @@ timing = open(log + ".txt").read().strip().splitlines()
 mean = timing[-1].split("mean ")[-1] if timing and "mean " in timing[-1] else "?"
 chunks = next((line.split(":")[1].split() for line in timing if line.startswith("chunk means")), [])
 if chunks:
-    mean += f" (chunks of {chunk} calls: first {chunks[0]}, min {min(chunks, key=float)}, max {max(chunks, key=float)}, last {chunks[-1]})"
+    mean += (f" (chunks of {chunk} calls: first {chunks[0]}, min {min(chunks, key=float)}, "
+             f"max {max(chunks, key=float)}, last {chunks[-1]})")
 if busy:
     med = [statistics.median(b[i] for b in busy) for i in range(3)]
     print(f"{title}: {mean}; {len(busy)} busy samples: power {med[0]:.0f} W, SM clock {med[1]:.0f} MHz, "
