@@ -122,7 +122,10 @@ constexpr FwdVariant fwd_variant(bool masked, int seqlen_k) {
 // (fast / deterministic): 0.90 / 0.84 at 512, 0.98 / 0.96 at 1k, 1.00 / 0.99
 // at 2k, 1.02 / 1.02 at 4k, 1.05 / 1.06 at 8k, 1.06 / 1.09 at 16k; a CTA's
 // step costs 30.2 ns a query row against 32.0
-// (benchmarks/results/2026-12-07i_h100_bwd_q80_causal.md).
+// (benchmarks/results/2026-12-07i_h100_bwd_q80_causal.md). Through JAX at
+// the 700 W cap, where a step's time follows its energy more than its
+// cycles, +0.3-2.5% against FlashAttention-3 and cuDNN at 16k (notes.md,
+// forty-first session).
 // Head dim 64 walks 128 queries a step in both modes: against 64-query steps
 // the fast mode gained 3-12% at every grid point once the 128-query kernel had
 // lost its wgmma serialisation (benchmarks/results/2026-12-03b_h200_blocks.md).
