@@ -154,7 +154,7 @@ void check_mask(int sq, int sk, int left, int right) {
     }
     if (last >= first) span = last - first + 1 > span ? last - first + 1 : span;
   }
-  const int64_t rows = bwd_walk_rows<kBlockN>(shape, AttnMask{left, right});
+  const int64_t rows = bwd::bwd_walk_rows<kBlockN>(mask);
   CHECK(rows >= span && (left < sq + sk || rows == span),
         "bwd_walk_rows: sq %d sk %d window (%d,%d): %lld, walks span %lld", sq, sk, left, right,
         static_cast<long long>(rows), static_cast<long long>(span));

@@ -3,10 +3,7 @@
 // it (benchmarks/results/).
 #pragma once
 
-#include <cstdint>
 #include <type_traits>
-
-#include "jax_fa3/params.h"
 
 namespace jax_fa3 {
 
@@ -116,7 +113,7 @@ constexpr FwdVariant fwd_variant(bool masked, int seqlen_k) {
 // FlashAttention-3 does): against 64 queries +1.9-3.5% fast and +0.2-4.3%
 // deterministic at 1k-16k (benchmarks/results/2026-12-05c_h100_bwd_variants.md).
 // Under a mask it walks 80 only where a CTA's walk is long
-// (kLongWalkRows, bwd_walk_rows): the diagonal wastes more of 80-query
+// (kLongWalkRows, bwd::bwd_walk_rows): the diagonal wastes more of 80-query
 // blocks (their first starts up to 79 rows before it), which short walks do
 // not earn back. Causal, in Nsight Compute cycles against 64 queries
 // (fast / deterministic): 0.90 / 0.84 at 512, 0.98 / 0.96 at 1k, 1.00 / 0.99
@@ -215,29 +212,11 @@ template <> struct BwdTile<128>
 template <> struct BwdTile<192> : BwdRow<64,  0, BwdWalksByMask<BwdWalk<64, 2>>> {};
 template <> struct BwdTile<256> : BwdRow<64,  1, BwdWalksByMask<BwdWalkDKVt>, BwdWalksByMask<BwdWalk<64, 1>>> {};
 
-// At most the query rows a masked kernel's CTA walks (AttnMask's rule): a key
-// block of kBlockN keys is seen by rows up to window_right before its first
-// key and window_left after its last, and the keys from the first to the last
-// by rows from seqlen_q - seqlen_k - window_right on (bottom-right aligned).
-// Causal (window_left unbounded): min(seqlen_q, seqlen_k).
-template <int kBlockN>
-constexpr int64_t bwd_walk_rows(const AttnShape& s, const AttnMask& m) {
-  const int64_t block_rows = int64_t(m.window_left) + m.window_right + kBlockN;
-  const int64_t all_keys_rows = int64_t(s.seqlen_k) + m.window_right;
-  const int64_t rows = block_rows < all_keys_rows ? block_rows : all_keys_rows;
-  return rows < s.seqlen_q ? rows : s.seqlen_q;
-}
-
-template <int kHeadDim, class Tile = BwdTile<kHeadDim>>
-constexpr int bwd_block_m(bool deterministic, bool masked, bool long_walk) {
-  if (deterministic) {
-    return !masked ? Tile::template Deterministic<false>::kBlockM
-           : long_walk ? Tile::template Deterministic<true, true>::kBlockM
-                       : Tile::template Deterministic<true>::kBlockM;
-  }
-  return !masked ? Tile::template Fast<false>::kBlockM
-         : long_walk ? Tile::template Fast<true, true>::kBlockM
-                     : Tile::template Fast<true>::kBlockM;
+// The query block of one of a row's walks in a mode.
+template <class Tile, bool kMasked, bool kLong>
+constexpr int bwd_block_m(bool deterministic) {
+  return deterministic ? Tile::template Deterministic<kMasked, kLong>::kBlockM
+                       : Tile::template Fast<kMasked, kLong>::kBlockM;
 }
 
 }  // namespace jax_fa3

@@ -165,7 +165,7 @@ cudaError_t run_bwd_sm90(const BwdParams& params, cudaStream_t stream) {
   static_assert(Tile::kBlockN == BwdTile<kHeadDim>::kBlockN,
                 "BwdTraits takes the key block from tile_config.h's row; a Tile may change the walks");
   if constexpr (kMasked && Tile::kLongWalkRows > 0) {
-    if (bwd_walk_rows<Tile::kBlockN>(s, prob.mask) >= Tile::kLongWalkRows) {
+    if (bwd::bwd_walk_rows<Tile::kBlockN>(WindowMask::make(s, prob.mask)) >= Tile::kLongWalkRows) {
       return bwd::run_bwd_walk<Element, kHeadDim, kMasked, true, Tile>(params, stream);
     }
   }

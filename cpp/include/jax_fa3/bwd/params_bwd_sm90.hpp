@@ -60,4 +60,14 @@ struct BwdQueryRange {
   }
 };
 
+// At most the query rows of any CTA's walk (before rounding to query blocks):
+// a key block's unclipped rows (its kBlockN keys and the window around them),
+// and no more than the rows that see any key.
+template <int kBlockN>
+JAX_FA3_HOST_DEVICE int64_t bwd_walk_rows(const WindowMask& mask) {
+  const int64_t block_rows = int64_t(mask.left) + mask.right + kBlockN;
+  const int64_t all_rows = mask.query_end(mask.seqlen_k) - mask.query_begin(0);
+  return block_rows < all_rows ? block_rows : all_rows;
+}
+
 }  // namespace jax_fa3::bwd

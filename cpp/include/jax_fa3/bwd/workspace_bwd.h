@@ -124,13 +124,12 @@ struct SideKernelRows {
 // so it fits any (they differ by at most a query block's rows).
 template <int kHeadDim, class Tile = BwdTile<kHeadDim>>
 size_t bwd_workspace_bytes_for(const AttnShape& shape, bool deterministic) {
+  const int block_ms[] = {bwd_block_m<Tile, false, false>(deterministic), bwd_block_m<Tile, true, false>(deterministic),
+                          bwd_block_m<Tile, true, true>(deterministic)};
   size_t bytes = 0;
-  for (bool masked : {false, true}) {
-    for (bool long_walk : {false, true}) {
-      const int block_m = bwd_block_m<kHeadDim, Tile>(deterministic, masked, long_walk);
-      const size_t walk_bytes = BwdWorkspace::make(shape, deterministic, block_m, kHeadDim).total_bytes;
-      bytes = walk_bytes > bytes ? walk_bytes : bytes;
-    }
+  for (int block_m : block_ms) {
+    const size_t walk_bytes = BwdWorkspace::make(shape, deterministic, block_m, kHeadDim).total_bytes;
+    bytes = walk_bytes > bytes ? walk_bytes : bytes;
   }
   return bytes;
 }
