@@ -15,8 +15,8 @@ seqlen, heads = 2048 / head_dim), layout (batch, seqlen, heads, head_dim).
 
 --impl fa3 calls FlashAttention-3's own kernels (the benchmark's fa3 implementation; needs the wheel and
 --fa3-lib, the library tools/dev/build_fa3_ffi.sh builds). The last line printed gives the calls' mean wall
-time (after one untimed warm-up call), for runs long enough to reach the power cap's steady clock
-(tools/dev/bwd_power.sh).
+time (after one untimed warm-up call) and, with --chunk-calls, the first, fastest, slowest and last chunk's mean,
+for runs long enough to reach the power cap's steady clock (tools/dev/bwd_power.sh).
 """
 
 from __future__ import annotations
@@ -82,13 +82,16 @@ def main() -> None:
             jax.block_until_ready(out)
             chunk_ends.append(time.perf_counter())
     per_call_ms = (chunk_ends[-1] - start) * 1e3 / args.calls
+    summary = ""
     if args.chunk_calls > 0:
         edges = [start, *chunk_ends]
         sizes = [chunk] * (len(chunk_ends) - 1) + [args.calls - chunk * (len(chunk_ends) - 1)]
-        means = (f"{(b - a) * 1e3 / n:.3f}" for a, b, n in zip(edges, edges[1:], sizes))
-        print("chunk means (ms/call):", " ".join(means))
+        means = [(b - a) * 1e3 / n for a, b, n in zip(edges, edges[1:], sizes)]
+        print("chunk means (ms/call):", " ".join(f"{m:.3f}" for m in means))
+        summary = (f" (chunks of {chunk} calls: first {means[0]:.3f}, min {min(means):.3f}, max {max(means):.3f}, "
+                   f"last {means[-1]:.3f})")
     print(args.impl, args.which, shape, args.dtype, "causal" if args.causal else "full", "calls:", args.calls,
-          f"mean {per_call_ms:.3f} ms/call")
+          f"mean {per_call_ms:.3f} ms/call{summary}")
 
 
 if __name__ == "__main__":

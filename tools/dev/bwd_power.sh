@@ -11,9 +11,9 @@
 # Each round runs every point and implementation once. nvidia-smi samples
 # every 50 ms into $OUT/pw-<impl>-<head dim>-<mask>-<round>.csv;
 # the table keeps the samples with the SMs busy (utilization 100%) and prints
-# their median power, SM clock and temperature beside the calls' mean time
-# and the first, fastest, slowest and last mean of each CHUNK (default 100)
-# calls (the drift as the draw settles).
+# their median power, SM clock and temperature beside attention_calls.py's
+# summary: the calls' mean time and the first, fastest, slowest and last mean
+# of chunks of CHUNK (default 100) calls (the drift as the draw settles).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/jax_fa3_out}
@@ -36,9 +36,9 @@ for round in $(seq "${ROUNDS:-2}"); do
       env -C /tmp timeout 120 python3 "$PWD/tools/dev/attention_calls.py" "${args[@]}" > "$log.txt" 2>&1
       kill "$sampler"
       wait "$sampler" 2>/dev/null
-      python3 - "$log" "$impl d$d $mask round $round" "${CHUNK:-100}" <<'EOF'
+      python3 - "$log" "$impl d$d $mask round $round" <<'EOF'
 import statistics, sys
-log, title, chunk = sys.argv[1], sys.argv[2], sys.argv[3]
+log, title = sys.argv[1], sys.argv[2]
 busy = []
 for line in open(log + ".csv"):
     f = [x.strip() for x in line.split(",")]
@@ -46,10 +46,6 @@ for line in open(log + ".csv"):
         busy.append((float(f[1]), float(f[2]), float(f[3])))
 timing = open(log + ".txt").read().strip().splitlines()
 mean = timing[-1].split("mean ")[-1] if timing and "mean " in timing[-1] else "?"
-chunks = next((line.split(":")[1].split() for line in timing if line.startswith("chunk means")), [])
-if chunks:
-    mean += (f" (chunks of {chunk} calls: first {chunks[0]}, min {min(chunks, key=float)}, "
-             f"max {max(chunks, key=float)}, last {chunks[-1]})")
 if busy:
     med = [statistics.median(b[i] for b in busy) for i in range(3)]
     print(f"{title}: {mean}; {len(busy)} busy samples: power {med[0]:.0f} W, SM clock {med[1]:.0f} MHz, "
