@@ -139,9 +139,11 @@ def _workspace_bytes_per_batch(q, k, deterministic: bool) -> int:
 
 
 def bwd(q, k, v, out, dout, lse, dlse, *, softmax_scale, softcap, window_left, window_right, deterministic,
-        result_specs=(None, None)):
+        with_dlse=True, result_specs=(None, None)):
     """Backward custom call: returns ``dq, dk, dv`` (like q, k, v).
 
+    ``with_dlse=False``: lse's cotangent is zero and ``dlse`` (any array of
+    lse's shape, e.g. lse itself) is not read, so no zeros need to exist.
     ``result_specs``: dq's and dk's / dv's PartitionSpecs where shardings are types.
     """
     lead = q.shape[:-3]
@@ -156,5 +158,6 @@ def bwd(q, k, v, out, dout, lse, dlse, *, softmax_scale, softcap, window_left, w
         q, k, v, out, dout, lse, dlse,
         **_attrs(softmax_scale, softcap, window_left, window_right),
         deterministic=bool(deterministic),
+        with_dlse=bool(with_dlse),
     )
     return dq, dk, dv

@@ -329,17 +329,18 @@ _fwd_partitioned.def_partition(partition=_fwd_partition, infer_sharding_from_ope
 # ----------------------------------------------------------------------------
 
 
-def _bwd_local(q, k, v, out, dout, lse, dlse, softmax_scale, softcap, window_left, window_right, deterministic):
+def _bwd_local(q, k, v, out, dout, lse, dlse, softmax_scale, softcap, window_left, window_right, deterministic,
+               with_dlse):
     typed = _typed_layout(q, k)
     return _ffi.bwd(q, k, v, out, dout, lse, dlse, softmax_scale=softmax_scale, softcap=softcap,
                     window_left=window_left, window_right=window_right, deterministic=deterministic,
-                    result_specs=(typed.q, typed.kv) if typed else (None, None))
+                    with_dlse=with_dlse, result_specs=(typed.q, typed.kv) if typed else (None, None))
 
 
-_bwd_partitioned = custom_partitioning(_bwd_local, static_argnums=(7, 8, 9, 10, 11))
+_bwd_partitioned = custom_partitioning(_bwd_local, static_argnums=(7, 8, 9, 10, 11, 12))
 
 
-def _bwd_partition(softmax_scale, softcap, window_left, window_right, deterministic, mesh, arg_shapes,
+def _bwd_partition(softmax_scale, softcap, window_left, window_right, deterministic, with_dlse, mesh, arg_shapes,
                    result_shape):
     del result_shape
     layout = _layout_of(mesh, arg_shapes)
@@ -347,7 +348,8 @@ def _bwd_partition(softmax_scale, softcap, window_left, window_right, determinis
     blocks = _RowBlocks(mesh, layout.row_axes, arg_shapes[0].shape[-3], arg_shapes[1].shape[-3], window_left,
                         window_right)
     grads = blocks.backward(
-        lambda left, right: lambda *args: _bwd_local(*args, softmax_scale, softcap, left, right, deterministic))
+        lambda left, right: lambda *args: _bwd_local(*args, softmax_scale, softcap, left, right, deterministic,
+                                                      with_dlse))
 
     def local(q, k, v, out, dout, lse, dlse):
         dq, dk, dv = grads(q, k, v, out, dout, lse, dlse)
@@ -360,15 +362,17 @@ def _bwd_partition(softmax_scale, softcap, window_left, window_right, determinis
     return mesh, _per_device(local), (q, kv, kv), (q, kv, kv, q, q, lse, lse)
 
 
-def _bwd_infer(softmax_scale, softcap, window_left, window_right, deterministic, mesh, arg_shapes, result_shape):
-    del softmax_scale, softcap, window_left, window_right, deterministic, result_shape
+def _bwd_infer(softmax_scale, softcap, window_left, window_right, deterministic, with_dlse, mesh, arg_shapes,
+               result_shape):
+    del softmax_scale, softcap, window_left, window_right, deterministic, with_dlse, result_shape
     layout = _layout_of(mesh, arg_shapes)
     q, kv = NamedSharding(mesh, layout.q), NamedSharding(mesh, layout.kv)
     return q, kv, kv
 
 
-def _bwd_rule(softmax_scale, softcap, window_left, window_right, deterministic, mesh, value_types, result_types):
-    del softmax_scale, softcap, window_left, window_right, deterministic, mesh, result_types
+def _bwd_rule(softmax_scale, softcap, window_left, window_right, deterministic, with_dlse, mesh, value_types,
+              result_types):
+    del softmax_scale, softcap, window_left, window_right, deterministic, with_dlse, mesh, result_types
     return _shardy_rule(value_types, backward=True)
 
 
@@ -399,9 +403,9 @@ def _fwd_call(softmax_scale, softcap, window_left, window_right):
 
 
 @functools.lru_cache(maxsize=None)
-def _bwd_call(softmax_scale, softcap, window_left, window_right, deterministic):
+def _bwd_call(softmax_scale, softcap, window_left, window_right, deterministic, with_dlse):
     return _batched(lambda *args: _bwd_partitioned(*args, softmax_scale, softcap, window_left, window_right,
-                                                   deterministic), 3)
+                                                   deterministic, with_dlse), 3)
 
 
 def _partitionable() -> bool:
@@ -425,9 +429,14 @@ def fwd(q, k, v, *, softmax_scale, softcap, window_left, window_right):
 
 
 def bwd(q, k, v, out, dout, lse, dlse, *, softmax_scale, softcap, window_left, window_right, deterministic):
-    """Backward: ``dq, dk, dv`` (like q, k, v); see :func:`_ffi.bwd`."""
-    args = (q, k, v, out, dout, lse, dlse)
+    """Backward: ``dq, dk, dv`` (like q, k, v); see :func:`_ffi.bwd`.
+
+    ``dlse=None``: lse's cotangent is zero. lse then stands in for it as the
+    call's operand (same shape and sharding), unread, so no zeros are made.
+    """
+    with_dlse = dlse is not None
+    args = (q, k, v, out, dout, lse, dlse if with_dlse else lse)
     if not _partitionable():
         return _ffi.bwd(*args, softmax_scale=softmax_scale, softcap=softcap, window_left=window_left,
-                        window_right=window_right, deterministic=deterministic)
-    return _bwd_call(softmax_scale, softcap, window_left, window_right, deterministic)(*args)
+                        window_right=window_right, deterministic=deterministic, with_dlse=with_dlse)
+    return _bwd_call(softmax_scale, softcap, window_left, window_right, deterministic, with_dlse)(*args)

@@ -16,6 +16,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
+from jax.custom_derivatives import SymbolicZero
 
 from jax_fa3 import _checks, _sharding
 
@@ -70,21 +71,34 @@ def named_residuals(out, lse):
 
 
 def _attention_fwd(q, k, v, softmax_scale, softcap, window_left, window_right, deterministic):
+    # symbolic_zeros: q, k and v come as CustomVJPPrimal records.
+    q, k, v = (x.value for x in (q, k, v))
     out, lse = named_residuals(*_attention(q, k, v, softmax_scale, softcap, window_left, window_right,
                                            deterministic))
     return (out, lse), (q, k, v, out, lse)
 
 
+def output_cotangents(out, dout, dlse):
+    """The backward kernel's (dout, dlse) from the cotangents of (out, lse) under ``symbolic_zeros``.
+
+    dlse stays None when it is a symbolic zero (the common case: lse unused),
+    so that no zeros are made for it; a zero dout, rarer, is made.
+    """
+    dout = jnp.zeros_like(out) if isinstance(dout, SymbolicZero) else dout.astype(out.dtype)
+    dlse = None if isinstance(dlse, SymbolicZero) else dlse.astype(jnp.float32)
+    return dout, dlse
+
+
 def _attention_bwd(softmax_scale, softcap, window_left, window_right, deterministic, residuals, cotangents):
     q, k, v, out, lse = residuals
-    dout, dlse = cotangents
+    dout, dlse = output_cotangents(out, *cotangents)
     bwd = functools.partial(_sharding.bwd, softmax_scale=softmax_scale, softcap=softcap, window_left=window_left,
                             window_right=window_right, deterministic=deterministic)
-    grads = _first_order(bwd)(q, k, v, out, dout.astype(out.dtype), lse, dlse.astype(jnp.float32))
+    grads = _first_order(bwd)(q, k, v, out, dout, lse, dlse)
     return tuple(_sharding.typed_like(g, x) for g, x in zip(grads, (q, k, v)))
 
 
-_attention.defvjp(_attention_fwd, _attention_bwd)
+_attention.defvjp(_attention_fwd, _attention_bwd, symbolic_zeros=True)
 
 
 def flash_attention(q, k, v, *, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_fa3 import _checks, _sharding
-from jax_fa3.attention import _first_order, _window, named_residuals
+from jax_fa3.attention import _first_order, _window, named_residuals, output_cotangents
 
 LAYOUTS = ("contiguous", "zigzag", "striped")
 
@@ -250,9 +250,11 @@ class _Ring:
                 # every probability of the row 0
                 q, out, dout = (jnp.where(late, _shift_rows(x, -1, -3, 0), x) for x in (q, out, dout))
                 lse = jnp.where(late, _shift_rows(lse, -1, -1, _NO_ROW_LSE), lse)
-                dlse = jnp.where(late, _shift_rows(dlse, -1, -1, 0.0), dlse)
-            by_rows = [_rows(x, q_rows, -3) for x in (q, out, dout)] + [_rows(x, q_rows, -1) for x in (lse, dlse)]
-            sq, so, sdo, slse, sdlse = by_rows
+                if dlse is not None:
+                    dlse = jnp.where(late, _shift_rows(dlse, -1, -1, 0.0), dlse)
+            sq, so, sdo = (_rows(x, q_rows, -3) for x in (q, out, dout))
+            slse = _rows(lse, q_rows, -1)
+            sdlse = None if dlse is None else _rows(dlse, q_rows, -1)
             dq, dk, dv = _sharding.bwd(sq, _rows(k, kv_rows, -3), _rows(v, kv_rows, -3), so, sdo, slse, sdlse,
                                        softmax_scale=self.softmax_scale, softcap=self.softcap,
                                        window_left=left, window_right=right, deterministic=self.deterministic)
@@ -301,17 +303,19 @@ def _ring_attention(q, k, v, ring: _Ring):
 
 
 def _ring_attention_fwd(q, k, v, ring):
+    # symbolic_zeros: q, k and v come as CustomVJPPrimal records.
+    q, k, v = (x.value for x in (q, k, v))
     out, lse = named_residuals(*_ring_attention(q, k, v, ring))
     return (out, lse), (q, k, v, out, lse)
 
 
 def _ring_attention_bwd(ring, residuals, cotangents):
     q, k, v, out, lse = residuals
-    dout, dlse = cotangents
-    return _first_order(ring.backward)(q, k, v, out, dout.astype(out.dtype), lse, dlse.astype(jnp.float32))
+    dout, dlse = output_cotangents(out, *cotangents)
+    return _first_order(ring.backward)(q, k, v, out, dout, lse, dlse)
 
 
-_ring_attention.defvjp(_ring_attention_fwd, _ring_attention_bwd)
+_ring_attention.defvjp(_ring_attention_fwd, _ring_attention_bwd, symbolic_zeros=True)
 
 
 def _ring_size(axis_name) -> int:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import pytest
 
+import jax_fa3
 from conftest import poison, random_array
-from numerics import check_against_reference
+from jax_fa3 import reference
+from numerics import assert_within_rule, check_against_reference
 
 # (batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim): odd lengths,
 # seqlen_q != seqlen_k both ways, GQA ratios 1/2/8, every head-dim bucket and
@@ -114,3 +117,33 @@ def test_long_masked_walk(device, rng, case, deterministic):
     shape, options = LONG_WALK_CASES[case]
     q, k, v, dout, dlse = _inputs(rng, device, shape, jnp.bfloat16)
     check_against_reference(q, k, v, dout, dlse, deterministic=deterministic, **options)
+
+
+def _grads_of_one_result(fn, q, k, v, cotangent, used, **options):
+    """dq, dk, dv where only result `used` ("out" or "lse") of fn(..., return_lse=True) is differentiated: the
+    other's cotangent is a symbolic zero."""
+    index = ("out", "lse").index(used)
+    _, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, return_lse=True, **options)[index], q, k, v)
+    return vjp(cotangent)
+
+
+@pytest.mark.parametrize("used", ["out", "lse"])
+@pytest.mark.parametrize("shape", [(2, 65, 127, 4, 2, 64), (1, 300, 700, 4, 2, 128), (2, 128, 257, 2, 2, 256)],
+                         ids=lambda s: "b{}_sq{}_sk{}_h{}x{}_d{}".format(*s))
+def test_one_result_differentiated(device, rng, shape, used):
+    """Gradients when the loss uses out only (the usual case: lse's zero cotangent is never made, the kernels
+    skip it) or lse only (out's zero cotangent is made)."""
+    q, k, v, dout, dlse = _inputs(rng, device, shape, jnp.bfloat16)
+    cotangent = dout if used == "out" else dlse
+    options = dict(causal=True)
+    got = _grads_of_one_result(jax_fa3.flash_attention, q, k, v, cotangent, used, **options)
+    if used == "out":
+        lowered = jax.jit(lambda *a: _grads_of_one_result(jax_fa3.flash_attention, *a, used, **options))
+        assert "with_dlse = false" in lowered.lower(q, k, v, cotangent).as_text(), "lse's zero cotangent was made"
+    up = [x.astype(jnp.float32) for x in (q, k, v)]
+    ref = _grads_of_one_result(reference.attention, *up, cotangent.astype(jnp.float32), used, **options)
+    base = _grads_of_one_result(lambda *a, return_lse, **o: reference.attention_in_dtype(*a, q.dtype, **o),
+                                q, k, v, cotangent, used, **options)
+    for name, g, r, b in zip(("dq", "dk", "dv"), got, ref, base):
+        assert jnp.dtype(g.dtype) == jnp.dtype(q.dtype), name
+        assert_within_rule(name, g, r, b, q.dtype)

@@ -217,7 +217,8 @@ void run_bwd(const BwdParams& params) {
         const float* q_row = &q[static_cast<size_t>(i) * d];
         const float* do_row = &dout[static_cast<size_t>(i) * d];
         // Row term: D = rowsum(dO * O) - dlse (the lse cotangent enters here).
-        const float row_term = dot(do_row, &out[static_cast<size_t>(i) * d], d) - params.dlse[row];
+        const float row_term = dot(do_row, &out[static_cast<size_t>(i) * d], d) -
+                               (params.dlse != nullptr ? params.dlse[row] : 0.f);
         row_scores(p, q_row, k, lo, hi, scores.data(), tanh_raw.data());
         float* dq_row = &dq[static_cast<size_t>(i) * d];
         for (int j = lo; j < hi; ++j) {

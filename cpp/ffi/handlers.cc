@@ -123,7 +123,7 @@ BwdCall decode_bwd(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::An
                    ffi::Result<ffi::AnyBuffer> dq, ffi::Result<ffi::AnyBuffer> dk,
                    ffi::Result<ffi::AnyBuffer> dv, ffi::Result<ffi::AnyBuffer> workspace,
                    float softmax_scale, float softcap, int32_t window_left, int32_t window_right,
-                   bool deterministic) {
+                   bool deterministic, bool with_dlse) {
   BwdCall call{};
   BwdParams& p = call.params;
   call.error = decode_problem(q, k, v, softmax_scale, softcap, window_left, window_right, &p.problem);
@@ -142,7 +142,8 @@ BwdCall decode_bwd(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::An
   p.out = out.untyped_data();
   p.dout = dout.untyped_data();
   p.lse = lse.typed_data();
-  p.dlse = dlse.typed_data();
+  // Without it lse's cotangent is zero: the caller passes a stand-in of dlse's shape, never read.
+  p.dlse = with_dlse ? dlse.typed_data() : nullptr;
   p.dq = dq->untyped_data();
   p.dk = dk->untyped_data();
   p.dv = dv->untyped_data();
@@ -165,9 +166,9 @@ ffi::Error bwd_cpu(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::An
                    ffi::Result<ffi::AnyBuffer> dq, ffi::Result<ffi::AnyBuffer> dk,
                    ffi::Result<ffi::AnyBuffer> dv, ffi::Result<ffi::AnyBuffer> workspace,
                    float softmax_scale, float softcap, int32_t window_left, int32_t window_right,
-                   bool deterministic) {
+                   bool deterministic, bool with_dlse) {
   BwdCall call = decode_bwd(q, k, v, out, dout, lse, dlse, dq, dk, dv, workspace, softmax_scale,
-                            softcap, window_left, window_right, deterministic);
+                            softcap, window_left, window_right, deterministic, with_dlse);
   if (call.error.success()) cpu::run_bwd(call.params);
   return std::move(call.error);
 }
@@ -213,9 +214,9 @@ ffi::Error bwd_cuda(Stream stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyB
                     ffi::Buffer<ffi::F32> dlse, ffi::Result<ffi::AnyBuffer> dq,
                     ffi::Result<ffi::AnyBuffer> dk, ffi::Result<ffi::AnyBuffer> dv,
                     ffi::Result<ffi::AnyBuffer> workspace, float softmax_scale, float softcap,
-                    int32_t window_left, int32_t window_right, bool deterministic) {
+                    int32_t window_left, int32_t window_right, bool deterministic, bool with_dlse) {
   BwdCall call = decode_bwd(q, k, v, out, dout, lse, dlse, dq, dk, dv, workspace, softmax_scale,
-                            softcap, window_left, window_right, deterministic);
+                            softcap, window_left, window_right, deterministic, with_dlse);
   if (call.error.failure()) return std::move(call.error);
   if (ffi::Error err = check_can_run(call.params.problem); err.failure()) return err;
   const size_t needed = bwd_workspace_bytes(call.params.problem.shape, deterministic);
@@ -242,7 +243,7 @@ ffi::Error fwd_cuda(Stream, ffi::AnyBuffer, ffi::AnyBuffer, ffi::AnyBuffer, ffi:
 ffi::Error bwd_cuda(Stream, ffi::AnyBuffer, ffi::AnyBuffer, ffi::AnyBuffer, ffi::AnyBuffer, ffi::AnyBuffer,
                     ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>, ffi::Result<ffi::AnyBuffer>,
                     ffi::Result<ffi::AnyBuffer>, ffi::Result<ffi::AnyBuffer>, ffi::Result<ffi::AnyBuffer>,
-                    float, float, int32_t, int32_t, bool) {
+                    float, float, int32_t, int32_t, bool, bool) {
   return no_cuda();
 }
 #endif
@@ -279,7 +280,8 @@ auto bind_bwd(Binding binding) {
       .template Attr<float>("softcap")
       .template Attr<int32_t>("window_left")
       .template Attr<int32_t>("window_right")
-      .template Attr<bool>("deterministic");
+      .template Attr<bool>("deterministic")
+      .template Attr<bool>("with_dlse");        // false: lse's cotangent is zero, dlse is not read
 }
 
 #if JAX_FA3_WITH_CUDA
