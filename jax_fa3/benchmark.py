@@ -30,9 +30,10 @@ Each timed sample dispatches back-to-back calls (rotating among a few sets of
 random inputs; as many as fill about ``--min-sample-ms``, judged from one timed
 call), then waits for the device; the per-call time of a sample is its elapsed
 time over its call count. At each grid point and mode the implementations are
-sampled in turns (A B C, B C A, ...), so that they see the same device state
-(sustained-load clocks, temperature, power) rather than one running after the
-other. The default 20 ms keeps the dispatch of the first
+sampled in turns, so that they see the same device state (sustained-load
+clocks, temperature, power) rather than one running after the other, in an
+order where each follows every other one equally often (a sample inherits the
+clock its predecessor's power draw left). The default 20 ms keeps the dispatch of the first
 call and the wait after the last one to a few percent of a sample: with 1 ms
 samples (one call each at long sequences) they added ~8% to the time at 16k on an
 H200, up to 30% at 4k (benchmarks/notes.md). Reported: the median and the minimum over ``--iters``
@@ -417,16 +418,46 @@ class Timer:
         return Timing(float(np.median(self.samples)), float(np.min(self.samples)), self.calls, self.first_call_s)
 
 
+def balanced_order(n: int, iters: int) -> list[int]:
+    """Indices of n timers, each iters times, where every timer follows each other one equally often.
+
+    A sample's time depends on its predecessor: under the power cap the clock
+    the previous implementation's draw left carries over (a backward after
+    FlashAttention-3's ran 2-4% slower than after cuDNN's on an H100,
+    benchmarks/notes.md, forty-second session). Rotating one cyclic order
+    (A B C, B C A, ...) gives each timer mostly the same predecessor; this
+    walks an Eulerian circuit of the complete directed graph on the timers
+    (every ordered pair once per n·(n - 1) samples) until each has iters.
+    """
+    if n <= 1:
+        return [0] * (iters if n == 1 else 0)
+    unused = {v: [w for w in range(n) if w != v] for v in range(n)}
+    stack, circuit = [0], []
+    while stack:  # Hierholzer's algorithm
+        if unused[stack[-1]]:
+            stack.append(unused[stack[-1]].pop())
+        else:
+            circuit.append(stack.pop())
+    circuit = circuit[::-1][:-1]  # closed: drop the repeated start
+    order, counts = [], [0] * n
+    while len(order) < n * iters:
+        for v in circuit:
+            if counts[v] < iters:
+                order.append(v)
+                counts[v] += 1
+    return order
+
+
 def time_interleaved(timers: Sequence[Timer], iters: int) -> None:
-    """iters samples of every timer, taken in turns (round i starts at timer i mod len).
+    """iters samples of every timer, in turns (:func:`balanced_order`).
 
     The implementations compared at a grid point then share the device's state
     (clocks under sustained load, temperature, power) sample for sample,
-    instead of one being timed after the other.
+    instead of one being timed after the other, and each follows every other
+    one equally often.
     """
-    for i in range(iters):
-        for j in range(len(timers)):
-            timers[(i + j) % len(timers)].sample()
+    for i in balanced_order(len(timers), iters):
+        timers[i].sample()
 
 
 def short_error(exc: BaseException, limit: int = 200) -> str:
@@ -934,7 +965,7 @@ def markdown_report(points, records, args, meta) -> str:
         f"(heads = {args.hidden} // head_dim)",
         f"- Timing: {args.warmup} warm-up call(s), median (min) of {args.iters} samples of >= {args.min_sample_ms} ms "
         f"of back-to-back calls over {args.input_sets} random input sets; at each point and mode the "
-        "implementations' samples are taken in turns",
+        "implementations' samples are taken in turns, each following every other one equally often",
         "- FLOPs: fwd 4·b·s²·h·d (halved when causal); fwd+bwd TF/s = 3.5× fwd FLOPs / fwd+bwd time; "
         f"bwd TF/s = {_bwd_method(args.modes)}",
     ]

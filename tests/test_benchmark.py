@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import importlib.util
 import json
@@ -198,7 +199,7 @@ def test_check_flags_wrong_results():
 
 
 def test_samples_interleaved():
-    """Every implementation gets iters samples, taken in turns with a rotating start."""
+    """Every implementation gets iters samples, taken in turns."""
     order = []
 
     class FakeTimer:
@@ -208,8 +209,21 @@ def test_samples_interleaved():
         def sample(self):
             order.append(self.name)
 
-    benchmark.time_interleaved([FakeTimer("a"), FakeTimer("b"), FakeTimer("c")], 3)
-    assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    benchmark.time_interleaved([FakeTimer("a"), FakeTimer("b"), FakeTimer("c")], 6)
+    assert sorted(order) == ["a"] * 6 + ["b"] * 6 + ["c"] * 6
+    assert all(x != y for x, y in zip(order, order[1:]))
+
+
+@pytest.mark.parametrize("n, iters", [(1, 4), (2, 5), (3, 6), (3, 7), (4, 6), (5, 12)])
+def test_balanced_order(n, iters):
+    """Each timer iters times; where iters is a multiple of n - 1, every timer follows each other one equally
+    often (counting the wrap from the last sample to the first)."""
+    order = benchmark.balanced_order(n, iters)
+    assert sorted(order) == sorted(list(range(n)) * iters)
+    if n > 1 and iters % (n - 1) == 0:
+        pairs = collections.Counter(zip(order, order[1:] + order[:1]))
+        assert set(pairs) == {(a, b) for a in range(n) for b in range(n) if a != b}
+        assert len(set(pairs.values())) == 1, pairs
 
 
 def test_timer_samples_rotate_inputs():
