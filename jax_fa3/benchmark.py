@@ -422,9 +422,9 @@ def balanced_order(n: int, iters: int) -> list[int]:
     """Indices of n timers, each iters times, where every timer follows each other one equally often.
 
     A sample's time depends on its predecessor: under the power cap the clock
-    the previous implementation's draw left carries over (a backward after
-    FlashAttention-3's ran 2-4% slower than after cuDNN's on an H100,
-    benchmarks/notes.md, forty-second session). Rotating one cyclic order
+    the previous implementation's draw left carries over (on an H100 every
+    backward ran 2-4% slower right after FlashAttention-3's than after
+    another's, benchmarks/notes.md, forty-second session). Rotating one cyclic order
     (A B C, B C A, ...) gives each timer mostly the same predecessor; this
     walks an Eulerian circuit of the complete directed graph on the timers
     (every ordered pair once per n·(n - 1) samples) until each has iters.
