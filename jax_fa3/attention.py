@@ -16,7 +16,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
-from jax.custom_derivatives import SymbolicZero
+from jax.custom_derivatives import SymbolicZero, custom_vjp_primal_tree_values
 
 from jax_fa3 import _checks, _sharding
 
@@ -71,8 +71,7 @@ def named_residuals(out, lse):
 
 
 def _attention_fwd(q, k, v, softmax_scale, softcap, window_left, window_right, deterministic):
-    # symbolic_zeros: q, k and v come as CustomVJPPrimal records.
-    q, k, v = (x.value for x in (q, k, v))
+    q, k, v = custom_vjp_primal_tree_values((q, k, v))  # symbolic_zeros: they come as CustomVJPPrimal records
     out, lse = named_residuals(*_attention(q, k, v, softmax_scale, softcap, window_left, window_right,
                                            deterministic))
     return (out, lse), (q, k, v, out, lse)

@@ -41,6 +41,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import custom_vjp_primal_tree_values
 
 from jax_fa3 import _checks, _sharding
 from jax_fa3.attention import _first_order, _window, named_residuals, output_cotangents
@@ -303,8 +304,7 @@ def _ring_attention(q, k, v, ring: _Ring):
 
 
 def _ring_attention_fwd(q, k, v, ring):
-    # symbolic_zeros: q, k and v come as CustomVJPPrimal records.
-    q, k, v = (x.value for x in (q, k, v))
+    q, k, v = custom_vjp_primal_tree_values((q, k, v))  # symbolic_zeros: they come as CustomVJPPrimal records
     out, lse = named_residuals(*_ring_attention(q, k, v, ring))
     return (out, lse), (q, k, v, out, lse)
 

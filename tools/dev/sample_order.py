@@ -1,41 +1,31 @@
-"""Does a benchmark sample's time depend on the implementation that ran before it? Backward samples at one
+"""Does a benchmark sample's time depend on the implementation that ran before it? Backward samples at each
 grid point, taken in two orders: the rotation the benchmark used until the forty-second session (A B C,
 B C A, ...: each implementation mostly after the same other one) and benchmark.balanced_order (each after
 every other one equally often).
 
-    python tools/dev/sample_order.py --fa3-lib LIB [--head-dim 128] [--causal] [--iters 12]
+    python tools/dev/sample_order.py --fa3-lib LIB --head-dims 128 --seqlens 16384 --dtypes bf16 --causal yes \
+        --impls jax_fa3,cudnn,fa3 --iters 12 --warmup 2
 
-Prints per implementation the median (ms a call) of each order's samples and of all samples by predecessor.
+Takes the benchmark's own arguments (grid, timing, inputs). Prints per implementation the median (ms a call)
+of each order's samples and of all samples by predecessor.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import statistics
+import sys
 
 import jax
 
 from jax_fa3 import benchmark as bm
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--fa3-lib", required=True)
-    ap.add_argument("--head-dim", type=int, default=128)
-    ap.add_argument("--seqlen", type=int, default=16384)
-    ap.add_argument("--dtype", default="bf16")
-    ap.add_argument("--causal", action="store_true")
-    ap.add_argument("--iters", type=int, default=12)
-    ap.add_argument("--impls", default="jax_fa3,cudnn,fa3")
-    args = ap.parse_args()
-    bm.load_fa3(args.fa3_lib)
-    point = bm.Point(args.seqlen, args.head_dim, args.causal, args.dtype, max(1, 16384 // args.seqlen),
-                     2048 // args.head_dim)
-    inputs = bm.make_inputs(point, jax.random.PRNGKey(0), 2)
-    impls = args.impls.split(",")
+def sample_orders(point: bm.Point, args) -> None:
+    inputs = bm.make_inputs(point, jax.random.PRNGKey(args.seed), args.input_sets)
+    impls = args.impls
     timers = [bm.Timer(bm.make_step(impl, point.causal, "bwd"), bm.make_bwd_inputs(impl, point.causal, inputs),
-                       warmup=2, min_sample_ms=20.0) for impl in impls]
+                       warmup=args.warmup, min_sample_ms=args.min_sample_ms) for impl in impls]
     n = len(impls)
     orders = {"rotation": [(i + j) % n for i in range(args.iters) for j in range(n)],
               "balanced": bm.balanced_order(n, args.iters)}
@@ -59,6 +49,14 @@ def main() -> None:
         print(f"  {name}: " + ", ".join(
             f"{impls[0]}/{impls[i]} {statistics.median(by_order[name, 0]) / statistics.median(by_order[name, i]):.3f}"
             for i in range(1, n)))
+
+
+def main() -> None:
+    args = bm.parse_args(sys.argv[1:])
+    if args.fa3_lib:
+        bm.load_fa3(args.fa3_lib)
+    for point in bm.build_grid(args):
+        sample_orders(point, args)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ struct BwdParams {
   const void* out;
   const void* dout;
   const float* lse;
-  const float* dlse;  // cotangent of lse; folded into the row term
+  const float* dlse;  // cotangent of lse, folded into the row term; nullptr: zero
   void* dq;
   void* dk;
   void* dv;
