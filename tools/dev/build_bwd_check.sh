@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the backward dev harness (tools/dev/bwd_check.cu) into build-dev/.
 # Usage: tools/dev/build_bwd_check.sh [extra nvcc flags, e.g. -DBWD_CHECK_ONLY_HDIM=128]
+# (BWD_CHECK_OUT: another build folder, so that builds may run side by side.)
 # The kernels compile like the library's, one translation unit per (dtype,
 # head dim, mask) (tools/dev/bwd_check_launch.cu), JOBS at a time (default 2:
 # ~2.5 GB each), under the shared lock so that builds do not pile up.
@@ -11,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CUTLASS_INCLUDE=${CUTLASS_INCLUDE:-$(python3 -c "import cutlass_library, os; print(os.path.join(os.path.dirname(cutlass_library.__file__), 'source', 'include'))")}
-out=build-dev/bwd
+out=${BWD_CHECK_OUT:-build-dev/bwd}
 mkdir -p "$out"
 rm -f "$out"/launch-*.o
 hdims="64 96 128 192 256"

@@ -7,7 +7,11 @@
 #   bash tools/dev/bwd_ab.sh <folder> <build> <build>...   (bwd_check-<build>-<head dim> files,
 #                                                           built with -DBWD_CHECK_ONLY_HDIM=<head dim>)
 #
-# Env: HDIMS (default "128"), SEQLENS (default "1024 4096 16384").
+# Env: HDIMS (default "128"), SEQLENS (default "1024 4096 16384"), and bwd_check's
+# BENCH_CASES and BENCH_SETTLE_MS. To rank builds by their energy a step (the time they
+# take once the 700 W cap has settled the clock on their own draw, as in a training
+# loop), e.g. BENCH_CASES=causal:fast BENCH_SETTLE_MS=3000 SEQLENS=16384: cycle counts
+# and unsettled timings miss it (benchmarks/notes.md, forty-first and forty-second sessions).
 # Each `bwd_check bench` line times the whole backward (fast and deterministic,
 # causal and not) and spot-checks dq against float64 (PASS/FAIL).
 # Logs: $OUT/bwd-ab-raw.txt (every bench line, prefixed by its build); the
@@ -20,7 +24,7 @@ builds=("$@")
 OUT=${OUT:-/tmp/jax_fa3_out}
 mkdir -p "$OUT"
 raw="$OUT/bwd-ab-raw.txt"
-: > "$raw"
+echo "# BENCH_CASES=${BENCH_CASES:-all} BENCH_SETTLE_MS=${BENCH_SETTLE_MS:-0}" > "$raw"
 reversed=()
 for ((i = ${#builds[@]} - 1; i >= 0; --i)); do reversed+=("${builds[i]}"); done
 for d in ${HDIMS:-128}; do

@@ -6,7 +6,13 @@
 //                        (for compute-sanitizer)
 //   bwd_check bench [S,S,..]  seqlens (default 16384) x BENCH_HDIMS (default 128), 16k tokens,
 //                        hidden 2048, bf16, causal and not, fast and deterministic; each
-//                        timing's dq spot-checked against float64 (PASS/FAIL on its line)
+//                        timing's dq spot-checked against float64 (PASS/FAIL on its line).
+//                        BENCH_CASES: the cases to time (default "full:fast,full:det,causal:fast,
+//                        causal:det"). BENCH_SETTLE_MS (default 0): launches back to back for
+//                        this long before a case's samples, so that they run at the clock the
+//                        case's own draw settles at under the power cap (a second or more):
+//                        then a build's time follows its energy a step, which is what it
+//                        runs at in a training loop, not the clock the previous case left.
 //   bwd_check cycles [S,..]  the bench's inputs and configurations, each launched kBwdCyclesLaunches
 //                        times untimed, for Nsight Compute's cycle counts (tools/dev/bwd_cycles.sh):
 //                        cycles do not move with the clock the power cap sets, timings do
@@ -532,6 +538,16 @@ enum class BenchMode { kTimed, kCycles, kCtaTimes };
 
 // kTimed: the bench's medians; otherwise kBwdCyclesLaunches launches per
 // configuration (and with kCtaTimes the last one's CTA times).
+// Whether BENCH_CASES (comma-separated "<full|causal>:<fast|det>"; unset:
+// all) names this case.
+static bool bench_case_selected(bool causal, bool det) {
+  const char* cases = std::getenv("BENCH_CASES");
+  if (cases == nullptr || *cases == 0) return true;
+  const std::string name = std::string(causal ? "causal" : "full") + ":" + (det ? "det" : "fast");
+  const std::string list = std::string(",") + cases + ",";
+  return list.find("," + name + ",") != std::string::npos;
+}
+
 static void bench_one(int S, int D, BenchMode mode) {
   const int B = std::max(1, 16384 / S), H = 2048 / D;
   const Dtype dt = Dtype::kBFloat16;
@@ -553,11 +569,14 @@ static void bench_one(int S, int D, BenchMode mode) {
   AttnProblem prob{AttnShape{B, S, S, H, H, D}, dt, float(1.0 / std::sqrt(double(D))), 0.f, AttnMask{2 * S, 2 * S}};
   const size_t wsb = std::max(workspace_bytes(prob.shape, true), workspace_bytes(prob.shape, false));
   CK(cudaMalloc(&ws, wsb));
+  const char* settle_env = std::getenv("BENCH_SETTLE_MS");
+  const float settle_ms = settle_env ? std::strtof(settle_env, nullptr) : 0.f;
   cudaEvent_t e0, e1;
   CK(cudaEventCreate(&e0));
   CK(cudaEventCreate(&e1));
   for (int causal = 0; causal < 2; ++causal) {
     for (int det = 0; det < 2; ++det) {
+      if (!bench_case_selected(causal, det)) continue;
       prob.mask = AttnMask{2 * S, causal ? 0 : 2 * S};
       BwdParams p{prob, bool(det), q, k, v, o, dO, lse, dlse, dq, dk, dv, ws};
       if (mode != BenchMode::kTimed) {
@@ -580,6 +599,15 @@ static void bench_one(int S, int D, BenchMode mode) {
       float once;
       CK(cudaEventElapsedTime(&once, e0, e1));
       const int reps = std::max(1, int(20.f / std::max(once, 1e-3f)));
+      for (float settled = 0.f; settled < settle_ms;) {
+        CK(cudaEventRecord(e0));
+        for (int rep = 0; rep < reps; ++rep) CK(launch(p, 0));
+        CK(cudaEventRecord(e1));
+        CK(cudaEventSynchronize(e1));
+        float t;
+        CK(cudaEventElapsedTime(&t, e0, e1));
+        settled += t;
+      }
       std::vector<float> ms;
       for (int it = 0; it < 7; ++it) {
         CK(cudaEventRecord(e0));
