@@ -17,10 +17,18 @@
 //     of the dQ tile exactly once, where its order (dq_offset) puts them and
 //     the convert kernel reads them, and its transposed smem views (Q^T, K^T,
 //     dS^T) address the same bytes as the views they transpose, for the
-//     library's walks (head dim 128's unmasked one computes dQ transposed).
+//     library's walks (head dim 128's unmasked one computes dQ transposed);
+//     the dS^T stores address the same bytes whether the swizzle applies to
+//     their addresses or to their offsets from the stage (ds_store_stage),
+//     and the S^T accumulator's columns come in pairs of adjacent query
+//     columns, the first even (column_lse2_pair's 64-bit loads).
 //
 //   nvcc -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Icpp/include -I<cutlass>/include tools/dev/host_checks.cu \
 //     -o build-dev/host_checks && build-dev/host_checks
+// CuTe's as_position_independent_swizzle_tensor asserts its base's alignment
+// through a shared-memory address conversion that host code cannot make
+// (ds_store_stage below is given a 1024-byte aligned host buffer instead).
+#define NDEBUG
 #include <algorithm>
 #include <cstdio>
 #include <functional>
@@ -260,6 +268,61 @@ void check_same_bytes(Layout layout, Transposed transposed, const char* what, co
   CHECK(wrong == 0, "%s %s: %d element(s) of the transposed view elsewhere", what, name, wrong);
 }
 
+// Every MMA thread's dS^T stmatrix stores (bwd_mma) address the same bytes of
+// every stage and warpgroup part whether ds_store_stage swizzles their
+// addresses (CuTe's swizzled pointer) or their offsets from the stage.
+template <class Traits>
+void check_ds_store_offsets(const char* what) {
+  using namespace cute;
+  using Element = typename Traits::Element;
+  constexpr int kElems = cosize_v<typename Traits::SmemLayoutdSt>;
+  std::vector<Element> storage(kElems + 1024 / sizeof(Element));
+  auto* base = reinterpret_cast<Element*>((reinterpret_cast<uintptr_t>(storage.data()) + 1023) / 1024 * 1024);
+  auto r2s = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, typename Traits::MmaSdP{});
+  using Part = Shape<_64, Int<Traits::kSdPCols>>;
+  int wrong = 0, stores = 0;
+  for (int stage = 0; stage < Traits::kStagesdS; ++stage) {
+    for (int ks = 0; ks < Traits::kKeySplit; ++ks) {
+      for (int qs = 0; qs < Traits::kBlockM / Traits::kSdPCols; ++qs) {
+        for (int tid = 0; tid < 128; ++tid) {
+          auto thr = r2s.get_thread_slice(tid);
+          Tensor by_address = thr.partition_D(
+              local_tile(bwd::ds_store_stage<Traits, false>(base, stage), Part{}, make_coord(ks, qs)));
+          Tensor by_offset = thr.partition_D(
+              local_tile(bwd::ds_store_stage<Traits, true>(base, stage), Part{}, make_coord(ks, qs)));
+          for (int i = 0; i < int(size(by_address)); ++i, ++stores) {
+            wrong += &by_address(i) != &by_offset(i);
+          }
+        }
+      }
+    }
+  }
+  CHECK(wrong == 0 && stores == Traits::kStagesdS * Traits::kKeySplit * Traits::kBlockM / Traits::kSdPCols * 128 *
+                                    64 * Traits::kSdPCols / 128,
+        "%s dS^T stores: %d of %d at another address with the swizzle on offsets", what, wrong, stores);
+}
+
+// column_lse2_pair reads the row terms of S^T accumulator columns c, c + 1
+// (c even) as one 8-byte pair: query columns 2i and 2i + 1.
+template <class Traits>
+void check_column_pairs(const char* what) {
+  using namespace cute;
+  int wrong = 0;
+  for (int tid = 0; tid < 128; ++tid) {
+    typename Traits::MmaSdP mma;
+    Tensor coords = mma.get_thread_slice(tid).partition_C(make_identity_tensor(Shape<_64, Int<Traits::kSdPCols>>{}));
+    Tensor c_rc = make_tensor(coords.data(), acc_layout_rowcol(coords.layout()));
+    for (int r = 0; r < int(size<0>(c_rc)); ++r) {
+      for (int c = 0; c < int(size<1>(c_rc)); c += 2) {
+        const int col = get<1>(c_rc(r, c));
+        wrong += col % 2 != 0 || get<1>(c_rc(r, c + 1)) != col + 1;
+      }
+    }
+  }
+  CHECK(wrong == 0, "%s: %d S^T accumulator column pair(s) not two adjacent query columns from an even one", what,
+        wrong);
+}
+
 // The backward's dQ tile for one walk, in its order (BwdTraits::kDQLayout,
 // BwdWorkspace::dq_offset):
 //   * each MMA warpgroup's 128 threads store (or reduce-add) every dQ value
@@ -302,6 +365,8 @@ void check_bwd_smem(const char* what) {
   check_same_bytes(typename Traits::SmemLayoutdS{}, typename Traits::SmemLayoutdSt{}, what, "dS / dS^T");
   check_same_bytes(append<3>(typename Traits::SmemLayoutK{}, Layout<_1, _0>{}),
                    append<3>(typename Traits::SmemLayoutKt{}, Layout<_1, _0>{}), what, "K / K^T");
+  check_ds_store_offsets<Traits>(what);
+  check_column_pairs<Traits>(what);
 }
 
 // The same for BwdTraitsDKVt (head dim 256's fast walk): each warpgroup's

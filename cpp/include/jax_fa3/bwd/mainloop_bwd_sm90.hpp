@@ -33,6 +33,21 @@
 
 namespace jax_fa3::bwd {
 
+// Candidates that cut the step's instructions (at head dim 128 together
+// -7..-10%, benchmarks/notes.md, forty-third session), off in the library
+// until the dev harness has timed them at the power cap
+// (tools/dev/build_bwd_variants.sh, bwd_ab.sh with BENCH_SETTLE_MS); each is
+// described where it applies.
+#ifndef JAX_FA3_BWD_ROW_TERM_PAIRS  // column_lse2_pair
+#define JAX_FA3_BWD_ROW_TERM_PAIRS 0
+#endif
+#ifndef JAX_FA3_BWD_SWIZZLED_OFFSETS  // ds_store_stage
+#define JAX_FA3_BWD_SWIZZLED_OFFSETS 0
+#endif
+#ifndef JAX_FA3_BWD_VISIBLE_SMEM_BASES  // bwd_mma's smem bases
+#define JAX_FA3_BWD_VISIBLE_SMEM_BASES 0
+#endif
+
 using namespace cute;
 
 // A wgmma accumulator fragment ((2,2,N/8),1,1) of a 64xN tile read as the
@@ -218,6 +233,44 @@ CUTE_DEVICE void dq_add_group(float* base, int i, float4 v) {
                : "memory");
 }
 
+// lse2 of the thread's S^T accumulator columns c and c + 1 (c even), from the
+// warpgroup's query columns `lse2` (c_rc: the accumulator's (row, column)
+// coordinates), by one LDS.64: a wgmma accumulator holds pairs of adjacent
+// columns, the first even (tools/dev/host_checks.cu). The compiler does not
+// merge two 32-bit loads by itself (it cannot tell that the column is even),
+// nor a float2 load's halves. Candidate JAX_FA3_BWD_ROW_TERM_PAIRS=1; not for
+// D: with D's loads paired too, head dim 128's 80-query kernels spill 12
+// bytes.
+template <class CoordRC>
+CUTE_DEVICE float2 column_lse2_pair(const float* lse2, const CoordRC& c_rc, int c) {
+  static_assert(decltype(size<1, 0>(c_rc))::value == 2, "expects column pairs");
+  const uint64_t bits = *reinterpret_cast<const uint64_t*>(lse2 + get<1>(c_rc(0, c)));
+  return make_float2(__uint_as_float(uint32_t(bits)), __uint_as_float(uint32_t(bits >> 32)));
+}
+
+// Stage ds_stage of dS^T's (or P^T's) smem buffer at `base`, as the
+// stmatrix stores address it. CuTe's swizzled smem pointer swizzles each
+// 64-bit generic address: at head dim 128 about 30 integer instructions a
+// step for the five stores' addresses. Candidate
+// JAX_FA3_BWD_SWIZZLED_OFFSETS=1 swizzles the offsets from the stage's start
+// instead, the same bytes since a stage
+// starts on a whole swizzle period (1024-byte aligned buffer, stages of
+// multiples of 1024 bytes; tools/dev/host_checks.cu compares the two for
+// every thread): the stores then share one address register with immediate
+// offsets.
+template <class Traits, bool kSwizzledOffsets = JAX_FA3_BWD_SWIZZLED_OFFSETS>
+CUTE_HOST_DEVICE auto ds_store_stage(typename Traits::Element* base, int ds_stage) {
+  static_assert(cosize_v<typename Traits::SmemLayoutdSt> / Traits::kStagesdS * sizeof(typename Traits::Element) %
+                        1024 == 0,
+                "a dS stage must start on a swizzle period");
+  Tensor stage = make_tensor(make_smem_ptr(base), typename Traits::SmemLayoutdSt{})(_, _, ds_stage);
+  if constexpr (kSwizzledOffsets) {
+    return as_position_independent_swizzle_tensor(stage);
+  } else {
+    return stage;
+  }
+}
+
 // The MMA warpgroups' walk. Per step, each warpgroup (keys ks, dK/dV column
 // slice dsl, S/dP query columns qs):
 //   issue S^T = K Q^T, issue dP^T = V dO^T;  wait S: P = exp2(...) under dP
@@ -283,7 +336,12 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
     Element* ds_base = ss.ds.data();
     Element* p_base = ss.p.data();
     const int tid = threadIdx.x % 128;
+    // Candidate JAX_FA3_BWD_VISIBLE_SMEM_BASES=1 (head dim 128 only: the
+    // others' registers need the opaque bases): no opaque base, -2%
+    // instructions a step at head dim 128.
+#if !JAX_FA3_BWD_VISIBLE_SMEM_BASES
     asm volatile("" : "+l"(q_base), "+l"(do_base), "+l"(k_base), "+l"(v_base), "+l"(ds_base), "+l"(p_base));
+#endif
     auto thr_sdp = mma_sdp.get_thread_slice(tid);
     auto thr_dkv = mma_dkv.get_thread_slice(tid);
     auto thr_dq = mma_dq.get_thread_slice(tid);
@@ -355,10 +413,16 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
           }
         }
       }
+      [[maybe_unused]] float2 lse2_pair;
       CUTLASS_PRAGMA_UNROLL
       for (int c = 0; c < size<1>(s_rc); ++c) {
         const int col = get<1>(c_rc(0, c));
+#if JAX_FA3_BWD_ROW_TERM_PAIRS
+        if (c % 2 == 0) lse2_pair = column_lse2_pair(lse2, c_rc, c);
+        const float neg_lse = -(c % 2 ? lse2_pair.y : lse2_pair.x);
+#else
         const float neg_lse = -lse2[col];
+#endif
         CUTLASS_PRAGMA_UNROLL
         for (int r = 0; r < kRows; ++r) {
           const float x = s_rc(r, c);
@@ -438,9 +502,9 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
       auto r2s = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_sdp);
       auto thr_store = r2s.get_thread_slice(fresh_warpgroup_thread());
       auto store = [&](auto const& frag, Element* base) {
-        Tensor st = make_tensor(make_smem_ptr(base), typename Traits::SmemLayoutdSt{})(_, _, ds_stage);
         copy(r2s, thr_store.retile_S(frag),
-             thr_store.partition_D(local_tile(st, Shape<_64, SdPCols>{}, make_coord(ks, qs))));
+             thr_store.partition_D(local_tile(ds_store_stage<Traits>(base, ds_stage), Shape<_64, SdPCols>{},
+                                              make_coord(ks, qs))));
       };
       store(rdS, ss.ds.data());
       if constexpr (kPdSInSmem) store(rP, ss.p.data());
