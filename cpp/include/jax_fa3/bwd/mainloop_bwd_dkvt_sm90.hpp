@@ -129,8 +129,14 @@ __device__ __forceinline__ void bwd_mma_dkvt(const BwdMainParams<Traits>& p, typ
     const int hq0 = hkv * (p.heads_q / p.heads_kv);
     wait_barrier(ss.kv_bar, 0);
 
-    int m = range.start_m;
-    for (int t = 0; t < total; ++t, m = m == range.m_begin ? range.last_m() : m - 1) {
+    // The step's query head (for its dQ): candidate
+    // JAX_FA3_BWD_DKVT_HEAD_BY_STEP=1 (mainloop_bwd_sm90.hpp) follows it step
+    // by step as BwdStep does instead of dividing by the walk's length every
+    // step (~25 of ~600 instructions a step).
+    int m = range.start_m, hq_by_step = hq0;
+    for (int t = 0; t < total;
+         ++t, m = m == range.m_begin ? range.last_m() : m - 1, hq_by_step += m == range.start_m) {
+      const int hq = JAX_FA3_BWD_DKVT_HEAD_BY_STEP ? hq_by_step : hq0 + t / range.num_m;
       const int stage = t % kStages;
       const int do_stage = t % kStagesdO;
       const int pds_stage = t % Traits::kStagesPdS;
@@ -290,7 +296,7 @@ __device__ __forceinline__ void bwd_mma_dkvt(const BwdMainParams<Traits>& p, typ
         warpgroup_gemm</*kZeroInit=*/true, /*kARegs=*/false>(mma_dq, tA, tB, tdQrdQ);
       };
       float* dq_base = dq_fragment_base<Traits>(
-          DqReducer<Traits>::at(p, b, hq0 + t / range.num_m, m).gdq, wg);
+          DqReducer<Traits>::at(p, b, hq, m).gdq, wg);
       constexpr int kHalfValues = decltype(size(tdQrdQ))::value;
       auto send_dq = [&](int half) {
         CUTLASS_PRAGMA_UNROLL

@@ -34,8 +34,8 @@
 namespace jax_fa3::bwd {
 
 // Candidates that cut the step's instructions (at head dim 128 together
-// -7..-10%, benchmarks/notes.md, forty-third session), off in the library
-// until the dev harness has timed them at the power cap
+// -7..-10%, at 256 -3..-4%; benchmarks/notes.md, forty-third session), off in
+// the library until the dev harness has timed them at the power cap
 // (tools/dev/build_bwd_variants.sh, bwd_ab.sh with BENCH_SETTLE_MS); each is
 // described where it applies.
 #ifndef JAX_FA3_BWD_ROW_TERM_PAIRS  // column_lse2_pair
@@ -46,6 +46,9 @@ namespace jax_fa3::bwd {
 #endif
 #ifndef JAX_FA3_BWD_VISIBLE_SMEM_BASES  // bwd_mma's smem bases
 #define JAX_FA3_BWD_VISIBLE_SMEM_BASES 0
+#endif
+#ifndef JAX_FA3_BWD_DKVT_HEAD_BY_STEP  // bwd_mma_dkvt's query head
+#define JAX_FA3_BWD_DKVT_HEAD_BY_STEP 0
 #endif
 
 using namespace cute;
