@@ -591,31 +591,21 @@ static void bench_one(int S, int D, BenchMode mode) {
       }
       // Each sample runs the whole backward (preprocess, main, convert)
       // enough times to last >= ~20 ms, so launch gaps do not dominate.
-      CK(launch(p, 0));
-      CK(cudaEventRecord(e0));
-      CK(launch(p, 0));
-      CK(cudaEventRecord(e1));
-      CK(cudaEventSynchronize(e1));
-      float once;
-      CK(cudaEventElapsedTime(&once, e0, e1));
-      const int reps = std::max(1, int(20.f / std::max(once, 1e-3f)));
-      for (float settled = 0.f; settled < settle_ms;) {
+      auto launches_ms = [&](int launches) {
         CK(cudaEventRecord(e0));
-        for (int rep = 0; rep < reps; ++rep) CK(launch(p, 0));
+        for (int i = 0; i < launches; ++i) CK(launch(p, 0));
         CK(cudaEventRecord(e1));
         CK(cudaEventSynchronize(e1));
         float t;
         CK(cudaEventElapsedTime(&t, e0, e1));
-        settled += t;
-      }
+        return t;
+      };
+      CK(launch(p, 0));
+      const int reps = std::max(1, int(20.f / std::max(launches_ms(1), 1e-3f)));
+      for (float settled = 0.f; settled < settle_ms;) settled += launches_ms(reps);
       std::vector<float> ms;
       for (int it = 0; it < 7; ++it) {
-        CK(cudaEventRecord(e0));
-        for (int rep = 0; rep < reps; ++rep) CK(launch(p, 0));
-        CK(cudaEventRecord(e1));
-        CK(cudaEventSynchronize(e1));
-        float t;
-        CK(cudaEventElapsedTime(&t, e0, e1));
+        const float t = launches_ms(reps);
         if (it >= 1) ms.push_back(t / reps);
       }
       std::sort(ms.begin(), ms.end());
