@@ -4,7 +4,9 @@
 # mask kind; head dims it was not built for are skipped), racecheck on its small
 # cases, then the before/after timings of every build in turns (bwd_ab.sh).
 #   bash tools/dev/bwd_variants_call.sh <folder> base <variant>...
-# Env: HDIMS (default "128"), SEQLENS (bwd_ab.sh's default "1024 4096 16384").
+# Env: HDIMS (default "128"), SEQLENS (bwd_ab.sh's default "1024 4096 16384"), and
+# AB=0 to stop after the checks (the timings then in a call of their own:
+# bash tools/dev/bwd_ab.sh <folder> base <variant>..., on the same warm machine).
 set -uo pipefail
 dir=${1:?folder}
 shift
@@ -25,4 +27,4 @@ for name in "${@:2}"; do
     echo "racecheck $name d$d: exit $?; $(tail -n 1 "$OUT/racecheck-$name-$d.log")"
   done
 done
-bash "$(dirname "$0")/bwd_ab.sh" "$dir" "$@"
+[ "${AB:-1}" = 0 ] || bash "$(dirname "$0")/bwd_ab.sh" "$dir" "$@"

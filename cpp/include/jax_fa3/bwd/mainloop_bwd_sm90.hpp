@@ -339,9 +339,10 @@ __device__ __forceinline__ void bwd_mma(const BwdMainParams<Traits>& p, typename
     Element* ds_base = ss.ds.data();
     Element* p_base = ss.p.data();
     const int tid = threadIdx.x % 128;
-    // Candidate JAX_FA3_BWD_VISIBLE_SMEM_BASES=1 (head dim 128 only: the
-    // others' registers need the opaque bases): no opaque base, -2%
-    // instructions a step at head dim 128.
+    // Candidate JAX_FA3_BWD_VISIBLE_SMEM_BASES=1: no opaque base, -2%
+    // instructions a step at head dim 128; with the other candidates no
+    // spills at any head dim today (the opaque bases date from a head dim 256
+    // walk that this mainloop no longer runs fast).
 #if !JAX_FA3_BWD_VISIBLE_SMEM_BASES
     asm volatile("" : "+l"(q_base), "+l"(do_base), "+l"(k_base), "+l"(v_base), "+l"(ds_base), "+l"(p_base));
 #endif
