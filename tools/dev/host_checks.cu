@@ -27,8 +27,11 @@
 //     -o build-dev/host_checks && build-dev/host_checks
 // CuTe's as_position_independent_swizzle_tensor asserts its base's alignment
 // through a shared-memory address conversion that host code cannot make
-// (ds_store_stage below is given a 1024-byte aligned host buffer instead).
+// (check_ds_store_offsets gives ds_store_stage a 1024-byte aligned host buffer
+// instead). The checks below are CHECKs, not asserts.
+#ifndef NDEBUG
 #define NDEBUG
+#endif
 #include <algorithm>
 #include <cstdio>
 #include <functional>
@@ -297,8 +300,8 @@ void check_ds_store_offsets(const char* what) {
       }
     }
   }
-  CHECK(wrong == 0 && stores == Traits::kStagesdS * Traits::kKeySplit * Traits::kBlockM / Traits::kSdPCols * 128 *
-                                    64 * Traits::kSdPCols / 128,
+  // Every element of every stage: 64 keys a key split x kBlockM queries.
+  CHECK(wrong == 0 && stores == Traits::kStagesdS * Traits::kKeySplit * 64 * Traits::kBlockM,
         "%s dS^T stores: %d of %d at another address with the swizzle on offsets", what, wrong, stores);
 }
 

@@ -256,11 +256,10 @@ CUTE_DEVICE float2 column_lse2_pair(const float* lse2, const CoordRC& c_rc, int 
 // 64-bit generic address: at head dim 128 about 30 integer instructions a
 // step for the five stores' addresses. Candidate
 // JAX_FA3_BWD_SWIZZLED_OFFSETS=1 swizzles the offsets from the stage's start
-// instead, the same bytes since a stage
-// starts on a whole swizzle period (1024-byte aligned buffer, stages of
-// multiples of 1024 bytes; tools/dev/host_checks.cu compares the two for
-// every thread): the stores then share one address register with immediate
-// offsets.
+// instead, so that the stores share one address register with immediate
+// offsets. The same bytes, since a stage starts on a whole swizzle period (a
+// 1024-byte aligned buffer, stages of multiples of 1024 bytes);
+// tools/dev/host_checks.cu compares the two for every thread.
 template <class Traits, bool kSwizzledOffsets = JAX_FA3_BWD_SWIZZLED_OFFSETS>
 CUTE_HOST_DEVICE auto ds_store_stage(typename Traits::Element* base, int ds_stage) {
   static_assert(cosize_v<typename Traits::SmemLayoutdSt> / Traits::kStagesdS * sizeof(typename Traits::Element) %
