@@ -41,6 +41,15 @@ samples, after ``--warmup`` calls (the first one compiles; its time is logged
 and saved as ``*_first_call_s``). Ctrl-C stops the grid and still writes the
 reports for the points done.
 
+With ``--sustained-ms MS`` each implementation is then also timed alone: MS ms
+of its calls back to back, then ``--iters`` more samples (``*_sustained_ms``,
+a table of its own in the Markdown report). Under a GPU's power cap the clock
+settles on each implementation's own draw, so this is the time of a loop of
+that one kernel, where the interleaved samples give each the clock others
+left; a training step sits between the two (on an H100, FlashAttention-3's
+backward drew the most a cycle and gained the most from interleaving,
+benchmarks/notes.md, forty-second session).
+
 An implementation that fails at a grid point (cuDNN unsupported or absent, out
 of memory...) is recorded as ``n/a`` with the reason; the run goes on. XLA
 materialises the ``b·h·s²`` scores and is skipped above ``--xla-max-seqlen``.
@@ -160,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="each sample runs back-to-back calls for at least this long (long enough that the host's "
                         "dispatch and the final wait are a small part of it); 0: one call per sample")
     t.add_argument("--input-sets", type=int, default=3, help="sets of random inputs the calls rotate among")
+    t.add_argument("--sustained-ms", type=float, default=0.0, metavar="MS",
+                   help="also time each implementation alone: MS ms of its calls back to back, then --iters "
+                        "samples (<mode>_sustained_ms). Under a GPU's power cap the clock then settles on the "
+                        "implementation's own draw, where interleaved samples start from the clock the previous "
+                        "one left; 0: off")
     t.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     c = p.add_argument_group("correctness")
     c.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
@@ -182,8 +196,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for name in ("iters", "total_tokens", "hidden", "input_sets"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.warmup < 0 or args.min_sample_ms < 0 or args.xla_max_seqlen < 0:
-        parser.error("--warmup, --min-sample-ms and --xla-max-seqlen must be >= 0")
+    if args.warmup < 0 or args.min_sample_ms < 0 or args.xla_max_seqlen < 0 or args.sustained_ms < 0:
+        parser.error("--warmup, --min-sample-ms, --xla-max-seqlen and --sustained-ms must be >= 0")
     if "fa3" in args.impls and not args.fa3_lib:
         parser.error("--impls fa3 needs --fa3-lib (the library tools/dev/build_fa3_ffi.sh builds)")
     return args
@@ -405,17 +419,29 @@ class Timer:
         self.samples: list[float] = []
         self._call = 0
 
-    def sample(self) -> None:
+    def _run(self) -> float:
+        """ms a call over one sample's worth of back-to-back calls."""
         n = len(self.input_sets)
         start = time.perf_counter()
         for _ in range(self.calls):
             out = self.fn(*self.input_sets[self._call % n])
             self._call += 1
         jax.block_until_ready(out)
-        self.samples.append((time.perf_counter() - start) / self.calls * 1e3)
+        return (time.perf_counter() - start) / self.calls * 1e3
+
+    def sample(self) -> None:
+        self.samples.append(self._run())
 
     def timing(self) -> Timing:
         return Timing(float(np.median(self.samples)), float(np.min(self.samples)), self.calls, self.first_call_s)
+
+    def sustained_ms(self, settle_ms: float, iters: int) -> float:
+        """Median ms a call of iters samples taken after settle_ms of calls, all back to back, apart from
+        :meth:`sample`'s samples."""
+        end = time.perf_counter() + settle_ms * 1e-3
+        while time.perf_counter() < end:
+            self._run()
+        return float(np.median([self._run() for _ in range(iters)]))
 
 
 def balanced_order(n: int, iters: int) -> list[int]:
@@ -533,7 +559,8 @@ def empty_record(point: Point, impl: str) -> dict:
     rec.update(impl=impl, fwd_flops=fwd_flops(point))
     for mode in MODES:
         rec.update({f"{mode}_status": "", f"{mode}_ms": None, f"{mode}_ms_min": None,
-                    f"{mode}_calls_per_sample": None, f"{mode}_first_call_s": None, f"{mode}_note": ""})
+                    f"{mode}_calls_per_sample": None, f"{mode}_first_call_s": None, f"{mode}_note": "",
+                    f"{mode}_sustained_ms": None, f"{mode}_sustained_tflops": None})
     rec.update(bwd_derived_ms=None, fwd_tflops=None, fwdbwd_tflops=None, bwd_tflops=None, bwd_derived_tflops=None,
                check="", check_out_max_abs_diff=None, check_out_ref_max_abs=None,
                check_grad_max_abs_diff=None, check_grad_ref_max_abs=None)
@@ -548,6 +575,7 @@ def finish_record(rec: dict) -> None:
     flops = rec["fwd_flops"]
     for mode in MODES:
         rec[f"{mode}_tflops"] = tflops(MODE_FLOPS[mode] * flops, rec[f"{mode}_ms"])
+        rec[f"{mode}_sustained_tflops"] = tflops(MODE_FLOPS[mode] * flops, rec[f"{mode}_sustained_ms"])
     if rec["fwd_ms"] is not None and rec["fwdbwd_ms"] is not None:
         rec["bwd_derived_ms"] = rec["fwdbwd_ms"] - rec["fwd_ms"]
         rec["bwd_derived_tflops"] = tflops(MODE_FLOPS["bwd"] * flops, rec["bwd_derived_ms"])
@@ -581,6 +609,21 @@ def record_timing(rec: dict, mode: str, point: Point, timer: Timer, log: Callabl
     flops = fwd_flops(point) * MODE_FLOPS[mode]
     log(f"    {rec['impl']:8s} {mode:7s} {timing.median_ms:9.3f} ms (min {timing.min_ms:.3f})"
         f" {_fmt_tflops(tflops(flops, timing.median_ms)):>8s} TFLOP/s  (first call {timing.first_call_s:.1f} s)")
+
+
+def time_sustained(records: dict[str, dict], mode: str, point: Point, timers: dict[str, Timer],
+                   args: argparse.Namespace, log: Callable[[str], None]) -> None:
+    """--sustained-ms: each implementation alone, one after the other (Timer.sustained_ms)."""
+    for impl, timer in timers.items():
+        try:
+            ms = timer.sustained_ms(args.sustained_ms, args.iters)
+        except Exception as exc:  # noqa: BLE001 - the interleaved times stand; the note says why this is missing
+            records[impl][f"{mode}_note"] = f"sustained: {short_error(exc)}"
+            log(f"    {impl:8s} {mode:7s} sustained failed: {short_error(exc)}")
+            continue
+        records[impl][f"{mode}_sustained_ms"] = ms
+        flops = fwd_flops(point) * MODE_FLOPS[mode]
+        log(f"    {impl:8s} {mode:7s} {ms:9.3f} ms sustained {_fmt_tflops(tflops(flops, ms)):>8s} TFLOP/s")
 
 
 def run_point(point: Point, args: argparse.Namespace, key, device, log: Callable[[str], None]) -> list[dict]:
@@ -620,6 +663,8 @@ def run_point(point: Point, args: argparse.Namespace, key, device, log: Callable
             continue
         for impl, timer in timers.items():
             record_timing(records[impl], mode, point, timer, log)
+        if args.sustained_ms > 0:
+            time_sustained(records, mode, point, timers, args, log)
     for rec in records.values():
         finish_record(rec)
     if args.check and "jax_fa3" in records:
@@ -702,6 +747,7 @@ def collect_meta(args: argparse.Namespace, argv: Sequence[str] | None, complete:
         "settings": {
             "total_tokens": args.total_tokens, "hidden": args.hidden, "iters": args.iters, "warmup": args.warmup,
             "min_sample_ms": args.min_sample_ms, "input_sets": args.input_sets, "seed": args.seed,
+            "sustained_ms": args.sustained_ms,
             "xla_max_seqlen": args.xla_max_seqlen, "check": args.check, "check_rtol": args.check_rtol,
             "impls": list(args.impls), "modes": list(args.modes),
             **({"fa3_lib": args.fa3_lib} if "fa3" in args.impls else {}),
@@ -848,6 +894,27 @@ def times_table(points: Sequence[Point], records: Sequence[dict], impls: Sequenc
     return headers, rows
 
 
+def sustained_table(points: Sequence[Point], records: Sequence[dict], impls: Sequence[str],
+                    modes: Sequence[str]) -> Table:
+    """--sustained-ms: TFLOP/s / median ms per implementation and mode."""
+    by_point = _by_point(records)
+    headers = [("", name) for name, _ in _point_columns()[:4]]
+    for impl in impls:
+        headers += [(impl, MODE_LABELS[m]) for m in modes]
+    rows = []
+    for point in points:
+        recs = by_point.get((point.seqlen, point.head_dim, point.causal, point.dtype), {})
+        row = [fn(point) for _, fn in _point_columns()[:4]]
+        for impl in impls:
+            for mode in modes:
+                rec = recs.get(impl)
+                ok = rec is not None and rec[f"{mode}_sustained_ms"] is not None
+                row.append(f"{_fmt_tflops(rec[f'{mode}_sustained_tflops'])} / {rec[f'{mode}_sustained_ms']:.3f}"
+                           if ok else NA)
+        rows.append(row)
+    return headers, rows
+
+
 def _groups(headers: Sequence[tuple[str, str]]) -> list[tuple[str, int, int]]:
     """(group name, first column, end column) for runs of columns sharing a group."""
     spans, i = [], 0
@@ -969,12 +1036,18 @@ def markdown_report(points, records, args, meta) -> str:
         "- FLOPs: fwd 4·b·s²·h·d (halved when causal); fwd+bwd TF/s = 3.5× fwd FLOPs / fwd+bwd time; "
         f"bwd TF/s = {_bwd_method(args.modes)}",
     ]
+    if args.sustained_ms > 0:
+        header.append(f"- Sustained: then each implementation alone, {args.sustained_ms:g} ms of its calls back to "
+                      f"back and the median of {args.iters} more samples (the clock settled on its own draw)")
     if not meta["complete"]:
         header.append("- **Interrupted**: only the grid points run before the interruption are listed")
     headers, rows = results_table(points, records, args.impls, args.modes, args.check, with_ms=False)
     t_headers, t_rows = times_table(points, records, args.impls, args.modes)
     parts = ["\n".join(header), "## Throughput (TFLOP/s, from median times)", render_markdown(headers, rows),
              "## Times in ms (median / min)", render_markdown(t_headers, t_rows)]
+    if args.sustained_ms > 0:
+        parts += ["## Sustained: each implementation alone (TFLOP/s / ms)",
+                  render_markdown(*sustained_table(points, records, args.impls, args.modes))]
     notes = na_notes(records)
     if notes:
         parts.append("## n/a\n\n" + "\n".join(f"- {n}" for n in notes))
@@ -990,6 +1063,8 @@ CSV_FIELDS = (
     "fwdbwd_status", "fwdbwd_ms", "fwdbwd_ms_min", "fwdbwd_calls_per_sample", "fwdbwd_first_call_s", "fwdbwd_note",
     "bwd_status", "bwd_ms", "bwd_ms_min", "bwd_calls_per_sample", "bwd_first_call_s", "bwd_note",
     "fwd_tflops", "fwdbwd_tflops", "bwd_tflops", "bwd_derived_ms", "bwd_derived_tflops",
+    "fwd_sustained_ms", "fwdbwd_sustained_ms", "bwd_sustained_ms",
+    "fwd_sustained_tflops", "fwdbwd_sustained_tflops", "bwd_sustained_tflops",
     "check", "check_out_max_abs_diff", "check_out_ref_max_abs", "check_grad_max_abs_diff", "check_grad_ref_max_abs",
 )
 

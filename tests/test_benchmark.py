@@ -240,3 +240,38 @@ def test_timer_samples_rotate_inputs():
     assert calls[3:] == [0, 1]
     timing = timer.timing()
     assert len(timer.samples) == 2 and 0 < timing.min_ms <= timing.median_ms
+
+
+def test_sustained_times(tmp_path):
+    """--sustained-ms times each implementation alone after its settle, beside the interleaved samples."""
+    md = tmp_path / "bench.md"
+    result = benchmark.run([*TINY, "--seqlens", "64", "--causal", "no", "--impls", "jax_fa3,xla", "--modes", "fwd,bwd",
+                            "--sustained-ms", "5", "--markdown", str(md), "--quiet"])
+    for rec in result["results"]:
+        for mode in ("fwd", "bwd"):
+            assert rec[f"{mode}_sustained_ms"] > 0
+            assert rec[f"{mode}_sustained_tflops"] == pytest.approx(
+                benchmark.MODE_FLOPS[mode] * rec["fwd_flops"] / rec[f"{mode}_sustained_ms"] / 1e9)
+        assert rec["fwdbwd_sustained_ms"] is None
+    text = md.read_text()
+    assert "## Sustained: each implementation alone" in text and "Sustained: then each implementation alone, 5 ms" in text
+    # Off by default: no field filled, no section.
+    rec = benchmark.run([*TINY, "--seqlens", "64", "--causal", "no", "--impls", "jax_fa3", "--modes", "fwd",
+                         "--no-check", "--quiet"])["results"][0]
+    assert rec["fwd_sustained_ms"] is None and rec["fwd_sustained_tflops"] is None
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--sustained-ms", "-1"])
+
+
+def test_timer_sustained_keeps_samples_apart():
+    calls = []
+
+    def fn(x):
+        calls.append(x)
+        return jax.numpy.asarray(x)
+
+    timer = benchmark.Timer(fn, [(0,), (1,)], warmup=1, min_sample_ms=0)
+    timer.sample()
+    before = len(calls)
+    assert timer.sustained_ms(settle_ms=0, iters=3) > 0
+    assert len(calls) == before + 3 and len(timer.samples) == 1
