@@ -874,45 +874,43 @@ def results_table(points: Sequence[Point], records: Sequence[dict], impls: Seque
     return headers, rows
 
 
-def times_table(points: Sequence[Point], records: Sequence[dict], impls: Sequence[str],
-                modes: Sequence[str]) -> Table:
-    """Median / min milliseconds per implementation and mode."""
+def _per_mode_table(points: Sequence[Point], records: Sequence[dict], impls: Sequence[str], modes: Sequence[str],
+                    label: Callable[[str], str], cell: Callable[[dict, str], str | None]) -> Table:
+    """Point columns, then a column per (implementation, mode) holding cell(record, mode), n/a where None."""
     by_point = _by_point(records)
     headers = [("", name) for name, _ in _point_columns()[:4]]
     for impl in impls:
-        headers += [(impl, f"{MODE_LABELS[m]} ms") for m in modes]
+        headers += [(impl, label(m)) for m in modes]
     rows = []
     for point in points:
         recs = by_point.get((point.seqlen, point.head_dim, point.causal, point.dtype), {})
         row = [fn(point) for _, fn in _point_columns()[:4]]
         for impl in impls:
             for mode in modes:
-                rec = recs.get(impl)
-                ok = rec is not None and rec[f"{mode}_status"] == "ok"
-                row.append(f"{rec[f'{mode}_ms']:.3f} / {rec[f'{mode}_ms_min']:.3f}" if ok else NA)
+                text = cell(recs[impl], mode) if impl in recs else None
+                row.append(NA if text is None else text)
         rows.append(row)
     return headers, rows
+
+
+def times_table(points: Sequence[Point], records: Sequence[dict], impls: Sequence[str],
+                modes: Sequence[str]) -> Table:
+    """Median / min milliseconds per implementation and mode."""
+    def cell(rec: dict, mode: str) -> str | None:
+        ok = rec[f"{mode}_status"] == "ok"
+        return f"{rec[f'{mode}_ms']:.3f} / {rec[f'{mode}_ms_min']:.3f}" if ok else None
+
+    return _per_mode_table(points, records, impls, modes, lambda m: f"{MODE_LABELS[m]} ms", cell)
 
 
 def sustained_table(points: Sequence[Point], records: Sequence[dict], impls: Sequence[str],
                     modes: Sequence[str]) -> Table:
     """--sustained-ms: TFLOP/s / median ms per implementation and mode."""
-    by_point = _by_point(records)
-    headers = [("", name) for name, _ in _point_columns()[:4]]
-    for impl in impls:
-        headers += [(impl, MODE_LABELS[m]) for m in modes]
-    rows = []
-    for point in points:
-        recs = by_point.get((point.seqlen, point.head_dim, point.causal, point.dtype), {})
-        row = [fn(point) for _, fn in _point_columns()[:4]]
-        for impl in impls:
-            for mode in modes:
-                rec = recs.get(impl)
-                ok = rec is not None and rec[f"{mode}_sustained_ms"] is not None
-                row.append(f"{_fmt_tflops(rec[f'{mode}_sustained_tflops'])} / {rec[f'{mode}_sustained_ms']:.3f}"
-                           if ok else NA)
-        rows.append(row)
-    return headers, rows
+    def cell(rec: dict, mode: str) -> str | None:
+        ms = rec[f"{mode}_sustained_ms"]
+        return None if ms is None else f"{_fmt_tflops(rec[f'{mode}_sustained_tflops'])} / {ms:.3f}"
+
+    return _per_mode_table(points, records, impls, modes, lambda m: MODE_LABELS[m], cell)
 
 
 def _groups(headers: Sequence[tuple[str, str]]) -> list[tuple[str, int, int]]:

@@ -226,13 +226,19 @@ def test_balanced_order(n, iters):
         assert len(set(pairs.values())) == 1, pairs
 
 
-def test_timer_samples_rotate_inputs():
+def _recording_fn():
+    """A function to time that records the inputs it is called with."""
     calls = []
 
     def fn(x):
         calls.append(x)
         return jax.numpy.asarray(x)
 
+    return fn, calls
+
+
+def test_timer_samples_rotate_inputs():
+    fn, calls = _recording_fn()
     timer = benchmark.Timer(fn, [(0,), (1,)], warmup=2, min_sample_ms=0)
     assert timer.calls == 1 and calls == [0, 1, 0]  # first call, warm-up, one timed call
     timer.sample()
@@ -264,12 +270,7 @@ def test_sustained_times(tmp_path):
 
 
 def test_timer_sustained_keeps_samples_apart():
-    calls = []
-
-    def fn(x):
-        calls.append(x)
-        return jax.numpy.asarray(x)
-
+    fn, calls = _recording_fn()
     timer = benchmark.Timer(fn, [(0,), (1,)], warmup=1, min_sample_ms=0)
     timer.sample()
     before = len(calls)
