@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +19,17 @@ import jax_fa3
 SEED = int(os.environ.get("JAX_FA3_TEST_SEED", random.SystemRandom().randrange(2**31)))
 
 
-def pytest_report_header(config):
+def _seed_line() -> str:
     return f"jax_fa3 test seed: {SEED} (JAX_FA3_TEST_SEED), jax {jax.__version__}, CUDA kernels built: {jax_fa3.WITH_CUDA}"
+
+
+def pytest_report_header(config):
+    return _seed_line()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The seed again at the end: `pytest -q` (the README's command) prints no header."""
+    terminalreporter.write_line(_seed_line())
 
 
 def _hopper_device():
@@ -55,8 +65,9 @@ def device(request):
 
 @pytest.fixture
 def rng(request):
-    """A numpy Generator seeded from the session seed and the test's id."""
-    return np.random.default_rng([SEED, abs(hash(request.node.nodeid)) % (2**31)])
+    """A numpy Generator seeded from the session seed and the test's id (crc32: Python's str hash differs
+    from process to process, which would make a seed unreplayable)."""
+    return np.random.default_rng([SEED, zlib.crc32(request.node.nodeid.encode())])
 
 
 def random_array(rng, shape, dtype, device, scale=1.0):
