@@ -16,9 +16,11 @@ shift
 mkdir -p "$out"
 git describe --always --dirty > "$out/revision"
 build_one() {  # <name> <head dim> <flags>
-  local name=$1 d=$2 flags=$3 dir=build-dev/bwd-$1-$2
+  local name=$1 d=$2 flags=$3 dir=build-dev/bwd-$1-$2 lock=${LOCK:-/tmp/jax_fa3_nvcc.lock}
+  # Side by side, each build its own lock; one at a time, the shared one (builds do not pile up here).
+  [ "${PARALLEL:-0}" = 1 ] && lock=/tmp/jax_fa3_nvcc-$name-$d.lock
   # shellcheck disable=SC2086  # flags are words
-  BWD_CHECK_OUT=$dir LOCK=/tmp/jax_fa3_nvcc-$name-$d.lock \
+  BWD_CHECK_OUT=$dir LOCK=$lock \
     tools/dev/build_bwd_check.sh -DBWD_CHECK_ONLY_HDIM="$d" $flags > "$out/build-$name-$d.log" 2>&1 &&
     cp "$dir/bwd_check" "$out/bwd_check-$name-$d"
 }
